@@ -1,0 +1,83 @@
+import itertools
+
+import pytest
+import torch
+
+from vdp_ray.diffusion import GaussianDiffusion, convert, min_snr_weight, target_for, to_x0_eps
+from vdp_ray.diffusion.objectives import snr
+
+TYPES = ["eps", "v", "x0"]
+
+
+@pytest.mark.parametrize(("src", "dst"), list(itertools.permutations(TYPES, 2)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_prediction_types_round_trip(src, dst, dtype):
+    ab = make_ab(dtype)
+    x0, eps = torch.randn(64, 3, 4, 1, 1, dtype=dtype), torch.randn(64, 3, 4, 1, 1, dtype=dtype)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    pred = target_for(src, x0, eps, ab)
+    there = convert(pred, src, dst, x_t, ab)
+    assert torch.allclose(there, target_for(dst, x0, eps, ab), atol=1e-5, rtol=1e-5)
+    back = convert(there, dst, src, x_t, ab)
+    assert torch.allclose(back, pred, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ptype", TYPES)
+def test_targets_imply_the_clean_sample_and_noise(ptype):
+    ab = make_ab(torch.float64)
+    x0, eps = torch.randn(64, 3, 4, 1, 1, dtype=torch.float64), torch.randn(64, 3, 4, 1, 1, dtype=torch.float64)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    got_x0, got_eps = to_x0_eps(target_for(ptype, x0, eps, ab), ptype, x_t, ab)
+    assert torch.allclose(got_x0, x0, atol=1e-8) and torch.allclose(got_eps, eps, atol=1e-8)
+
+
+def make_ab(dtype):
+    # alpha_bar per (sample, frame) away from the ill-conditioned ends
+    return torch.linspace(0.02, 0.98, 64 * 4, dtype=dtype).reshape(64, 1, 4, 1, 1)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 5.0])
+def test_min_snr_weights_agree_across_prediction_types(gamma):
+    # An error delta in x0-space costs delta^2 * SNR in eps-space and delta^2 * (SNR + 1) in v-space, so the
+    # weighted losses of all three types must equal min(SNR, gamma) * delta^2 (Hang et al. 2023).
+    ab = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
+    delta = torch.randn(50, dtype=torch.float64)
+    s = snr(ab)
+    mse = {"x0": delta**2, "eps": delta**2 * s, "v": delta**2 * (s + 1)}
+    expected = s.clamp(max=gamma) * delta**2
+    for ptype in TYPES:
+        assert torch.allclose(min_snr_weight(ab, gamma, ptype) * mse[ptype], expected)
+
+
+class EchoTarget:
+    """A 'network' that returns the exact target on the frames it is asked about and garbage on the rest."""
+
+    def __init__(self, diffusion, x0, noise, garbage_frames):
+        self.d, self.x0, self.noise, self.garbage = diffusion, x0, noise, garbage_frames
+        self.seen = None
+
+    def __call__(self, x_t, t, frame_mask):
+        self.seen = (x_t.clone(), t.clone(), frame_mask.clone())
+        ab = self.d.alpha_bar_at(t.long(), x_t)
+        out = target_for(self.d.prediction_type, self.x0, self.noise, ab).clone()
+        out[:, :, self.garbage] = 1e3
+        return out
+
+
+@pytest.mark.parametrize("ptype", TYPES)
+def test_loss_covers_only_frames_not_given(ptype):
+    d = GaussianDiffusion("cosine", 1000, ptype, min_snr_gamma=5.0)
+    x0, noise = torch.randn(4, 2, 6, 4, 4), torch.randn(4, 2, 6, 4, 4)
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[:, :2] = True
+    t = torch.tensor([10, 300, 600, 999])
+    exact_on_free = EchoTarget(d, x0, noise, garbage_frames=slice(0, 2))
+    out = d.training_losses(exact_on_free, x0, mask, t=t, noise=noise)
+    assert out["loss"].item() == pytest.approx(0.0, abs=1e-6)
+    wrong_on_free = EchoTarget(d, x0, noise, garbage_frames=slice(2, 3))
+    assert d.training_losses(wrong_on_free, x0, mask, t=t, noise=noise)["loss"].item() > 1.0
+
+    x_in, t_in, m_in = exact_on_free.seen
+    assert torch.equal(x_in[:, :, :2], x0[:, :, :2]), "given frames enter clean"
+    assert (t_in[:, :2] == 0).all() and torch.equal(t_in[:, 2:], t[:, None].expand(4, 4).float())
+    assert torch.equal(m_in, mask)

@@ -1,0 +1,189 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vdp_ray.config import Config, ConfigError, apply_override, describe_keys, load_config
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+
+
+def test_experiments_exist():
+    names = {p.name for p in EXPERIMENTS}
+    assert {"tiny_unet.yaml", "tiny_vae.yaml", "tiny_dit.yaml", "seed_unet.yaml", "seed_dit.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_experiment_loads_and_round_trips(path):
+    cfg = load_config(path)
+    again = Config.from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_seed_sizes_match_the_reference():
+    dit = load_config(Path(EXPERIMENTS[0]).parent / "seed_dit.yaml")
+    assert (dit.model.dit.hidden, dit.model.dit.depth, dit.model.dit.heads, dit.model.dit.patch) == (768, 12, 12, 2)
+    assert (dit.data.frames, tuple(dit.data.size)) == (16, (256, 256))
+    assert (dit.vae.spatial_compression, dit.vae.temporal_compression, dit.vae.latent_channels) == (8, 4, 4)
+    unet = load_config(Path(EXPERIMENTS[0]).parent / "seed_unet.yaml")
+    assert (unet.model.unet3d.base_channels, unet.model.unet3d.channel_mults) == (64, (1, 2, 4, 8))
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            "train.lr=1e-4",
+            "train.workers=2",
+            "run.dir=runs/a",
+            "data.size=[32, 48]",
+            "diffusion.min_snr_gamma=5",
+            "model.dit.qk_norm=true",
+        ],
+    )
+    assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.train.workers == 2 and cfg.run.dir == "runs/a"
+    assert cfg.data.size == (32, 48)
+    assert cfg.diffusion.min_snr_gamma == 5.0
+    assert cfg.model.dit.qk_norm is True
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            "train.lr=3e-4",
+            "model.family=dit",
+            "diffusion.masks.context_min=2",
+            "diffusion.masks.context_max=4",
+            "data.context_frames=4",
+        ],
+    )
+    cfg.save(tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_presets_fill_unset_fields_and_explicit_values_win():
+    cfg = load_config(
+        None,
+        [
+            "model.family=dit",
+            "model.preset=S",
+            "model.dit.depth=3",
+            "diffusion.masks.context_min=2",
+            "diffusion.masks.context_max=4",
+            "data.context_frames=4",
+        ],
+    )
+    assert cfg.model.dit.hidden == 384 and cfg.model.dit.heads == 6
+    assert cfg.model.dit.depth == 3
+    assert cfg.train.stages == ["vae", "dit"]  # no VAE export given: train one first
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["train.lrr=1e-4"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+        (["trian.lr=1e-4"], "unknown key 'trian' (did you mean 'train'?)"),
+        (["train.lr=-1"], "train.lr: -1.0 is out of range; expected > 0.0 and <= 1.0"),
+        (["train.workers=0"], "train.workers: 0 is out of range"),
+        (["train.workers=1.5"], "train.workers: expected an integer, got 1.5"),
+        (["train.lr=fast"], "train.lr: expected a number, got 'fast'"),
+        (
+            ["diffusion.schedule=quadratic"],
+            "diffusion.schedule: 'quadratic' is not allowed; expected one of ['linear', 'cosine', 'sigmoid']",
+        ),
+        (["diffusion.prediction_type=score"], "expected one of ['eps', 'v', 'x0']"),
+        (["train.precision=fp8"], "train.precision: 'fp8' is not allowed"),
+        (["train.zero_stage=4"], "train.zero_stage: 4 is not allowed; expected one of [0, 1, 2, 3]"),
+        (["data.size=[64]"], "data.size: expected a list of 2 values"),
+        (["data.size=[62, 64]"], "data.size 62x64 must be divisible by the U-Net's downsampling"),
+        (["data.channels=2"], "data.channels: 2 is not allowed; expected one of [1, 3]"),
+        (["model.preset=huge"], "model.preset: unknown unet3d preset 'huge'"),
+        (
+            ["diffusion.prediction_type=eps", "diffusion.zero_terminal_snr=true"],
+            "diffusion.zero_terminal_snr: needs diffusion.prediction_type v or x0",
+        ),
+        (["diffusion.masks.context_max=16"], "diffusion.masks.context_max (16) must be < data.frames (16)"),
+        (
+            ["diffusion.masks.context_min=6", "diffusion.masks.context_max=5"],
+            "context_min (6) must be <= context_max (5)",
+        ),
+        (
+            ["diffusion.masks.prediction=0", "diffusion.masks.generation=0", "diffusion.masks.interpolation=0"],
+            "task probabilities",
+        ),
+        (["model.family=dit"], "diffusion.masks.context_min (1) must be a multiple of vae.temporal_compression (2)"),
+        (["model.family=dit", "data.frames=9"], "data.frames (9) must be divisible by vae.temporal_compression (2)"),
+        (
+            [
+                "model.family=dit",
+                "model.preset=S",
+                "model.dit.heads=5",
+                "diffusion.masks.context_min=2",
+                "diffusion.masks.context_max=4",
+                "data.context_frames=4",
+            ],
+            "model.dit.hidden (384) must be divisible by model.dit.heads (5)",
+        ),
+        (
+            [
+                "model.family=dit",
+                "vae.spatial_compression=8",
+                "diffusion.masks.context_min=2",
+                "diffusion.masks.context_max=4",
+                "data.context_frames=4",
+            ],
+            "vae.channel_mults needs 4 entries for vae.spatial_compression=8",
+        ),
+        (["train.stages=[dit]"], "the 'dit' stage needs model.family: dit"),
+        (["train.stages=[gan]"], "train.stages: unknown stage 'gan'"),
+        (["model.unet3d.attn_levels=[5]"], "model.unet3d.attn_levels [5] out of range"),
+        (["train"], "expected key.path=value"),
+        (["train=3"], "train: expected a mapping of keys"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert expected in str(err.value)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("train:\n  lr: 0.1\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"wrong.yaml: unknown key 'train.epochs'"):
+        load_config(wrong)
+
+
+def test_override_helper_builds_nested_sections():
+    values = {}
+    apply_override(values, "diffusion.masks.context_drop=0.2")
+    apply_override(values, "run.name=abc")
+    assert values == {"diffusion": {"masks": {"context_drop": 0.2}}, "run": {"name": "abc"}}
+
+
+def test_describe_keys_covers_every_leaf():
+    keys = {row[0] for row in describe_keys()}
+    assert "train.lr" in keys and "diffusion.masks.context_drop" in keys and "model.dit.qk_norm" in keys
+
+    def leaves(cls, prefix=""):
+        out = set()
+        for f in dataclasses.fields(cls):
+            sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(sub):
+                out |= leaves(type(sub), prefix + f.name + ".")
+            else:
+                out.add(prefix + f.name)
+        return out
+
+    assert keys == leaves(Config)
+    assert all(row[3] for row in describe_keys()), "every key has help text"

@@ -1,0 +1,94 @@
+"""Gaussian diffusion over clips (N, C, T, ...) with per-frame timesteps and frame-mask conditioning.
+
+The only link to a network is the call ``model(x_t, t, frame_mask, **kwargs)``: x_t (N, C, T, ...),
+t (N, T) float timesteps (0 for given frames), frame_mask (N, T) bool or None (the null condition).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .objectives import masked_frame_loss, min_snr_weight, target_for
+from .schedules import make_alpha_bar
+
+Denoiser = Callable[..., torch.Tensor]
+
+
+def expand_to(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast per-sample (N,) or per-frame (N, T) values against x of shape (N, C, T, ...)."""
+    if values.ndim == 1:
+        return values.view(-1, *([1] * (x.ndim - 1)))
+    if values.ndim == 2:
+        return values.view(values.shape[0], 1, values.shape[1], *([1] * (x.ndim - 3)))  # (N, 1, T, 1, 1)
+    raise ValueError(f"timesteps must be (N,) or (N, T), got shape {tuple(values.shape)}")
+
+
+class GaussianDiffusion:
+    def __init__(
+        self,
+        schedule: str = "cosine",
+        num_timesteps: int = 1000,
+        prediction_type: str = "v",
+        zero_terminal_snr: bool = False,
+        min_snr_gamma: float | None = None,
+    ):
+        self.schedule = schedule
+        self.num_timesteps = num_timesteps
+        self.prediction_type = prediction_type
+        self.min_snr_gamma = min_snr_gamma
+        self.alpha_bar = make_alpha_bar(schedule, num_timesteps, zero_terminal_snr)  # (T,) float64
+
+    @classmethod
+    def from_config(cls, cfg) -> GaussianDiffusion:
+        """Build from a ``DiffusionConfig`` (or anything with the same attributes)."""
+        return cls(cfg.schedule, cfg.num_timesteps, cfg.prediction_type, cfg.zero_terminal_snr, cfg.min_snr_gamma)
+
+    def alpha_bar_at(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """alpha_bar[t] broadcast against x, in x's dtype and device. t: (N,) or (N, T) integer steps."""
+        ab = self.alpha_bar.to(x.device)[t.long()]
+        return expand_to(ab, x).to(x.dtype)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward noising, Ho et al. 2020 eq. 4."""
+        ab = self.alpha_bar_at(t, x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        return torch.randint(0, self.num_timesteps, (batch,), generator=generator).to(device)
+
+    def training_losses(
+        self,
+        model: Denoiser,
+        x0: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        *,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **model_kwargs,
+    ) -> dict[str, torch.Tensor]:
+        """Denoising loss on the frames that are not given.
+
+        Given frames enter clean with timestep 0; the rest share one timestep per sample. Returns
+        ``loss`` (scalar), ``per_frame`` (N, T) unweighted errors and ``t`` (N,).
+        """
+        n, num_frames = x0.shape[0], x0.shape[2]
+        if frame_mask is None:
+            frame_mask = torch.zeros(n, num_frames, dtype=torch.bool, device=x0.device)
+        if t is None:
+            t = self.sample_timesteps(n, generator, x0.device)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        frame_t = torch.where(frame_mask, torch.zeros_like(t)[:, None], t[:, None])  # (N, T)
+        given = expand_to(frame_mask, x0)
+        x_t = torch.where(given, x0, self.q_sample(x0, frame_t, noise))
+        out = model(x_t, frame_t.to(x0.dtype), frame_mask, **model_kwargs)
+        ab = self.alpha_bar_at(frame_t, x0)
+        target = target_for(self.prediction_type, x0, noise, ab)
+        weight = None
+        if self.min_snr_gamma:
+            weight = min_snr_weight(self.alpha_bar.to(x0.device)[frame_t], self.min_snr_gamma, self.prediction_type)
+        loss, per_frame = masked_frame_loss(out, target, ~frame_mask, weight)
+        return {"loss": loss, "per_frame": per_frame.detach(), "t": t}

@@ -1,0 +1,288 @@
+"""Samplers: DDPM (ancestral), DDIM and DPM-Solver++(2M), sharing one loop.
+
+Contract (as in diffusers): ``sampler.set_timesteps(n)`` picks the steps, then ``sampler.step(x0, eps,
+i, x_t)`` maps x at ``timesteps[i]`` to x at the next step, given the denoiser's (x0, eps) estimates. The
+conditioning (given frames, guidance) lives in ``ConditionedDenoiser`` and never inside a sampler.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .gaussian import GaussianDiffusion, expand_to
+from .objectives import to_x0_eps
+
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+SPACINGS = ("trailing", "leading", "linspace")
+
+
+def timestep_schedule(num_train: int, num_steps: int, spacing: str = "trailing") -> torch.Tensor:
+    """Decreasing timesteps for sampling with ``num_steps`` network calls.
+
+    ``trailing`` starts at the last training step (Lin et al. 2024, table 2: the only spacing that reaches
+    the noisiest level with few steps); ``leading`` is DDIM's original (ends at step 0); ``linspace``
+    spans [0, T-1] in n+1 points and drops the 0 (as diffusers does). After the last of these steps the
+    samplers jump to the clean sample.
+    """
+    if not 1 <= num_steps <= num_train:
+        raise ValueError(f"sampling steps must be in [1, {num_train}], got {num_steps}")
+    if spacing == "trailing":
+        steps = torch.arange(num_train, 0, -num_train / num_steps).round().long() - 1
+    elif spacing == "leading":
+        steps = (torch.arange(num_steps) * (num_train // num_steps)).flip(0)
+    elif spacing == "linspace":
+        steps = torch.linspace(0, num_train - 1, num_steps + 1).round().long().flip(0)[:-1]
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
+    return steps
+
+
+class Sampler:
+    """Base: holds the schedule and the chosen timesteps. Subclasses implement ``step``."""
+
+    stochastic = False
+
+    def __init__(self, diffusion: GaussianDiffusion, spacing: str = "trailing"):
+        self.diffusion = diffusion
+        self.spacing = spacing
+        self.timesteps = torch.empty(0, dtype=torch.long)
+
+    def set_timesteps(self, num_steps: int, max_timestep: int | None = None) -> None:
+        """Choose the steps; ``max_timestep`` truncates the start (SDEdit-style refinement)."""
+        steps = timestep_schedule(self.diffusion.num_timesteps, num_steps, self.spacing)
+        if max_timestep is not None:
+            steps = steps[steps <= max_timestep]
+            if len(steps) == 0:
+                steps = torch.tensor([max(max_timestep, 0)])
+        self.timesteps = steps
+
+    def alpha_bars(self, i: int) -> tuple[float, float]:
+        """alpha_bar at step i and at the next step (1.0 after the last: the clean sample)."""
+        ab = self.diffusion.alpha_bar
+        cur = float(ab[self.timesteps[i]])
+        nxt = float(ab[self.timesteps[i + 1]]) if i + 1 < len(self.timesteps) else 1.0
+        return cur, nxt
+
+    def step(self, x0, eps, i, x_t, generator=None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class DDIMSampler(Sampler):
+    def __init__(self, diffusion: GaussianDiffusion, spacing: str = "trailing", eta: float = 0.0):
+        super().__init__(diffusion, spacing)
+        self.eta = eta
+        self.stochastic = eta > 0
+
+    def step(self, x0, eps, i, x_t, generator=None):
+        # Song et al. 2021, eq. 12:
+        #   x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z
+        #   sigma  = eta sqrt((1 - ab_prev) / (1 - ab)) sqrt(1 - ab / ab_prev)     (eq. 16)
+        ab, ab_prev = self.alpha_bars(i)
+        var = (1 - ab_prev) / max(1 - ab, 1e-12) * (1 - ab / ab_prev)
+        sigma = self.eta * max(var, 0.0) ** 0.5
+        x_prev = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x_prev = x_prev + sigma * _randn_like(x_t, generator)
+        return x_prev
+
+
+class DDPMSampler(Sampler):
+    """Ancestral sampling from the posterior q(x_prev | x_t, x0) of the (respaced) forward process."""
+
+    stochastic = True
+
+    def step(self, x0, eps, i, x_t, generator=None):
+        # Ho et al. 2020, eqs. 6-7, with beta_t = 1 - ab / ab_prev for respaced steps (Nichol & Dhariwal
+        # 2021, sec. 4): mean = c0 x0 + ct x_t, variance beta_tilde = (1 - ab_prev)/(1 - ab) beta_t.
+        ab, ab_prev = self.alpha_bars(i)
+        beta = 1 - ab / ab_prev
+        c0 = ab_prev**0.5 * beta / max(1 - ab, 1e-12)
+        ct = (1 - beta) ** 0.5 * (1 - ab_prev) / max(1 - ab, 1e-12)
+        mean = c0 * x0 + ct * x_t
+        var = (1 - ab_prev) / max(1 - ab, 1e-12) * beta
+        if var <= 0:
+            return mean
+        return mean + var**0.5 * _randn_like(x_t, generator)
+
+
+class DPMSolverPP2M(Sampler):
+    """DPM-Solver++(2M), data prediction, multistep (Lu et al. 2022, "DPM-Solver++", Algorithm 2).
+
+    With lambda = log(alpha / sigma) and h = lambda_next - lambda_cur:
+        x_next = (sigma_next / sigma_cur) x_cur - alpha_next (exp(-h) - 1) D
+    where D is x0 at the first step (and at the last, which goes to sigma = 0) and otherwise
+    D = (1 + 1/(2r)) x0_cur - 1/(2r) x0_prev, r = h_prev / h.
+    """
+
+    def set_timesteps(self, num_steps: int, max_timestep: int | None = None) -> None:
+        super().set_timesteps(num_steps, max_timestep)
+        self._prev_x0 = None
+        self._prev_h = None
+
+    @staticmethod
+    def _alpha_sigma(ab: float) -> tuple[float, float]:
+        return ab**0.5, max(1 - ab, 0.0) ** 0.5
+
+    def step(self, x0, eps, i, x_t, generator=None):
+        ab, ab_next = self.alpha_bars(i)
+        a_cur, s_cur = self._alpha_sigma(ab)
+        a_next, s_next = self._alpha_sigma(ab_next)
+        if s_next == 0.0:  # final jump to the clean sample: x = D (first order)
+            self._prev_x0 = None
+            return x0
+        lam_cur = _log_snr_half(a_cur, s_cur)
+        lam_next = _log_snr_half(a_next, s_next)
+        h = lam_next - lam_cur
+        # exp(-h) = (alpha_cur / sigma_cur) / (alpha_next / sigma_next); finite even at zero terminal SNR.
+        exp_neg_h = (a_cur / max(s_cur, 1e-12)) / (a_next / s_next)
+        d = x0
+        # Few steps: the last steps stay first order (lower_order_final in DPM-Solver++ and diffusers),
+        # since a huge final step in lambda makes the 2nd-order extrapolation overshoot.
+        final_steps = len(self.timesteps) < 15 and i >= len(self.timesteps) - 2
+        if self._prev_x0 is not None and not final_steps and math.isfinite(self._prev_h) and self._prev_h > 0 and h > 0:
+            r = self._prev_h / h  # h_prev is infinite after a zero-SNR first step: stay first order then
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * self._prev_x0
+        self._prev_x0, self._prev_h = x0, h
+        return (s_next / max(s_cur, 1e-12)) * x_t - a_next * (exp_neg_h - 1) * d
+
+
+def _log_snr_half(a: float, s: float) -> float:
+    """lambda = log(alpha / sigma); -inf at zero SNR."""
+    return math.log(a) - math.log(s) if a > 0 else float("-inf")
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    # Draw on the generator's device, then move: the same seed gives the same sample on CPU and GPU.
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+
+
+def make_sampler(name: str, diffusion: GaussianDiffusion, spacing: str = "trailing", eta: float = 0.0) -> Sampler:
+    if name == "ddim":
+        return DDIMSampler(diffusion, spacing, eta)
+    if name == "ddpm":
+        return DDPMSampler(diffusion, spacing)
+    if name == "dpm++":
+        return DPMSolverPP2M(diffusion, spacing)
+    raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
+
+
+class ConditionedDenoiser:
+    """Turns a network into (x0, eps) estimates under a frame mask, with classifier-free guidance.
+
+    Given frames enter the conditional pass clean with timestep 0 (as in training); the unconditional
+    pass sees the plain noisy state with the null mask. Guidance combines the two outputs in the
+    network's own prediction space: out = uncond + g (cond - uncond) (Ho & Salimans 2022, eq. 6).
+    """
+
+    def __init__(
+        self,
+        model,
+        diffusion: GaussianDiffusion,
+        context=None,
+        frame_mask=None,
+        guidance=1.0,
+        clip_x0: float | None = None,
+        model_kwargs: dict | None = None,
+    ):
+        self.model = model
+        self.diffusion = diffusion
+        self.context = context
+        self.frame_mask = frame_mask
+        self.guidance = guidance
+        self.clip_x0 = clip_x0
+        self.model_kwargs = model_kwargs or {}
+
+    def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n, num_frames = x_t.shape[0], x_t.shape[2]
+        t_full = torch.full((n, num_frames), float(t), device=x_t.device, dtype=x_t.dtype)
+        ab = self.diffusion.alpha_bar_at(t_full.long(), x_t)
+        mask = self.frame_mask
+        if mask is None or not mask.any():
+            out = self.model(x_t, t_full, None, **self.model_kwargs)
+        else:
+            given = expand_to(mask, x_t)
+            x_in = torch.where(given, self.context, x_t)
+            t_cond = torch.where(mask, torch.zeros_like(t_full), t_full)
+            if self.guidance == 1.0:
+                out = self.model(x_in, t_cond, mask, **self.model_kwargs)
+            else:  # one batched call for both branches
+                both = self.model(
+                    torch.cat([x_in, x_t]),
+                    torch.cat([t_cond, t_full]),
+                    torch.cat([mask, torch.zeros_like(mask)]),
+                    **self._doubled_kwargs(),
+                )
+                cond, uncond = both.chunk(2)
+                out = uncond + self.guidance * (cond - uncond)
+        x0, eps = to_x0_eps(out, self.diffusion.prediction_type, x_t, ab)
+        if self.clip_x0 is not None:
+            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+            eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt().clamp(min=1e-12)
+        if mask is not None and mask.any():
+            # Given frames: the clean context, with the noise that the state already carries for them.
+            given = expand_to(mask, x_t)
+            x0 = torch.where(given, self.context, x0)
+            eps = torch.where(given, (x_t - ab.sqrt() * self.context) / (1 - ab).sqrt().clamp(min=1e-12), eps)
+        return x0, eps
+
+    def _doubled_kwargs(self) -> dict:
+        return {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in self.model_kwargs.items()}
+
+
+@torch.no_grad()
+def sample(
+    model,
+    diffusion: GaussianDiffusion,
+    shape: tuple[int, ...],
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "trailing",
+    guidance: float = 1.0,
+    context: torch.Tensor | None = None,
+    frame_mask: torch.Tensor | None = None,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
+    clip_x0: float | None = None,
+    generator: torch.Generator | None = None,
+    device=None,
+    dtype=torch.float32,
+    model_kwargs: dict | None = None,
+    progress=None,
+) -> torch.Tensor:
+    """Draw clips of ``shape`` (N, C, T, ...).
+
+    context + frame_mask: the given frames (returned unchanged). init + strength: SDEdit refinement,
+    noise ``init`` to ``strength`` of the schedule and denoise from there. progress: optional callable
+    (i, num_steps) for progress display.
+    """
+    if steps <= 0:
+        raise ValueError(f"sampling steps must be > 0, got {steps}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"refinement strength must be in (0, 1], got {strength}")
+    if frame_mask is not None and context is None:
+        raise ValueError("a frame mask needs the context frames it marks as given")
+    device = device or (context.device if context is not None else None)
+    solver = make_sampler(sampler, diffusion, spacing, eta)
+    max_t = None
+    if init is not None:
+        max_t = round(strength * diffusion.num_timesteps) - 1
+    solver.set_timesteps(steps, max_t)
+    denoiser = ConditionedDenoiser(model, diffusion, context, frame_mask, guidance, clip_x0, model_kwargs)
+
+    noise = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    if init is None:
+        x = noise  # the prior N(0, I) at the noisiest step
+    else:
+        x = diffusion.q_sample(init.to(device, dtype), torch.full((shape[0],), int(solver.timesteps[0])), noise)
+    for i, t in enumerate(solver.timesteps.tolist()):
+        x0, eps = denoiser(x, t)
+        x = solver.step(x0, eps, i, x, generator)
+        if progress is not None:
+            progress(i + 1, len(solver.timesteps))
+    if frame_mask is not None:
+        x = torch.where(expand_to(frame_mask, x), context.to(x.dtype), x)
+    return x

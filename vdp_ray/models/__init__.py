@@ -1,0 +1,79 @@
+"""Model families: a registry from family name to class and named presets. No diffusion, no Ray."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from . import dit, unet3d, vae3d
+from .dit import DiT
+from .unet3d import UNet3D
+from .vae3d import VAE3D, DiagonalGaussian
+
+CLASSES: dict[str, type[nn.Module]] = {"unet3d": UNet3D, "dit": DiT, "vae": VAE3D}
+PRESETS: dict[str, dict[str, dict]] = {"unet3d": unet3d.PRESETS, "dit": dit.PRESETS, "vae": vae3d.PRESETS}
+
+
+def build_denoiser(cfg) -> nn.Module:
+    """The denoiser named by ``cfg.model.family``, sized by its resolved section of the config."""
+    family = cfg.model.family
+    if family == "unet3d":
+        return UNet3D(in_channels=cfg.data.channels, **_arch(cfg.model.unet3d))
+    if family == "dit":
+        return DiT(in_channels=cfg.vae.latent_channels, **_arch(cfg.model.dit))
+    raise ValueError(f"model.family: unknown denoiser family {family!r}; expected one of ['unet3d', 'dit']")
+
+
+def build_vae(cfg) -> VAE3D:
+    return VAE3D(in_channels=cfg.data.channels, **_arch(cfg.vae, VAE3D))
+
+
+def _arch(section, cls: type[nn.Module] | None = None) -> dict:
+    """The constructor arguments held by a config section (other keys, such as loss weights, dropped)."""
+    import inspect
+
+    values = asdict(section)
+    if cls is None:
+        values.pop("preset", None)
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    params = inspect.signature(cls.__init__).parameters
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in params and k != "in_channels"}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(model: nn.Module, *inputs: torch.Tensor, **kwargs) -> int:
+    """Forward FLOPs counted from shapes (matmuls, convolutions, attention) on the meta device.
+
+    Nothing is computed: the model is copied to ``meta`` and torch's FlopCounterMode adds up the closed-form
+    cost of each operator from its shapes (2 FLOPs per multiply-add). Elementwise ops are not counted.
+    """
+    from copy import deepcopy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta_model = deepcopy(model).to("meta") if next(model.parameters()).device.type != "meta" else model
+    meta_inputs = [x.to("meta") if torch.is_tensor(x) else x for x in inputs]
+    meta_kwargs = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta_model(*meta_inputs, **meta_kwargs)
+    return counter.get_total_flops()
+
+
+__all__ = [
+    "CLASSES",
+    "PRESETS",
+    "VAE3D",
+    "DiT",
+    "DiagonalGaussian",
+    "UNet3D",
+    "build_denoiser",
+    "build_vae",
+    "count_parameters",
+    "forward_flops",
+]
