@@ -5,7 +5,7 @@
 
 Prints a Markdown table (paste into experiments/bench/RESULTS.md). FLOPs are counted from shapes on the
 meta device (2 per multiply-add; elementwise ops excluded); "achieved" is 3x forward FLOPs (forward +
-backward ~ 3x forward) over the measured time.
+backward ~ 3x forward) over the measured time, to compare with the matmul rate printed in the header.
 """
 
 from __future__ import annotations
@@ -71,6 +71,16 @@ def bench(family: str, preset: str, batch: int, shape, repeats: int) -> dict:
     )
 
 
+def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
+    """The machine's fp32 matmul rate: the ceiling a training step can approach."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["tiny", "seed", "all"], default="all")
@@ -78,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, fp32"
+        f"{torch.get_num_threads()} threads, fp32; matmul {matmul_gflops():.0f} GFLOP/s"
     )
     print("| family | preset | batch x (C,T,H,W) | params | fwd GFLOPs | fwd+bwd s | s/clip | achieved GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -39,15 +39,23 @@ class GaussianDiffusion:
         self.prediction_type = prediction_type
         self.min_snr_gamma = min_snr_gamma
         self.alpha_bar = make_alpha_bar(schedule, num_timesteps, zero_terminal_snr)  # (T,) float64
+        self._tables: dict[torch.device, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, cfg) -> GaussianDiffusion:
         """Build from a ``DiffusionConfig`` (or anything with the same attributes)."""
         return cls(cfg.schedule, cfg.num_timesteps, cfg.prediction_type, cfg.zero_terminal_snr, cfg.min_snr_gamma)
 
+    def alpha_bar_on(self, device) -> torch.Tensor:
+        """The float64 table on ``device``, copied there once (this sits on the training hot path)."""
+        device = torch.device(device)
+        if device not in self._tables:
+            self._tables[device] = self.alpha_bar.to(device)
+        return self._tables[device]
+
     def alpha_bar_at(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """alpha_bar[t] broadcast against x, in x's dtype and device. t: (N,) or (N, T) integer steps."""
-        ab = self.alpha_bar.to(x.device)[t.long()]
+        ab = self.alpha_bar_on(x.device)[t.long().to(x.device)]
         return expand_to(ab, x).to(x.dtype)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -56,6 +64,8 @@ class GaussianDiffusion:
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        if generator is None:
+            return torch.randint(0, self.num_timesteps, (batch,), device=device)
         return torch.randint(0, self.num_timesteps, (batch,), generator=generator).to(device)
 
     def training_losses(
@@ -79,8 +89,12 @@ class GaussianDiffusion:
             frame_mask = torch.zeros(n, num_frames, dtype=torch.bool, device=x0.device)
         if t is None:
             t = self.sample_timesteps(n, generator, x0.device)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        if noise is None:  # a seeded generator lives on the CPU; without one, draw where the data is
+            noise = (
+                torch.randn_like(x0)
+                if generator is None
+                else torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+            )
         frame_t = torch.where(frame_mask, torch.zeros_like(t)[:, None], t[:, None])  # (N, T)
         given = expand_to(frame_mask, x0)
         x_t = torch.where(given, x0, self.q_sample(x0, frame_t, noise))
@@ -89,6 +103,6 @@ class GaussianDiffusion:
         target = target_for(self.prediction_type, x0, noise, ab)
         weight = None
         if self.min_snr_gamma:
-            weight = min_snr_weight(self.alpha_bar.to(x0.device)[frame_t], self.min_snr_gamma, self.prediction_type)
+            weight = min_snr_weight(self.alpha_bar_on(x0.device)[frame_t], self.min_snr_gamma, self.prediction_type)
         loss, per_frame = masked_frame_loss(out, target, ~frame_mask, weight)
         return {"loss": loss, "per_frame": per_frame.detach(), "t": t}
