@@ -17,3 +17,15 @@ def _deterministic():
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session (starting one costs 5-10 s). Four logical CPUs on this
+    two-core machine, so data tasks are never starved by training workers."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -9,7 +9,6 @@ from .config import ConfigError, describe_keys, load_config
 
 # Verbs whose issue has not landed yet: they say so and exit non-zero instead of pretending.
 PLANNED = {
-    "shard": "videos or frame folders -> WebDataset clip shards",
     "predict": "future frames from a video with a trained export",
     "evaluate": "PSNR/SSIM of predictions against baselines",
     "demo": "synthetic data -> shards -> train -> predict -> metrics + GIF",
@@ -33,6 +32,49 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="experiment YAML, e.g. experiments/tiny_unet.yaml")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 train.workers=2")
     train.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, start nothing")
+
+    shard = sub.add_parser(
+        "shard",
+        help="videos, frame folders or synthetic moving digits -> WebDataset clip shards",
+        description="Cut videos (.mp4 .avi .mov .mkv .webm) or folders of frames into fixed-size clips and "
+        "write them as WebDataset tar shards, one split per folder, each with a manifest.json.",
+    )
+    src = shard.add_argument_group("what to shard (one of)")
+    src.add_argument(
+        "--source", nargs="+", default=[], metavar="PATH", help="video files or folders of them / of frame folders"
+    )
+    src.add_argument("--dataset", metavar="YAML", help="a YOLO-style dataset.yaml with train/val/test paths")
+    src.add_argument("--synthetic", choices=["moving-digits"], help="generate the embedded moving-digits data set")
+    shard.add_argument("--out", required=True, help="output folder: OUT/<split>/shard-*.tar + manifest.json")
+    shard.add_argument("--frames", type=int, help="frames per clip (default 16, or context+future of the dataset.yaml)")
+    shard.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="frame size (default 64 64)")
+    shard.add_argument("--stride", type=int, help="source frames between clip starts (default: one clip, no overlap)")
+    shard.add_argument("--interval", type=int, help="take every I-th source frame (default 1)")
+    shard.add_argument("--split", help="split by source video, e.g. train=0.9,val=0.1 (default: all train)")
+    shard.add_argument("--shard-size", type=int, default=256, help="clips per shard (default 256)")
+    shard.add_argument(
+        "--resize",
+        choices=["crop", "pad", "stretch"],
+        default="crop",
+        help="keep aspect by centre crop (default), pad, or stretch",
+    )
+    shard.add_argument("--grayscale", action="store_true", help="store one channel (moving digits always do)")
+    shard.add_argument(
+        "--format",
+        choices=["npy", "mp4"],
+        default="npy",
+        help="clip encoding: npy (lossless, default) or mp4 (H.264, ~10x smaller)",
+    )
+    shard.add_argument("--seed", type=int, default=0, help="split assignment, clip order and synthetic content")
+    shard.add_argument(
+        "--strict", action="store_true", help="fail (exit 1) on any unreadable, corrupt or too-short source"
+    )
+    synth = shard.add_argument_group("moving digits")
+    synth.add_argument("--num-clips", type=int, default=1000, help="clips to generate (default 1000)")
+    synth.add_argument(
+        "--digits", type=int, nargs=2, default=(1, 3), metavar=("MIN", "MAX"), help="digits per clip (default 1 3)"
+    )
+    synth.add_argument("--stochastic", action="store_true", help="redraw velocities at random bounces")
 
     for verb, what in PLANNED.items():
         p = sub.add_parser(verb, help=f"{what} (not built yet)", add_help=True)
@@ -72,6 +114,8 @@ def _dispatch(argv: list[str] | None) -> int:
     try:
         if args.verb == "train":
             return _train(args)
+        if args.verb == "shard":
+            return _shard(args)
         if args.verb == "models":
             return _models(args)
         if args.verb == "keys":
@@ -95,6 +139,30 @@ def _train(args) -> int:
         return 0
     print("vdp train: the config is valid, but distributed training is not built yet; use --dry-run.", file=sys.stderr)
     return 2
+
+
+def _shard(args) -> int:
+    from .data.shards import ShardError, ShardOptions, parse_split, shard
+
+    try:
+        opts = ShardOptions(
+            out=args.out, sources=args.source, frames=args.frames, size=tuple(args.size) if args.size else None,
+            stride=args.stride, interval=args.interval, split=parse_split(args.split) if args.split else None,
+            dataset=args.dataset, shard_size=args.shard_size, resize=args.resize, grayscale=args.grayscale,
+            seed=args.seed, strict=args.strict, format=args.format, synthetic=args.synthetic,
+            num_clips=args.num_clips, digits=tuple(args.digits), stochastic=args.stochastic,
+        )  # fmt: skip
+        summary = shard(opts, log=lambda line: print(line, file=sys.stderr))
+    except ShardError as exc:
+        print(f"vdp shard: error: {exc}", file=sys.stderr)
+        return 1 if args.strict and "--strict" in str(exc) else 2
+    splits = ", ".join(f"{name} {s['count']} clips in {s['shards']} shard(s)" for name, s in summary["splits"].items())
+    print(f"wrote {splits} to {args.out} in {summary['elapsed_s']:.1f}s")
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} source(s); reasons in {args.out}/manifest.json:")
+        for item in summary["skipped"]:
+            print(f"  {item['path']}: {item['reason']}")
+    return 0
 
 
 def _models(args) -> int:

@@ -52,6 +52,16 @@ class DataConfig:
     size: tuple[int, int] = opt((64, 64), "Frame size [height, width] in pixels.", ge=8, le=4096)
     channels: int = opt(3, "Colour channels: 1 (grayscale) or 3 (RGB).", choices=(1, 3))
     context_frames: int = opt(5, "Given frames for prediction previews and evaluation.", ge=1)
+    hflip: bool | None = opt(
+        None, "Random horizontal flips (same for every frame). Unset: the shards' dataset.yaml, else off."
+    )
+    crop_scale: float | None = opt(
+        None,
+        "Random crops covering [crop_scale, 1] of the frame, resized back. Unset: dataset.yaml, else 1 (off).",
+        gt=0.0,
+        le=1.0,
+    )
+    shuffle_buffer: int = opt(256, "Clips in the local shuffle buffer of each training worker (0 = off).", ge=0)
 
 
 @dataclass

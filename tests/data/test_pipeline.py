@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+from media import moving_square_frames, read_shard_samples, write_video
+
+from vdp_ray.config import load_config
+from vdp_ray.data.pipeline import check_shards, clip_dataset, epochs, list_shards
+from vdp_ray.data.shards import ShardError, ShardOptions, shard
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+@pytest.fixture(scope="module")
+def video_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    for i in range(3):
+        write_video(root / "src" / f"v{i}.avi", moving_square_frames(24, seed=i))
+    shard(ShardOptions(out=str(root / "out"), sources=[str(root / "src")], frames=8, size=(24, 32), shard_size=4),
+          log=lambda *_: None)  # fmt: skip
+    return root / "out" / "train"
+
+
+def data_cfg(**overrides):
+    items = [f"data.{k}={v}" for k, v in overrides.items()]
+    return load_config(None, ["data.frames=8", "data.size=[24, 32]", "data.context_frames=2", "model.preset=tiny",
+                              "diffusion.masks.context_max=4", *items]).data  # fmt: skip
+
+
+def test_validation_clips_are_the_source_frames_in_minus_one_to_one(video_shards):
+    truth = read_shard_samples(video_shards)
+    batch = clip_dataset(str(video_shards), data_cfg(), train=False).take_batch(100)
+    assert batch["clip"].shape == (9, 3, 8, 24, 32) and batch["clip"].dtype == np.float32
+    assert sorted(batch["key"]) == sorted(truth)
+    for clip, key in zip(batch["clip"], batch["key"], strict=True):
+        expected = truth[key][0].transpose(3, 0, 1, 2).astype(np.float32) / 127.5 - 1  # (C, T, H, W)
+        assert np.allclose(clip, expected, atol=1e-6)
+
+
+def test_training_clips_are_cropped_in_time_resized_and_recoloured(video_shards):
+    cfg = data_cfg(frames=5, size="[12, 16]", channels=1, crop_scale=0.5, hflip="true")
+    batch = clip_dataset(str(video_shards), cfg, train=True, seed=3).take_batch(9)
+    clips = batch["clip"]
+    assert clips.shape == (9, 1, 5, 12, 16)
+    assert clips.min() >= -1 and clips.max() <= 1
+
+
+def test_augmentation_is_the_same_for_every_frame(tmp_path):
+    static = np.repeat(moving_square_frames(1, seed=4), 10, axis=0)  # ten identical frames
+    write_video(tmp_path / "src" / "still.avi", static)
+    shard(ShardOptions(out=str(tmp_path / "out"), sources=[str(tmp_path / "src")], frames=10, size=(24, 32)),
+          log=lambda *_: None)  # fmt: skip
+    ds = clip_dataset(str(tmp_path / "out" / "train"), data_cfg(frames=10, crop_scale=0.3, hflip="true"), train=True)
+    seen = set()
+    for _ in range(6):  # each pass draws a new crop/flip
+        clip = ds.take_batch(1)["clip"][0]
+        assert all(np.array_equal(clip[:, 0], clip[:, t]) for t in range(10)), "one window for all frames"
+        seen.add(clip.tobytes())
+    assert len(seen) > 1, "augmentation varies between passes"
+
+
+def test_epochs_repeat_with_full_batches(video_shards):
+    ds = clip_dataset(str(video_shards), data_cfg(), train=True)
+    seen = [
+        (epoch, batch["clip"].shape[0])
+        for epoch, batch in epochs(ds.iterator(), batch_size=4, shuffle_buffer=8, max_epochs=3)
+    ]
+    assert [e for e, _ in seen] == [0, 0, 1, 1, 2, 2]  # 9 clips -> 2 full batches per epoch
+    assert all(n == 4 for _, n in seen)
+    with pytest.raises(ShardError, match="no batch of 64 clips"):
+        next(epochs(ds.iterator(), batch_size=64))
+
+
+def test_shard_lookup_and_early_checks(video_shards, tmp_path):
+    assert list_shards(str(video_shards)) == sorted(str(p) for p in video_shards.glob("*.tar"))
+    assert list_shards(str(video_shards / "*.tar")) == list_shards(str(video_shards))
+    with pytest.raises(ShardError, match="no such shard folder"):
+        list_shards(str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShardError, match="no .tar shards found"):
+        list_shards(str(tmp_path / "empty"))
+    with pytest.raises(ShardError, match="shards hold 8-frame clips but data.frames is 12"):
+        check_shards(str(video_shards), data_cfg(frames=12))

@@ -1,0 +1,188 @@
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from media import moving_square_frames, read_shard_samples, write_frame_folder, write_video
+
+from vdp_ray.data.shards import ShardError, ShardOptions, parse_split, read_manifest, shard
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def quiet(*_):
+    pass
+
+
+def test_frame_folders_and_lossless_videos_round_trip_exactly(tmp_path):
+    a, b = moving_square_frames(20, seed=1), moving_square_frames(13, seed=2)
+    write_frame_folder(tmp_path / "src" / "folder_a", a)
+    write_video(tmp_path / "src" / "video_b.avi", b, fps=12)
+    summary = shard(ShardOptions(out=str(tmp_path / "out"), sources=[str(tmp_path / "src")], frames=4, size=(24, 32),
+                                 stride=3, interval=2), log=quiet)  # fmt: skip
+    samples = read_shard_samples(tmp_path / "out" / "train")
+    # span = (4-1)*2+1 = 7 frames: starts 0,3,..,13 for 20 frames (5 clips); 0,3,6 for 13 frames (3 clips)
+    assert summary["splits"]["train"]["count"] == len(samples) == 8
+    for clip, meta in samples.values():
+        source = a if meta["source"].endswith("folder_a") else b
+        start = meta["start"]
+        assert np.array_equal(clip, source[start : start + 7 : 2]), meta
+        assert meta["interval"] == 2 and meta["stride"] == 3 and meta["frames"] == 4
+    starts = sorted(m["start"] for _, m in samples.values() if m["source"].endswith("video_b.avi"))
+    assert starts == [0, 3, 6]
+    assert next(m["fps"] for _, m in samples.values() if m["source"].endswith(".avi")) == 12
+    assert all("." not in key for key in samples)
+    manifest = read_manifest(tmp_path / "out" / "train")
+    assert manifest["count"] == 8 and manifest["shape"] == [4, 24, 32, 3]
+    assert sum(s["count"] for s in manifest["shards"]) == 8
+
+
+def test_mp4_sources_and_mp4_clips(tmp_path):
+    write_video(tmp_path / "src" / "long.mp4", moving_square_frames(50, 32, 32))
+    write_video(tmp_path / "src" / "short.webm", moving_square_frames(20, 32, 32))
+    summary = shard(ShardOptions(out=str(tmp_path / "out"), sources=[str(tmp_path / "src")], frames=8, size=(16, 16),
+                                 stride=4, format="mp4"), log=quiet)  # fmt: skip
+    # (50 - 8) // 4 + 1 = 11 clips and (20 - 8) // 4 + 1 = 4 clips
+    assert summary["splits"]["train"]["count"] == 15
+    samples = read_shard_samples(tmp_path / "out" / "train")
+    assert all(isinstance(v[0], bytes) for v in samples.values())
+    assert read_manifest(tmp_path / "out" / "train")["format"] == "mp4"
+
+
+def test_splits_are_by_source_video(tmp_path):
+    for i in range(10):
+        write_video(tmp_path / "src" / f"cam{i}.avi", moving_square_frames(12, seed=i))
+    summary = shard(ShardOptions(out=str(tmp_path / "out"), sources=[str(tmp_path / "src")], frames=4, size=(24, 32),
+                                 split=parse_split("train=0.8,val=0.2")), log=quiet)  # fmt: skip
+    train = read_shard_samples(tmp_path / "out" / "train")
+    val = read_shard_samples(tmp_path / "out" / "val")
+    train_src = {m["source"] for _, m in train.values()}
+    val_src = {m["source"] for _, m in val.values()}
+    assert len(train_src) == 8 and len(val_src) == 2 and not train_src & val_src
+    assert summary["splits"] == {"train": {"count": 24, "shards": 1}, "val": {"count": 6, "shards": 1}}
+    assert parse_split("0.9") == {"train": 0.9, "val": 0.1}
+    with pytest.raises(ShardError, match="--split"):
+        parse_split("train=lots")
+
+
+def test_dataset_yaml_sets_splits_and_clip_settings(tmp_path):
+    root = tmp_path / "data"
+    write_video(root / "videos" / "train" / "t1.avi", moving_square_frames(16, seed=1))
+    write_video(root / "videos" / "train" / "t2.avi", moving_square_frames(16, seed=2))
+    write_frame_folder(root / "videos" / "val" / "v1", moving_square_frames(16, seed=3))
+    (root / "dataset.yaml").write_text(yaml.safe_dump({
+        "train": "videos/train", "val": "videos/val", "context_frames": 2, "future_frames": 3,
+        "frame_size": [12, 16], "frame_interval": 2, "augment": {"hflip": True},
+    }))  # fmt: skip
+    summary = shard(ShardOptions(out=str(tmp_path / "out"), dataset=str(root / "dataset.yaml")), log=quiet)
+    assert set(summary["splits"]) == {"train", "val"}
+    manifest = read_manifest(tmp_path / "out" / "val")
+    assert manifest["shape"] == [5, 12, 16, 3] and manifest["interval"] == 2
+    assert manifest["augment"] == {"hflip": True}
+    assert all("videos/val" in m["source"] for _, m in read_shard_samples(tmp_path / "out" / "val").values())
+    (root / "bad.yaml").write_text("train: videos/train\nvalidation: videos/val\n")
+    with pytest.raises(ShardError, match=r"bad.yaml: unknown key\(s\) \['validation'\]"):
+        shard(ShardOptions(out=str(tmp_path / "o2"), dataset=str(root / "bad.yaml")), log=quiet)
+
+
+def make_messy_source(root: Path) -> Path:
+    write_video(root / "good.avi", moving_square_frames(12))
+    write_video(root / "short.avi", moving_square_frames(3))
+    (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
+    folder = write_frame_folder(root / "mixed", moving_square_frames(6))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(folder / "frame3.png")
+    return root
+
+
+def test_bad_sources_are_reported_skipped_and_strict_fails(tmp_path):
+    src = make_messy_source(tmp_path / "src")
+    lines = []
+    opts = ShardOptions(
+        out=str(tmp_path / "out"), sources=[str(src), str(tmp_path / "missing")], frames=4, size=(24, 32)
+    )
+    summary = shard(opts, log=lines.append)
+    assert summary["splits"]["train"]["count"] == 3  # good.avi: 12 frames -> 3 clips of 4
+    reasons = {Path(s["path"]).name: s["reason"] for s in summary["skipped"]}
+    assert set(reasons) == {"short.avi", "corrupt.mp4", "mixed", "missing"}
+    assert reasons["short.avi"].startswith("too short: 3 frames, one clip needs 4")
+    assert "unreadable video" in reasons["corrupt.mp4"] or "corrupt" in reasons["corrupt.mp4"]
+    assert "frames of mixed sizes" in reasons["mixed"]
+    assert reasons["missing"] == "does not exist"
+    assert all(any(Path(p).name in line for line in lines) for p in reasons), "each skip is printed"
+    on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {Path(s["path"]).name for s in on_disk["skipped"]} == set(reasons)
+    split_manifest = read_manifest(tmp_path / "out" / "train")
+    assert {Path(s["path"]).name for s in split_manifest["skipped"]} == set(reasons)
+
+    with pytest.raises(ShardError, match="--strict"):
+        shard(
+            ShardOptions(out=str(tmp_path / "strict"), sources=[str(src)], frames=4, size=(24, 32), strict=True),
+            log=quiet,
+        )
+    assert not (tmp_path / "strict" / "train").exists(), "strict writes no shards"
+
+
+def test_same_input_and_seed_give_identical_shards_and_no_temporaries(tmp_path):
+    for i in range(4):
+        write_video(tmp_path / "src" / f"v{i}.avi", moving_square_frames(16, seed=i))
+
+    def digest(out, seed):
+        shard(ShardOptions(out=str(out), sources=[str(tmp_path / "src")], frames=4, size=(12, 16), shard_size=5,
+                           seed=seed), log=quiet)  # fmt: skip
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "train").glob("*.tar"))}
+
+    first, again = digest(tmp_path / "a", 0), digest(tmp_path / "b", 0)
+    assert first == again and len(first) == 4  # 16 clips in shards of 5
+    assert digest(tmp_path / "c", 1) != first, "another seed, another order"
+    leftovers = [p.name for p in (tmp_path / "a").rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+    assert not leftovers
+    digest(tmp_path / "a", 0)  # re-running over an existing output replaces it cleanly
+    assert len(list((tmp_path / "a" / "train").glob("*.tar"))) == 4
+
+
+def test_moving_digits_shards_are_deterministic(tmp_path):
+    opts = dict(synthetic="moving-digits", num_clips=70, frames=6, size=(32, 32), split={"train": 0.9, "val": 0.1})
+    shard(ShardOptions(out=str(tmp_path / "a"), **opts), log=quiet)
+    shard(ShardOptions(out=str(tmp_path / "b"), **opts), log=quiet)
+    a, b = read_shard_samples(tmp_path / "a" / "train"), read_shard_samples(tmp_path / "b" / "train")
+    assert len(a) == 63 and len(read_shard_samples(tmp_path / "a" / "val")) == 7
+    assert a.keys() == b.keys() and all(np.array_equal(a[k][0], b[k][0]) for k in a)
+    clip, meta = next(iter(a.values()))
+    assert clip.shape == (6, 32, 32, 1) and 1 <= len(meta["digits"]) <= 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(), "nothing to shard"),
+        (dict(synthetic="moving-digits", format="gif"), "--format 'gif'"),
+        (dict(synthetic="moving-digits", stride=0), "--stride must be >= 1"),
+        (dict(synthetic="moving-digits", split={"train": 0.5, "val": 0.2}), "summing to 1"),
+        (dict(synthetic="moving-digits", resize="zoom"), "--resize 'zoom'"),
+        (dict(synthetic="moving-digits", format="mp4", size=(33, 32)), "even --size"),
+    ],
+)
+def test_bad_options_are_named(tmp_path, kwargs, message):
+    with pytest.raises(ShardError, match=message):
+        shard(ShardOptions(out=str(tmp_path / "o"), **kwargs), log=quiet)
+
+
+def test_cli_reports_and_strict_exit_code(tmp_path):
+    src = make_messy_source(tmp_path / "src")
+    vdp = str(Path(sys.executable).with_name("vdp"))
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [vdp, "shard", "--source", str(src), "--out", str(tmp_path / "out"), "--frames", "4", "--size", "24", "32", *extra],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    ok = run()
+    assert ok.returncode == 0, ok.stderr
+    assert "wrote train 3 clips in 1 shard(s)" in ok.stdout and "skipped 3 source(s)" in ok.stdout
+    assert "short.avi: too short" in ok.stdout
+    strict = run("--strict")
+    assert strict.returncode == 1 and "--strict" in strict.stderr

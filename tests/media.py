@@ -1,0 +1,64 @@
+"""Small synthetic media for tests: frames with known content, written as videos (PyAV) or PNG folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def moving_square_frames(n: int, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
+    """(n, h, w, 3) uint8: a noisy background and a bright square that moves one pixel per frame; the
+    frame index is written into pixel (0, 0) so any frame can be recognised after a lossless round trip."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 60, (n, h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        y, x = (i * 2) % (h - 6), i % (w - 6)
+        frames[i, y : y + 6, x : x + 6] = (250, 200, 100)
+        frames[i, 0, 0] = (i % 256, i // 256, 7)
+    return frames
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
+    """By extension: .avi holds lossless PNG frames, .mkv lossless FFV1, .mp4/.mov/.webm lossy codecs."""
+    import av
+
+    codec, pix = {".avi": ("png", "rgb24"), ".mkv": ("ffv1", "bgr0"), ".mp4": ("libx264", "yuv420p"),
+                  ".mov": ("libx264", "yuv420p"), ".webm": ("libvpx", "yuv420p")}[path.suffix]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def write_frame_folder(folder: Path, frames: np.ndarray, ext: str = ".png") -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"frame{i}{ext}")  # unpadded: natural sort must order them
+    return folder
+
+
+def read_shard_samples(directory: Path) -> dict[str, tuple[np.ndarray, dict]]:
+    """Every sample of a split folder, read with plain tarfile (independent of the code under test)."""
+    import io
+    import json
+    import tarfile
+
+    samples: dict[str, dict] = {}
+    for tar_path in sorted(directory.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                data = tar.extractfile(m).read()
+                samples.setdefault(key, {})[ext] = data
+    out = {}
+    for key, parts in samples.items():
+        clip = np.load(io.BytesIO(parts["npy"])) if "npy" in parts else parts["mp4"]
+        out[key] = (clip, json.loads(parts["json"]))
+    return out

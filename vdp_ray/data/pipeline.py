@@ -1,0 +1,195 @@
+"""Ray Data: clip shards -> decoded, augmented float clips (C, T, H, W) in [-1, 1], streamed to training.
+
+    ds = clip_dataset(cfg.data.train, cfg.data, train=True, seed=cfg.run.seed)
+    for epoch, batch in epochs(ds.iterator(), batch_size=8, shuffle_buffer=256):
+        batch["clip"]  # torch float32 (B, C, T, H, W)
+
+Reading is `read_webdataset` over an explicit sorted list of tar paths (it does not expand globs); shards
+are shuffled at the file level each epoch and clips in a local buffer by the consumer. Decoding and
+augmentation run in one `map_batches` stage: the same random crop and flip for every frame of a clip.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .codec import decode_clip
+from .shards import MANIFEST, ShardError
+
+DECODE_BATCH = 16  # clips per map_batches call: large enough to amortise the call, small for memory
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def list_shards(spec: str | list[str]) -> list[str]:
+    """Sorted tar paths from a split folder (local or a URI Ray's filesystems reach), a glob, a single tar,
+    or a comma-separated / Python list of those."""
+    items = spec if isinstance(spec, list) else [s for s in str(spec).split(",") if s.strip()]
+    paths: list[str] = []
+    for item in items:
+        item = item.strip()
+        if _is_uri(item):
+            paths += _list_uri(item)
+        elif any(ch in item for ch in "*?["):
+            paths += sorted(p for p in globlib.glob(item) if p.endswith(".tar"))
+        elif Path(item).is_dir():
+            paths += sorted(str(p) for p in Path(item).glob("*.tar"))
+        elif Path(item).is_file() and item.endswith(".tar"):
+            paths.append(item)
+        else:
+            raise ShardError(f"{item}: no such shard folder, glob or .tar file")
+    if not paths:
+        raise ShardError(f"{spec}: no .tar shards found (make them with `vdp shard`)")
+    return paths
+
+
+def _list_uri(uri: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+    scheme = uri.split("://", 1)[0]
+    return sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith(".tar"))
+
+
+def shard_manifest(spec: str | list[str]) -> dict | None:
+    """The manifest.json beside the first shard, if there is one (None for hand-made shards)."""
+    first = list_shards(spec)[0]
+    parent = first.rsplit("/", 1)[0]
+    try:
+        if _is_uri(first):
+            import pyarrow.fs as pafs
+
+            fs, path = pafs.FileSystem.from_uri(f"{parent}/{MANIFEST}")
+            with fs.open_input_file(path) as f:
+                return json.loads(f.read())
+        path = Path(parent) / MANIFEST
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, FileNotFoundError):
+        return None
+
+
+def check_shards(spec: str | list[str], data_cfg) -> dict | None:
+    """Fail early, before any training starts, when the shards cannot give the clips the config asks for."""
+    manifest = shard_manifest(spec)
+    if manifest and manifest.get("shape"):
+        t = manifest["shape"][0]
+        if t < data_cfg.frames:
+            raise ShardError(
+                f"{spec}: shards hold {t}-frame clips but data.frames is {data_cfg.frames}; "
+                f"re-shard with --frames {data_cfg.frames} or lower data.frames"
+            )
+    return manifest
+
+
+def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0):
+    """A Ray Dataset of {"clip": float32 (C, T, H, W) in [-1, 1], "key": str} rows."""
+    import ray
+    from ray.data import FileShuffleConfig
+
+    paths = list_shards(spec)
+    manifest = check_shards(paths, data_cfg)
+    augment = (manifest or {}).get("augment") or {}
+    hflip = data_cfg.hflip if data_cfg.hflip is not None else bool(augment.get("hflip", augment.get("flip", False)))
+    crop_scale = data_cfg.crop_scale if data_cfg.crop_scale is not None else float(augment.get("crop_scale", 1.0))
+    ds = ray.data.read_webdataset(
+        paths,
+        decoder=None,  # raw bytes: decoding happens in the batched stage below
+        suffixes=["npy", "mp4", "json"],
+        shuffle=FileShuffleConfig(seed=seed) if train else None,
+    )
+    return ds.map_batches(
+        decode_batch,
+        batch_size=DECODE_BATCH,
+        batch_format="numpy",
+        fn_kwargs={
+            "frames": data_cfg.frames,
+            "size": tuple(data_cfg.size),
+            "channels": data_cfg.channels,
+            "train": train,
+            "hflip": hflip if train else False,
+            "crop_scale": crop_scale if train else 1.0,
+        },
+    )
+
+
+def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, hflip: bool, crop_scale: float) -> dict:
+    """Decode, cut to T frames, match channels and size, augment; (B, C, T, H, W) float32 in [-1, 1]."""
+    import torch
+
+    rng = np.random.default_rng() if train else None
+    keys = batch["__key__"]
+    fmt = "npy" if "npy" in batch and batch["npy"][0] is not None else "mp4"
+    clips = []
+    for i in range(len(keys)):
+        clip = decode_clip(batch[fmt][i], fmt, channels)  # (T, H, W, C) uint8
+        if clip.shape[0] < frames:
+            raise ShardError(f"clip {keys[i]} has {clip.shape[0]} frames, data.frames is {frames}")
+        offset = int(rng.integers(0, clip.shape[0] - frames + 1)) if train else 0
+        x = torch.from_numpy(np.ascontiguousarray(clip[offset : offset + frames]))
+        x = x.permute(3, 0, 1, 2).float()  # (C, T, H, W)
+        x = _match_channels(x, channels)
+        x = _crop_resize(x, size, crop_scale, rng)
+        if hflip and rng.uniform() < 0.5:
+            x = x.flip(-1)
+        clips.append(x / 127.5 - 1.0)
+    return {"clip": torch.stack(clips).numpy(), "key": np.asarray(keys)}
+
+
+def _match_channels(x, channels: int):
+    if x.shape[0] == channels:
+        return x
+    if channels == 3:  # gray -> colour
+        return x.expand(3, *x.shape[1:]).clone()
+    weights = x.new_tensor([0.299, 0.587, 0.114])[:, None, None, None]  # ITU-R BT.601 luma
+    return (x * weights).sum(0, keepdim=True)
+
+
+def _crop_resize(x, size, crop_scale: float, rng):
+    """Optional random crop covering [crop_scale, 1] of the area (aspect kept), then resize to ``size``;
+    the same window for every frame."""
+    import torch.nn.functional as F
+
+    c, t, h, w = x.shape
+    if rng is not None and crop_scale < 1.0:
+        scale = float(np.sqrt(rng.uniform(crop_scale, 1.0)))
+        ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        x = x[:, :, top : top + ch, left : left + cw]
+    if tuple(x.shape[-2:]) != tuple(size):
+        frames = x.permute(1, 0, 2, 3)  # (T, C, h, w): frames as a batch
+        frames = F.interpolate(frames, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+        x = frames.permute(1, 0, 2, 3).clamp(0, 255)
+    return x
+
+
+def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: bool = True,
+           max_epochs: int | None = None) -> Iterator[tuple[int, dict]]:  # fmt: skip
+    """Endless (epoch, batch) pairs from a Ray DataIterator (or dataset shard), reshuffled each epoch.
+
+    A batch is {"clip": torch float32 (B, C, T, H, W) on the CPU, "key": list of str}; the caller moves the
+    clips to its device.
+    """
+    import torch
+
+    epoch = 0
+    while max_epochs is None or epoch < max_epochs:
+        seen = 0
+        for batch in iterator.iter_batches(
+            batch_size=batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=shuffle_buffer or None,
+            drop_last=drop_last,
+        ):
+            seen += 1
+            yield epoch, {"clip": torch.from_numpy(batch["clip"]), "key": [str(k) for k in batch["key"]]}
+        if seen == 0:
+            raise ShardError(f"the dataset gave no batch of {batch_size} clips in a whole epoch: too few clips")
+        epoch += 1
