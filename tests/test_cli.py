@@ -46,7 +46,7 @@ def test_config_errors_exit_2_naming_the_key():
     assert proc.returncode == 2 and "config file not found" in proc.stderr
 
 
-@pytest.mark.parametrize("verb", ["shard", "predict", "evaluate", "demo"])
+@pytest.mark.parametrize("verb", ["predict", "evaluate", "demo", "tune", "serve"])
 def test_verbs_not_built_yet_say_so_and_fail(verb):
     proc = vdp(verb)
     assert proc.returncode != 0
@@ -80,3 +80,9 @@ def test_models_of_an_experiment_config():
 def test_keys_lists_documented_keys():
     out = vdp("keys", "train.", check=True).stdout
     assert "train.lr" in out and "Peak learning rate" in out and "diffusion." not in out
+
+
+def test_shard_without_a_source_is_a_usage_error(tmp_path):
+    proc = vdp("shard", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert "nothing to shard: give --source PATH, --dataset dataset.yaml or --synthetic moving-digits" in proc.stderr

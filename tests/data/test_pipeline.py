@@ -75,7 +75,7 @@ def test_shard_lookup_and_early_checks(video_shards, tmp_path):
     with pytest.raises(ShardError, match="no such shard folder"):
         list_shards(str(tmp_path / "nothing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ShardError, match="no .tar shards found"):
+    with pytest.raises(ShardError, match=r"no \.tar shards found"):
         list_shards(str(tmp_path / "empty"))
-    with pytest.raises(ShardError, match="shards hold 8-frame clips but data.frames is 12"):
+    with pytest.raises(ShardError, match=r"shards hold 8-frame clips but data\.frames is 12"):
         check_shards(str(video_shards), data_cfg(frames=12))

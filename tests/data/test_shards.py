@@ -176,10 +176,11 @@ def test_bad_options_are_named(tmp_path, kwargs, message):
 def test_cli_reports_and_strict_exit_code(tmp_path):
     src = make_messy_source(tmp_path / "src")
     vdp = str(Path(sys.executable).with_name("vdp"))
-    run = lambda *extra: subprocess.run(  # noqa: E731
-        [vdp, "shard", "--source", str(src), "--out", str(tmp_path / "out"), "--frames", "4", "--size", "24", "32", *extra],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    base = [vdp, "shard", "--source", str(src), "--out", str(tmp_path / "out"), "--frames", "4", "--size", "24", "32"]
+
+    def run(*extra):
+        return subprocess.run([*base, *extra], capture_output=True, text=True, timeout=180)
+
     ok = run()
     assert ok.returncode == 0, ok.stderr
     assert "wrote train 3 clips in 1 shard(s)" in ok.stdout and "skipped 3 source(s)" in ok.stdout

@@ -70,7 +70,7 @@ def test_frame_folders_use_natural_order_and_refuse_mixed_sizes(tmp_path):
     from PIL import Image
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "frame5.png")
-    with pytest.raises(SourceError, match="frames of mixed sizes: frame0.png is 32x24, frame5.png is 8x8"):
+    with pytest.raises(SourceError, match=r"frames of mixed sizes: frame0\.png is 32x24, frame5\.png is 8x8"):
         list(folder_frames(str(folder)))
 
 

@@ -36,7 +36,7 @@ def encode_mp4(clip: np.ndarray, fps: float, crf: int = 18) -> bytes:
     """H.264 in MP4 (yuv420p, so H and W must be even). Grayscale is stored as three equal channels."""
     import av
 
-    t, h, w, c = clip.shape
+    _, h, w, c = clip.shape
     if h % 2 or w % 2:
         raise ValueError(f"mp4 clips need an even frame size (yuv420p), got {h}x{w}; use --format npy")
     rgb = np.repeat(clip, 3, axis=-1) if c == 1 else clip

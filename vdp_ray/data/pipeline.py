@@ -157,7 +157,7 @@ def _crop_resize(x, size, crop_scale: float, rng):
     the same window for every frame."""
     import torch.nn.functional as F
 
-    c, t, h, w = x.shape
+    h, w = x.shape[-2:]
     if rng is not None and crop_scale < 1.0:
         scale = float(np.sqrt(rng.uniform(crop_scale, 1.0)))
         ch, cw = max(1, round(h * scale)), max(1, round(w * scale))

@@ -175,9 +175,11 @@ def _shard_source(index: int, source: Source, spec: ClipSpec, fmt: str, part: st
         with tarfile.open(tmp, "w") as tar:
             for start, clip in clips:
                 key = _key(index, Path(source.path).stem, start)
-                meta = {"source": source.path, "kind": source.kind, "fps": fps, "start": start, "interval": spec.interval,
-                        "stride": spec.stride, "frames": spec.frames, "size": list(spec.size), "channels": clip.shape[-1],
-                        "split": source.split, "resize": spec.resize}  # fmt: skip
+                meta = {
+                    **{"source": source.path, "kind": source.kind, "fps": fps, "start": start, "split": source.split},
+                    **{"interval": spec.interval, "stride": spec.stride, "frames": spec.frames, "resize": spec.resize},
+                    **{"size": list(spec.size), "channels": clip.shape[-1]},
+                }
                 _write_sample(tar, key, encode_clip(clip, fmt, fps), fmt, meta)
                 report["keys"].append(key)
         report["frames_read"] = counter[0]

@@ -7,7 +7,6 @@ with a reason a person can act on, and the caller decides whether to skip or sto
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +180,7 @@ def sliding_clips(frames: Iterable[np.ndarray], spec: ClipSpec) -> Iterator[tupl
 
 
 def _needed(index: int, spec: ClipSpec) -> bool:
-    """Is source frame ``index`` part of any clip (some start s <= index < s + span with (index - s) % interval == 0)?"""
+    """Is source frame ``index`` in any clip: some start s <= index < s + span with (index - s) % interval == 0?"""
     first = max(0, -(-(index - spec.span + 1) // spec.stride))
     return any((index - j * spec.stride) % spec.interval == 0 for j in range(first, index // spec.stride + 1))
 
