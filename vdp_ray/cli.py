@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=f"{what} (not built yet)", add_help=True)
         p.add_argument("args", nargs=argparse.REMAINDER)
 
+    export = sub.add_parser("export", help="make an export (EMA weights + config) from a training checkpoint")
+    export.add_argument("--checkpoint", required=True, help="a Ray checkpoint folder of a vdp run (any ZeRO stage)")
+    export.add_argument("--out", required=True, help="export folder to write")
+
     models = sub.add_parser("models", help="parameter counts and forward FLOPs of every model preset")
     models.add_argument("--family", choices=sorted(REFERENCE_INPUT), help="only this family")
     models.add_argument("--config", help="instead of the presets: the models of this experiment config")
@@ -114,6 +118,8 @@ def _dispatch(argv: list[str] | None) -> int:
     try:
         if args.verb == "train":
             return _train(args)
+        if args.verb == "export":
+            return _export(args)
         if args.verb == "shard":
             return _shard(args)
         if args.verb == "models":
@@ -137,8 +143,28 @@ def _train(args) -> int:
         print(cfg.to_yaml(), end="")
         print(f"# config OK: stages {cfg.train.stages}; nothing started (--dry-run)", file=sys.stderr)
         return 0
-    print("vdp train: the config is valid, but distributed training is not built yet; use --dry-run.", file=sys.stderr)
-    return 2
+    from .train import TrainingError, fit
+
+    try:
+        exports = fit(cfg)
+    except TrainingError as exc:
+        print(f"vdp train: {exc}", file=sys.stderr)
+        return 1
+    for stage, path in exports.items():
+        print(f"{stage}: export in {path}")
+    return 0
+
+
+def _export(args) -> int:
+    from .train import TrainingError, export_checkpoint
+
+    try:
+        path = export_checkpoint(args.checkpoint, args.out)
+    except TrainingError as exc:
+        print(f"vdp export: {exc}", file=sys.stderr)
+        return 2
+    print(f"export in {path}")
+    return 0
 
 
 def _shard(args) -> int:

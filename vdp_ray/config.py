@@ -113,6 +113,8 @@ class VAEConfig:
     latent_channels: int | None = opt(None, "Latent channels.", ge=1, le=64)
     recon_loss: str = opt("l1+mse", "Reconstruction loss.", choices=("l1", "mse", "l1+mse"))
     kl_weight: float = opt(1e-4, "Weight of the KL term (per-element means on both terms).", ge=0.0)
+    max_steps: int | None = opt(None, "Optimizer steps of the VAE stage (unset: train.max_steps).", ge=1)
+    lr: float | None = opt(None, "Peak learning rate of the VAE stage (unset: train.lr).", gt=0.0, le=1.0)
     export: str | None = opt(None, "A trained VAE export to use as the latent space of the DiT stage.")
     scale_factor: float | None = opt(
         None, "Latent scale (1/std of latents); measured at the end of VAE training.", gt=0.0
@@ -178,6 +180,11 @@ class TrainConfig:
     checkpoint_every: int = opt(200, "Steps between checkpoints.", ge=1)
     keep_checkpoints: int = opt(2, "Checkpoints kept per stage.", ge=1)
     max_failures: int = opt(1, "Worker-group restarts after a failure (-1 = unlimited).", ge=-1)
+    preview_every: int = opt(500, "Steps between preview strips (sampling on validation clips) in TensorBoard.", ge=1)
+    val_batches: int = opt(4, "Validation batches per worker at each validation.", ge=1)
+    fault: str = opt("none", "Drills: raise once, SIGKILL rank 0 once, or make the loss NaN, at fault_step.",
+                     choices=("none", "raise", "kill", "nan"))  # fmt: skip
+    fault_step: int = opt(1, "The step at which train.fault strikes.", ge=1)
 
 
 @dataclass

@@ -171,7 +171,7 @@ def _crop_resize(x, size, crop_scale: float, rng):
 
 
 def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: bool = True,
-           max_epochs: int | None = None) -> Iterator[tuple[int, dict]]:  # fmt: skip
+           max_epochs: int | None = None, start_epoch: int = 0) -> Iterator[tuple[int, dict]]:  # fmt: skip
     """Endless (epoch, batch) pairs from a Ray DataIterator (or dataset shard), reshuffled each epoch.
 
     A batch is {"clip": torch float32 (B, C, T, H, W) on the CPU, "key": list of str}; the caller moves the
@@ -179,7 +179,7 @@ def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: boo
     """
     import torch
 
-    epoch = 0
+    epoch = start_epoch
     while max_epochs is None or epoch < max_epochs:
         seen = 0
         for batch in iterator.iter_batches(
@@ -189,7 +189,8 @@ def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: boo
             drop_last=drop_last,
         ):
             seen += 1
-            yield epoch, {"clip": torch.from_numpy(batch["clip"]), "key": [str(k) for k in batch["key"]]}
+            clips = torch.from_numpy(np.require(batch["clip"], requirements="W"))  # Ray hands out read-only arrays
+            yield epoch, {"clip": clips, "key": [str(k) for k in batch["key"]]}
         if seen == 0:
             raise ShardError(f"the dataset gave no batch of {batch_size} clips in a whole epoch: too few clips")
         epoch += 1

@@ -1,0 +1,83 @@
+"""Exports: a self-contained folder a Predictor loads with no Ray and no DeepSpeed.
+
+    export/
+      model.safetensors   EMA weights of the trained network (denoiser, or the VAE for a VAE-only run)
+      config.yaml         the resolved config (with vae.scale_factor for latent models)
+      meta.json           family, stage, steps, metrics
+      vae/                for latent models: the VAE export this model was trained in
+
+Weights are read with safetensors only: nothing in an export is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Config, load_config
+
+WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = Path(str(path) + ".tmp")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def write_export(directory: str | Path, cfg: Config, stage: str, state: dict[str, torch.Tensor], meta: dict,
+                 vae_export: str | Path | None = None) -> Path:  # fmt: skip
+    """Write an export atomically: into a sibling temp folder, then swapped in."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".writing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_state_dict(state, tmp / WEIGHTS)
+    cfg.save(tmp / CONFIG)
+    (tmp / META).write_text(json.dumps({"stage": stage, "family": cfg.model.family, **meta}, indent=2, default=str))
+    if vae_export is not None:
+        shutil.copytree(vae_export, tmp / "vae")
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+class Export:
+    """A loaded export: config, metadata and the network(s), on the CPU in fp32."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        for name in (WEIGHTS, CONFIG, META):
+            if not (self.directory / name).is_file():
+                raise FileNotFoundError(f"{self.directory}: not an export (missing {name})")
+        self.cfg = load_config(self.directory / CONFIG)
+        self.meta = json.loads((self.directory / META).read_text())
+        self.stage = self.meta["stage"]
+
+    def model(self) -> nn.Module:
+        """The exported network with its EMA weights, in eval mode."""
+        from .models import build_denoiser, build_vae
+
+        net = build_vae(self.cfg) if self.stage == "vae" else build_denoiser(self.cfg)
+        net.load_state_dict(load_state_dict(self.directory / WEIGHTS))
+        return net.eval()
+
+    def vae(self) -> Export | None:
+        return Export(self.directory / "vae") if (self.directory / "vae").is_dir() else None

@@ -1,0 +1,51 @@
+"""Frame metrics on clips in [-1, 1], shaped (N, C, T, H, W): PSNR and SSIM per frame, and the baselines a
+prediction must beat."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def psnr(pred: torch.Tensor, truth: torch.Tensor, max_val: float = 2.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio per (clip, frame): (N, T), in dB. Identical frames give +inf."""
+    mse = (pred.float() - truth.float()).pow(2).transpose(1, 2).flatten(2).mean(-1)
+    return 10 * torch.log10(max_val**2 / mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(pred: torch.Tensor, truth: torch.Tensor, max_val: float = 2.0) -> torch.Tensor:
+    """Structural similarity per (clip, frame): (N, T) (Wang et al. 2004, eq. 13; 11x11 Gaussian window
+    with sigma 1.5, K1 = 0.01, K2 = 0.03, 'valid' borders, mean over channels)."""
+    n, c, t, h, w = pred.shape
+    x = pred.double().transpose(1, 2).reshape(n * t, c, h, w)  # frames as a batch
+    y = truth.double().transpose(1, 2).reshape(n * t, c, h, w)
+    size = min(11, h, w)
+    g = _gaussian_window(size).to(x.device)
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, size, size)
+
+    def blur(z):
+        return F.conv2d(z, kernel, groups=c)
+
+    c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return s.mean(dim=(1, 2, 3)).reshape(n, t).float()
+
+
+def baselines(context: torch.Tensor, num_future: int, data_mean: float) -> dict[str, torch.Tensor]:
+    """Guesses any model must beat, each (N, C, num_future, H, W):
+    copy_last (repeat the last context frame), context_mean (the mean context frame), blank (a constant
+    frame at the data's mean value)."""
+    last = context[:, :, -1:].expand(-1, -1, num_future, -1, -1)
+    mean = context.mean(2, keepdim=True).expand(-1, -1, num_future, -1, -1)
+    blank = torch.full_like(last, data_mean)
+    return {"copy_last": last, "context_mean": mean, "blank": blank}

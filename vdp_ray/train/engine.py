@@ -1,0 +1,68 @@
+"""Our config -> a DeepSpeed config; precision chosen for the device at hand."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("vdp_ray.train")
+
+
+def resolve_precision(requested: str, device_type: str) -> tuple[str, str | None]:
+    """The precision to train in, and a one-line note when it differs from the request.
+
+    fp16 needs a GPU (or a CPU with AVX512-FP16/AMX: DeepSpeed's CPU accelerator refuses it otherwise);
+    without it we fall back to fp32, which beats bf16 on AVX2 CPUs where bf16 is emulated.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    if requested == "fp16" and not get_accelerator().is_fp16_supported():
+        return "fp32", f"precision: fp16 is not supported on this {device_type} device; training in fp32 instead"
+    if requested == "bf16" and not get_accelerator().is_bf16_supported():
+        return "fp32", f"precision: bf16 is not supported on this {device_type} device; training in fp32 instead"
+    return requested, None
+
+
+def deepspeed_config(cfg, stage: str, world_size: int, precision: str) -> dict:
+    t = cfg.train
+    lr = cfg.vae.lr if stage == "vae" and cfg.vae.lr else t.lr
+    steps = stage_steps(cfg, stage)
+    ds = {
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": t.batch_size * t.grad_accum * world_size,
+        "gradient_clipping": t.grad_clip,
+        "steps_per_print": 10**9,  # our own progress lines instead
+        "wall_clock_breakdown": False,
+        "zero_optimization": {"stage": t.zero_stage},
+        # torch's AdamW: DeepSpeed's fused Adam would JIT-compile C++ on first use
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": lr,
+                "betas": [0.9, 0.999],
+                "eps": 1e-8,
+                "weight_decay": t.weight_decay,
+                "torch_adam": True,
+            },
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": steps,
+                "warmup_num_steps": min(t.warmup_steps, max(steps - 1, 0)),
+                "warmup_min_ratio": 0.0,
+                "warmup_type": "linear",
+                "cos_min_ratio": t.min_lr_ratio,
+            },
+        },
+    }
+    if precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                      "hysteresis": 2, "min_loss_scale": 1}  # fmt: skip
+    elif precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    return ds
+
+
+def stage_steps(cfg, stage: str) -> int:
+    return cfg.vae.max_steps if stage == "vae" and cfg.vae.max_steps else cfg.train.max_steps

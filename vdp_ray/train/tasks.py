@@ -1,0 +1,158 @@
+"""What a training stage optimises: the VAE (reconstruction + KL) or a denoiser (masked diffusion loss).
+
+A task owns the network being trained and everything around it (a frozen VAE, the diffusion process)
+and turns a batch of clips into a loss. It knows nothing of Ray or DeepSpeed: the loop in ``loop.py``
+passes the DeepSpeed engine in as ``net`` (an engine is called like the module it wraps).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..diffusion import GaussianDiffusion, prediction_mask, sample, sample_frame_masks
+from ..metrics import baselines, psnr
+from ..models import build_denoiser, build_vae
+
+VAL_TIMESTEPS = (50, 250, 500, 750, 950)  # fixed levels: validation losses comparable across runs
+
+
+class VAETask:
+    stage = "vae"
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.model = self.new_model()
+
+    def new_model(self):
+        return build_vae(self.cfg)
+
+    def loss(self, net, clips: torch.Tensor, dtype=torch.float32) -> tuple[torch.Tensor, dict]:
+        recon, posterior = net(clips.to(dtype))
+        rec = _reconstruction(recon.float(), clips.float(), self.cfg.vae.recon_loss)
+        kl = posterior.kl().float().mean()
+        return rec + self.cfg.vae.kl_weight * kl, {"recon": rec.item(), "kl": kl.item()}
+
+    @torch.no_grad()
+    def val_loss(self, net, clips: torch.Tensor, dtype=torch.float32) -> float:
+        recon, _ = net(clips.to(dtype), sample=False)
+        return _reconstruction(recon.float(), clips.float(), self.cfg.vae.recon_loss).item()
+
+    @torch.no_grad()
+    def preview(self, model, clips: torch.Tensor) -> tuple[np.ndarray, dict]:
+        recon, _ = model(clips, sample=False)
+        recon = recon.clamp(-1, 1)
+        return strip([clips, recon]), {"psnr": psnr(recon, clips).mean().item()}
+
+    @torch.no_grad()
+    def latent_std(self, model, clips: torch.Tensor) -> torch.Tensor:
+        z = model.encode(clips).sample()
+        return z.float().std()
+
+
+def _reconstruction(recon: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    loss = recon.new_zeros(())
+    if "l1" in kind:
+        loss = loss + F.l1_loss(recon, target)
+    if "mse" in kind:
+        loss = loss + F.mse_loss(recon, target)
+    return loss
+
+
+class DiffusionTask:
+    """unet3d: pixels. dit: latents of a frozen VAE (encoder only, no gradients; the decoder runs only for
+    previews, never in a training step)."""
+
+    def __init__(self, cfg: Config, device: torch.device, vae=None):
+        self.cfg, self.device = cfg, device
+        self.stage = cfg.model.family
+        self.model = self.new_model()
+        self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+        self.vae = vae
+        self.scale = 1.0
+        self.tc = 1
+        if self.stage == "dit":
+            if vae is None:
+                raise ValueError("the dit stage needs a VAE (vae.export or a vae stage before it)")
+            self.vae = vae.to(device).eval().requires_grad_(False)
+            self.scale = float(cfg.vae.scale_factor or 1.0)
+            self.tc = cfg.vae.temporal_compression
+
+    def new_model(self):
+        return build_denoiser(self.cfg)
+
+    @torch.no_grad()
+    def encode(self, clips: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return clips
+        return self.vae.encode(clips).sample() * self.scale
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return latents
+        return self.vae.decode(latents / self.scale)
+
+    def masks(self, n: int, frames: int, generator=None) -> torch.Tensor:
+        m = self.cfg.diffusion.masks
+        lo, hi = max(1, m.context_min // self.tc), max(1, m.context_max // self.tc)
+        hi = min(hi, frames - 1)
+        return sample_frame_masks(n, frames, m.probs(), (min(lo, hi), hi), m.context_drop, generator).mask
+
+    def loss(self, net, clips: torch.Tensor, dtype=torch.float32) -> tuple[torch.Tensor, dict]:
+        x0 = self.encode(clips).to(dtype)
+        mask = self.masks(x0.shape[0], x0.shape[2]).to(x0.device)
+        out = self.diffusion.training_losses(net, x0, mask)
+        return out["loss"], {}
+
+    @torch.no_grad()
+    def val_loss(self, net, clips: torch.Tensor, dtype=torch.float32) -> float:
+        x0 = self.encode(clips).to(dtype)
+        n, frames = x0.shape[0], x0.shape[2]
+        mask = prediction_mask(n, frames, self.context_latents(frames), device=x0.device)
+        g = torch.Generator().manual_seed(0)
+        losses = []
+        for t in VAL_TIMESTEPS:
+            t = min(t, self.diffusion.num_timesteps - 1)
+            noise = torch.randn(x0.shape, generator=g).to(x0.device, dtype)
+            tt = torch.full((n,), t, device=x0.device)
+            losses.append(self.diffusion.training_losses(net, x0, mask, t=tt, noise=noise)["loss"].item())
+        return float(np.mean(losses))
+
+    def context_latents(self, frames: int) -> int:
+        return min(max(1, self.cfg.data.context_frames // self.tc), frames - 1)
+
+    @torch.no_grad()
+    def preview(self, model, clips: torch.Tensor, steps: int | None = None) -> tuple[np.ndarray, dict]:
+        """Predict the future of validation clips from their first data.context_frames frames."""
+        x0 = self.encode(clips)
+        n, frames = x0.shape[0], x0.shape[2]
+        k = self.context_latents(frames)
+        mask = prediction_mask(n, frames, k, device=x0.device)
+        d = self.cfg.diffusion
+        out = sample(model, self.diffusion, tuple(x0.shape), sampler=d.sampler, steps=steps or d.sample_steps,
+                     context=x0, frame_mask=mask, guidance=d.guidance, clip_x0=d.clip_x0 if self.vae is None else None,
+                     generator=torch.Generator().manual_seed(0), device=x0.device)  # fmt: skip
+        pred = self.decode(out).clamp(-1, 1)
+        kp = k * self.tc
+        future, truth = pred[:, :, kp:], clips[:, :, kp:]
+        metrics = {"psnr": psnr(future, truth).mean().item()}
+        for name, guess in baselines(clips[:, :, :kp], frames * self.tc - kp, clips.mean().item()).items():
+            metrics[f"psnr_{name}"] = psnr(guess, truth).mean().item()
+        best = max(metrics[f"psnr_{b}"] for b in ("copy_last", "context_mean", "blank"))
+        metrics["psnr_gain"] = metrics["psnr"] - best  # judged against the best baseline, never one alone
+        return strip([clips, pred]), metrics
+
+
+def strip(rows: list[torch.Tensor], max_clips: int = 4) -> np.ndarray:
+    """An image (H', W', C) uint8: for each clip, one row per tensor (e.g. truth, prediction), frames left
+    to right."""
+    tiles = []
+    for i in range(min(max_clips, rows[0].shape[0])):
+        for r in rows:
+            clip = ((r[i].float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()  # (C, T, H, W)
+            tiles.append(torch.cat(list(clip.permute(1, 2, 3, 0)), dim=1))  # (H, T*W, C)
+    image = torch.cat(tiles, dim=0).numpy()
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image

@@ -1,0 +1,127 @@
+"""The driver side: a Ray Train TorchTrainer per stage, run one after another, then an export.
+
+    from vdp_ray.config import load_config
+    from vdp_ray.train import fit
+    fit(load_config("experiments/tiny_unet.yaml", ["train.workers=2"]))
+
+Without RAY_ADDRESS this starts an embedded local Ray; with it (or inside `ray job submit`) it joins that
+cluster. Re-running the same config (same run.dir) resumes each unfinished stage from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import Config, ConfigError
+from ..export import load_state_dict, write_export
+from .loop import EMA_FILE, STATE, STATUS, train_loop_per_worker
+
+
+class TrainingError(RuntimeError):
+    """A stage did not finish: the message says why and where the last good checkpoint is."""
+
+
+def fit(cfg: Config) -> dict[str, Path]:
+    """Train every stage of ``cfg.train.stages``; returns {stage: export folder}."""
+    from ..data.pipeline import check_shards, list_shards
+    from ..raytools import init_ray
+
+    # Everything that can be wrong with the inputs is checked before any Ray work starts.
+    if not cfg.data.train:
+        raise ConfigError("data.train: no training shards given (make some with `vdp shard`)")
+    for key in ("train", "val"):
+        spec = getattr(cfg.data, key)
+        if spec:
+            try:
+                list_shards(spec)
+                check_shards(spec, cfg.data)
+            except Exception as exc:
+                raise ConfigError(f"data.{key}: {exc}") from None
+    if cfg.vae.export and not (Path(cfg.vae.export) / "model.safetensors").is_file():
+        raise ConfigError(f"vae.export: {cfg.vae.export} is not a VAE export (no model.safetensors)")
+
+    run_dir = Path(cfg.run.dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+    needed = math.ceil(cfg.train.workers * cfg.train.cpus_per_worker) + 2  # room for Ray Data's tasks
+    init_ray(num_cpus=max(os.cpu_count() or 1, needed))
+
+    exports: dict[str, Path] = {}
+    for i, stage in enumerate(cfg.train.stages):
+        last = i == len(cfg.train.stages) - 1
+        stage_cfg = cfg
+        if stage == "dit" and "vae" in exports:
+            stage_cfg = replace(cfg, vae=replace(cfg.vae, export=str(exports["vae"])))
+        export_dir = run_dir / ("export" if last else f"{stage}_export")
+        exports[stage] = run_stage(stage_cfg, stage, run_dir, export_dir)
+    return exports
+
+
+def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path) -> Path:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..data.pipeline import clip_dataset
+
+    t = cfg.train
+    use_gpu = t.use_gpu == "true" or (t.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
+    datasets = {"train": clip_dataset(cfg.data.train, cfg.data, train=True, seed=cfg.run.seed)}
+    if cfg.data.val:
+        datasets["val"] = clip_dataset(cfg.data.val, cfg.data, train=False)
+    status_file = run_dir / "logs" / f"{stage}-{STATUS}"
+    status_file.unlink(missing_ok=True)
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "stage": stage, "run_dir": str(run_dir)},
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=f"{cfg.run.name}-{stage}",  # fixed: the same command resumes the same run
+            storage_path=str(run_dir / "ray"),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+        ),
+        datasets=datasets,
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        raise TrainingError(f"the {stage} stage failed: {exc}") from exc
+    if status_file.is_file():
+        status = json.loads(status_file.read_text())
+        raise TrainingError(status["message"])
+    if result.checkpoint is None:
+        raise TrainingError(f"the {stage} stage ended without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        return export_checkpoint(directory, export_dir, cfg=cfg)
+
+
+def export_checkpoint(checkpoint_dir: str | Path, export_dir: str | Path, cfg: Config | None = None) -> Path:
+    """An export from a checkpoint folder of ours (any ZeRO stage): its EMA weights, no DeepSpeed needed."""
+    from ..config import load_config
+
+    checkpoint_dir = Path(checkpoint_dir)
+    for name in (EMA_FILE, STATE, "config.yaml"):
+        if not (checkpoint_dir / name).is_file():
+            raise TrainingError(f"{checkpoint_dir}: not a vdp_ray checkpoint (missing {name})")
+    state = json.loads((checkpoint_dir / STATE).read_text())
+    cfg = cfg or load_config(checkpoint_dir / "config.yaml")
+    stage = state["stage"]
+    scale = state.get("extra", {}).get("scale_factor")
+    vae_export = None
+    if stage == "vae":
+        cfg = replace(cfg, vae=replace(cfg.vae, scale_factor=scale))
+    elif stage == "dit":
+        from ..export import Export
+
+        vae = Export(cfg.vae.export)
+        cfg = replace(cfg, vae=replace(cfg.vae, scale_factor=vae.cfg.vae.scale_factor))
+        vae_export = vae.directory
+    meta = {"steps": state["step"], "epoch": state["epoch"], "scale_factor": cfg.vae.scale_factor}
+    return write_export(export_dir, cfg, stage, load_state_dict(checkpoint_dir / EMA_FILE), meta, vae_export)
