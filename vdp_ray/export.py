@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .config import Config, load_config
+from .fsutil import swap_in
 
 WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
 
@@ -50,12 +51,7 @@ def write_export(directory: str | Path, cfg: Config, stage: str, state: dict[str
     (tmp / META).write_text(json.dumps({"stage": stage, "family": cfg.model.family, **meta}, indent=2, default=str))
     if vae_export is not None:
         shutil.copytree(vae_export, tmp / "vae")
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, directory)
     return directory
 
 

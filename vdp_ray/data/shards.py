@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fsutil import atomic_write, swap_in
 from .codec import FORMATS, encode_clip
 from .sources import RESIZE_MODES, ClipSpec, Source, SourceError, discover, source_clips
 
@@ -306,7 +307,7 @@ def shard(opts: ShardOptions, log=print) -> dict:
     shutil.rmtree(parts, ignore_errors=True)
     if not summary["splits"]:
         raise ShardError("no clips were written: every source was skipped (see the reasons above)")
-    _atomic_write(out / MANIFEST, json.dumps(summary, indent=2))
+    atomic_write(out / MANIFEST, json.dumps(summary, indent=2))
     summary["elapsed_s"] = round(time.monotonic() - started, 2)
     return summary
 
@@ -396,13 +397,8 @@ def _write_split(directory: Path, members, opts, spec, reports, skipped, augment
         "skipped": [s for s in skipped if s.get("split") in (split, None)],
         "created_by": _created_by(),
     }
-    _atomic_write(staging / MANIFEST, json.dumps(manifest, indent=2))
-    old = directory.with_name(f".{directory.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    staging.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic_write(staging / MANIFEST, json.dumps(manifest, indent=2))
+    swap_in(staging, directory)
     return manifest
 
 
@@ -425,12 +421,6 @@ class _PartIndex:
                 f.seek(offset)
                 out.append((name, f.read(size)))
         return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _stable_int(text: str) -> int:
