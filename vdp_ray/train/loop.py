@@ -163,14 +163,15 @@ def _prefix(report: dict) -> dict:
 
 def _all_finite(loss: torch.Tensor) -> bool:
     """Every rank agrees: one non-finite loss anywhere stops them all at the same step."""
-    flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
+    # on the loss' device: NCCL (GPU) collectives refuse CPU tensors
+    flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
     if dist.is_initialized():
         dist.all_reduce(flag)
     return flag.item() == 0
 
 
 def _mean_across(value: float, device) -> float:
-    t = torch.tensor([float(value)], dtype=torch.float64)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(t)
         t /= dist.get_world_size()
