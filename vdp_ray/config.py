@@ -324,17 +324,7 @@ class Config:
 # ------------------------------------------------------------------------------------ loading
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML experiment file (or the defaults when None) and apply ``key.sub=value`` overrides."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(values).__name__}")
+    values = read_yaml_mapping(path, ConfigError, "config file") if path is not None else {}
     for item in overrides:
         apply_override(values, item)
     try:
@@ -342,6 +332,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     except ConfigError as exc:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{exc}") from None
+
+
+def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> dict:
+    """A YAML file holding a mapping; every failure raises ``error`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise error(f"{path}: expected a mapping of keys at the top level, got {type(values).__name__}")
+    return values
 
 
 def apply_override(values: dict, item: str) -> None:

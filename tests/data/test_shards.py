@@ -87,6 +87,11 @@ def test_dataset_yaml_sets_splits_and_clip_settings(tmp_path):
     (root / "bad.yaml").write_text("train: videos/train\nvalidation: videos/val\n")
     with pytest.raises(ShardError, match=r"bad.yaml: unknown key\(s\) \['validation'\]"):
         shard(ShardOptions(out=str(tmp_path / "o2"), dataset=str(root / "bad.yaml")), log=quiet)
+    (root / "list.yaml").write_text("- videos/train\n")
+    with pytest.raises(ShardError, match=r"list\.yaml: expected a mapping of keys"):
+        shard(ShardOptions(out=str(tmp_path / "o3"), dataset=str(root / "list.yaml")), log=quiet)
+    with pytest.raises(ShardError, match="--dataset file not found"):
+        shard(ShardOptions(out=str(tmp_path / "o4"), dataset=str(root / "missing.yaml")), log=quiet)
 
 
 def make_messy_source(root: Path) -> Path:

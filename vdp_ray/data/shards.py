@@ -100,15 +100,10 @@ def _check(opts: ShardOptions) -> None:
 
 def load_dataset_yaml(path: str | Path) -> tuple[list[Source], dict]:
     """Sources per split and the clip settings of a YOLO-style dataset.yaml (paths relative to the file)."""
-    import yaml
+    from ..config import read_yaml_mapping
 
     path = Path(path)
-    if not path.is_file():
-        raise ShardError(f"--dataset {path}: file not found")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ShardError(f"{path}: not valid YAML: {exc}") from None
+    spec = read_yaml_mapping(path, ShardError, "--dataset file")
     known = {
         "path",
         "train",
