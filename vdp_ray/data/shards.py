@@ -293,7 +293,7 @@ def shard(opts: ShardOptions, log=print) -> dict:
 
     augment = settings.get("augment")
     per_split = _split_members(reports, parts, opts.synthetic is not None)
-    summary = {"splits": {}, "skipped": skipped, "options": _jsonable(asdict(opts)), "created_by": _created_by()}
+    summary = {"splits": {}, "skipped": skipped, "options": asdict(opts), "created_by": _created_by()}
     for split, members in per_split.items():
         if not members:
             continue
@@ -426,14 +426,6 @@ def _created_by() -> str:
     from .. import __version__
 
     return f"vdp_ray {__version__}"
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def read_manifest(directory: str | Path) -> dict:
