@@ -163,7 +163,8 @@ def _key(index: int, stem: str, start: int) -> str:
 # ------------------------------------------------------------------------------------------ ray tasks
 def _shard_source(index: int, source: Source, spec: ClipSpec, fmt: str, part: str) -> dict:
     """Stream every clip of one source into a part tar. Returns a report; failures are reported, not raised."""
-    report = {"index": index, "path": source.path, "split": source.split, "keys": [], "fps": None, "frames_read": 0}
+    report = {"index": index, "path": source.path, "part": part, "split": source.split, "keys": [], "fps": None,
+              "frames_read": 0}  # fmt: skip
     tmp = part + ".tmp"
     try:
         clips, fps, counter = source_clips(source, spec)
@@ -195,7 +196,8 @@ def _shard_source(index: int, source: Source, spec: ClipSpec, fmt: str, part: st
 def _shard_synthetic(first: int, count: int, split_of: list[str], opts: ShardOptions, part: str) -> dict:
     from .moving_digits import moving_digits_clip
 
-    report = {"index": first, "path": f"moving-digits[{first}:{first + count}]", "keys": [], "splits": []}
+    report = {"index": first, "path": f"moving-digits[{first}:{first + count}]", "part": part, "keys": [],
+              "splits": []}  # fmt: skip
     tmp = part + ".tmp"
     with tarfile.open(tmp, "w") as tar:
         for i in range(first, first + count):
@@ -292,7 +294,7 @@ def shard(opts: ShardOptions, log=print) -> dict:
     reports.sort(key=lambda r: r["index"])
 
     augment = settings.get("augment")
-    per_split = _split_members(reports, parts, opts.synthetic is not None)
+    per_split = _split_members(reports, opts.synthetic is not None)
     summary = {"splits": {}, "skipped": skipped, "options": asdict(opts), "created_by": _created_by()}
     for split, members in per_split.items():
         if not members:
@@ -332,14 +334,13 @@ def _assign_splits(n: int, split: dict[str, float] | None, seed: int) -> list[st
     return out
 
 
-def _split_members(reports: list[dict], parts: Path, synthetic: bool) -> dict[str, list[tuple[str, str]]]:
+def _split_members(reports: list[dict], synthetic: bool) -> dict[str, list[tuple[str, str]]]:
     """split -> [(key, part file)] in a deterministic order."""
     per_split: dict[str, list[tuple[str, str]]] = {}
     for r in reports:
-        part = str(parts / (f"{r['index']:08d}.tar" if synthetic else f"{r['index']:06d}.tar"))
         splits = r["splits"] if synthetic else [r["split"]] * len(r["keys"])
         for key, split in zip(r["keys"], splits, strict=True):
-            per_split.setdefault(split, []).append((key, part))
+            per_split.setdefault(split, []).append((key, r["part"]))
     return per_split
 
 
