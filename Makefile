@@ -13,13 +13,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# The main job. Until `vdp demo` lands (issue 5) this runs what exists: moving-digits shards, then the
-# tiny U-Net trained on them with Ray Train + DeepSpeed (a few minutes on two cores), then its export.
+# The main job: moving digits -> shards -> Ray Train + DeepSpeed -> predictions -> metrics + GIF, within
+# 15 minutes on two CPU cores. Outputs in runs/demo (metrics.json, prediction.gif, prediction.png).
 demo: setup
-	$(BIN)/vdp shard --synthetic moving-digits --num-clips 1000 --frames 8 --size 32 32 \
-		--out shards/moving_digits --split train=0.9,val=0.1
-	$(BIN)/vdp train experiments/tiny_unet.yaml run.dir=runs/demo_unet train.max_steps=200
-	@echo "demo OK: export in runs/demo_unet/export, TensorBoard: tensorboard --logdir runs/demo_unet/tb"
+	$(BIN)/vdp demo --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest
@@ -39,6 +36,7 @@ bench: setup
 	$(BIN)/python experiments/bench/models.py
 	$(BIN)/python experiments/bench/data.py
 	$(BIN)/python experiments/bench/train.py
+	test -d runs/demo/run/export && $(BIN)/python experiments/bench/sampling.py || echo "sampling bench: run make demo first"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -9,9 +9,6 @@ from .config import ConfigError, describe_keys, load_config
 
 # Verbs whose issue has not landed yet: they say so and exit non-zero instead of pretending.
 PLANNED = {
-    "predict": "future frames from a video with a trained export",
-    "evaluate": "PSNR/SSIM of predictions against baselines",
-    "demo": "synthetic data -> shards -> train -> predict -> metrics + GIF",
     "tune": "Ray Tune sweeps over config keys",
     "serve": "Ray Serve HTTP predictor",
 }
@@ -76,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--stochastic", action="store_true", help="redraw velocities at random bounces")
 
+    _add_predict(sub)
+    _add_evaluate(sub)
+    demo = sub.add_parser(
+        "demo",
+        help="moving digits -> shards -> train (Ray Train + DeepSpeed) -> predict -> metrics + GIF",
+        description="The whole path on synthetic data, no input needed: makes moving-digits shards, trains the "
+        "demo model on an embedded Ray within a time budget, predicts held-out clips and scores them against "
+        "the baselines. Writes OUT/metrics.json, OUT/prediction.gif and OUT/prediction.png.",
+    )
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo); re-running resumes")
+    demo.add_argument("--minutes", type=float, default=15.0, help="total time budget (default 15)")
+    demo.add_argument("--clips", type=int, default=4000, help="moving-digits clips to generate (default 4000)")
+    demo.add_argument("--eval-clips", type=int, default=128, help="held-out clips to score (default 128)")
+    demo.add_argument("overrides", nargs="*", help="dotted overrides of the demo config, e.g. train.max_steps=100")
+
     for verb, what in PLANNED.items():
         p = sub.add_parser(verb, help=f"{what} (not built yet)", add_help=True)
         p.add_argument("args", nargs=argparse.REMAINDER)
@@ -126,6 +138,12 @@ def _dispatch(argv: list[str] | None) -> int:
             return _models(args)
         if args.verb == "keys":
             return _keys(args)
+        if args.verb == "predict":
+            return _predict(args)
+        if args.verb == "evaluate":
+            return _evaluate(args)
+        if args.verb == "demo":
+            return _demo(args)
     except ConfigError as exc:
         print(f"vdp {args.verb}: config error: {exc}", file=sys.stderr)
         return 2
@@ -225,6 +243,116 @@ def _models(args) -> int:
         else:
             flops = forward_flops(model, x, torch.zeros(1, shape[1], device="meta"), None)
         print(f"{family:<8} {name:<7} {count_parameters(model) / 1e6:>9.2f}M {shape!s:<20} {flops / 1e9:>11.2f}")
+    return 0
+
+
+def _add_sampling(p) -> None:
+    g = p.add_argument_group("sampling (defaults: the export's diffusion.* settings)")
+    g.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], help="ddpm, ddim, or dpm++ (the fast solver)")
+    g.add_argument("--steps", type=int, help="sampling steps (e.g. 1000 for ddpm, 50 ddim, 20 dpm++)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance on the context (1 = off)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (default 0; same seed, same frames)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="future frames (or new clips, in-betweens, refinements) with a trained export",
+        description="Predict the frames that follow a video's first --context frames (rolling out past the "
+        "model's window when --future is longer), or --task generate / interpolate / refine. Writes OUT "
+        "(.gif or .mp4: the given frames then the made ones) and OUT's stem + .png (a strip with the truth "
+        "below when the input has it).",
+    )
+    p.add_argument("--checkpoint", required=True, help="an export folder (run.dir/export)")
+    p.add_argument("--input", help="a video file (.mp4 .avi .mov .mkv .webm .gif) or a folder of frames")
+    p.add_argument("--task", choices=["predict", "generate", "interpolate", "refine"], default="predict")
+    p.add_argument("--context", type=int, help="given frames (default: the export's data.context_frames)")
+    p.add_argument("--future", type=int, help="frames to predict (default: the rest of the model's window)")
+    p.add_argument("--start", type=int, default=0, help="first input frame to use (default 0)")
+    p.add_argument("--between", type=int, help="interpolate: frames to make between two input frames")
+    p.add_argument("--frames", type=int, help="generate / refine: clip length (default: the model's window)")
+    p.add_argument("--batch", type=int, default=1, help="generate: clips to make (default 1)")
+    p.add_argument("--strength", type=float, default=0.5, help="refine: noise level in (0, 1] (default 0.5)")
+    p.add_argument("--resize", action="store_true", help="centre-crop and resize input to the model's frame size")
+    p.add_argument("--fps", type=float, help="output frame rate (default: the input's, else 4)")
+    p.add_argument("--out", required=True, help="output video: OUT.gif or OUT.mp4")
+    _add_sampling(p)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="PSNR/SSIM of an export's predictions on shards, against copy_last / context_mean / blank",
+        description="Score predicted frames only, per future frame and averaged, against three baselines on the "
+        "same clips; clips stream through Ray Data into Predictor actors. Writes OUT/metrics.json (stamped with "
+        "the protocol), OUT/psnr_per_frame.png, OUT/prediction.gif and OUT/prediction.png.",
+    )
+    p.add_argument("--checkpoint", required=True, help="an export folder (run.dir/export)")
+    p.add_argument("--shards", required=True, help="held-out shards: a folder, a glob, a tar or a URI")
+    p.add_argument("--context", type=int, help="given frames (default: the export's data.context_frames)")
+    p.add_argument("--future", type=int, help="predicted frames (default: the rest of the model's window)")
+    p.add_argument("--clips", type=int, default=64, help="clips to score (default 64)")
+    p.add_argument(
+        "--samples",
+        "--best-of",
+        dest="samples",
+        type=int,
+        default=1,
+        help="draws per clip: metrics average them; with more than one, best-of-K is reported too",
+    )
+    p.add_argument("--workers", type=int, default=1, help="Predictor actors (default 1)")
+    p.add_argument("--cpus-per-worker", type=float, default=2.0, help="CPUs per actor (default 2)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per batch (default 16)")
+    p.add_argument("--out", default="eval", help="output folder (default eval)")
+    _add_sampling(p)
+
+
+def _predict(args) -> int:
+    from .media import MediaError
+    from .predict import PredictError
+    from .predict_cli import run
+
+    try:
+        lines = run(args)
+    except (PredictError, MediaError) as exc:
+        print(f"vdp predict: error: {exc}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import EvalOptions, EvaluationError, evaluate, table
+    from .predict import PredictError
+
+    opts = EvalOptions(
+        checkpoint=args.checkpoint, shards=args.shards, context=args.context, future=args.future, clips=args.clips,
+        samples=args.samples, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
+        workers=args.workers, cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size, out=args.out,
+        device=args.device,
+    )  # fmt: skip
+    try:
+        metrics = evaluate(opts)
+    except (EvaluationError, PredictError) as exc:
+        print(f"vdp evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(table(metrics))
+    print(f"metrics in {args.out}/metrics.json; curve psnr_per_frame.png; previews prediction.gif / .png")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import DemoOptions, run_demo
+    from .train import TrainingError
+
+    try:
+        run_demo(DemoOptions(out=args.out, minutes=args.minutes, clips=args.clips, eval_clips=args.eval_clips,
+                             overrides=args.overrides))  # fmt: skip
+    except TrainingError as exc:
+        print(f"vdp demo: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -66,6 +66,8 @@ class DataConfig:
 
 @dataclass
 class UNetConfig:
+    patch: int | None = opt(None, "Space-to-depth patch: p x p pixels folded into channels before the first level.",
+                            ge=1, le=8)  # fmt: skip
     base_channels: int | None = opt(None, "Channels at full resolution.", ge=8)
     channel_mults: tuple[int, ...] | None = opt(
         None, "Channel multiplier per level; 2x spatial downsampling between levels.", ge=1
@@ -144,6 +146,7 @@ class DiffusionConfig:
     zero_terminal_snr: bool = opt(False, "Rescale the schedule to SNR 0 at the last step (needs v or x0).")
     prediction_type: str = opt("v", "What the network predicts.", choices=("eps", "v", "x0"))
     min_snr_gamma: float | None = opt(None, "Min-SNR-gamma loss weighting (e.g. 5); off when unset.", gt=0.0)
+    residual: bool = opt(False, "x0 predicted as the change from the nearest given frame (needs prediction_type x0).")
     masks: MaskConfig = section(MaskConfig, "Frame-mask task mix for training.")
     sampler: str = opt("ddim", "Default sampler.", choices=("ddpm", "ddim", "dpm++"))
     sample_steps: int = opt(50, "Default sampling steps.", ge=1)
@@ -165,6 +168,9 @@ class TrainConfig:
     batch_size: int = opt(8, "Clips per worker per step (micro-batch).", ge=1)
     grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", ge=1)
     max_steps: int = opt(1000, "Optimizer steps per stage.", ge=1)
+    max_minutes: float | None = opt(
+        None, "Wall-clock cap per stage: stop (checkpoint and export) at the first step past it. Unset = none.", gt=0.0
+    )
     lr: float = opt(1e-4, "Peak learning rate (AdamW).", gt=0.0, le=1.0)
     weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0.0)
     warmup_steps: int = opt(100, "Linear warm-up steps before cosine decay.", ge=0)
@@ -248,6 +254,11 @@ class Config:
                 raise ConfigError("train.stages: the 'dit' stage needs model.family: dit")
             if "vae" not in stages[: stages.index("dit")] and not v.export:
                 raise ConfigError("train.stages: the 'dit' stage needs a VAE: put 'vae' before it or set vae.export")
+        if df.residual and df.prediction_type != "x0":
+            raise ConfigError(
+                f"diffusion.residual: needs diffusion.prediction_type x0, got {df.prediction_type!r} "
+                "(the residual is measured in x0 space)"
+            )
         if df.prediction_type == "eps" and df.zero_terminal_snr:
             raise ConfigError(
                 "diffusion.zero_terminal_snr: needs diffusion.prediction_type v or x0 (eps carries no "
@@ -269,11 +280,11 @@ class Config:
 
         if m.family == "unet3d":
             u = m.unet3d
-            down = 2 ** (len(u.channel_mults) - 1)
+            down = u.patch * 2 ** (len(u.channel_mults) - 1)
             if h % down or w % down:
                 raise ConfigError(
                     f"data.size {h}x{w} must be divisible by the U-Net's downsampling {down} "
-                    f"(2^(len(model.unet3d.channel_mults) - 1))"
+                    f"(model.unet3d.patch * 2^(len(model.unet3d.channel_mults) - 1))"
                 )
             bad = [lvl for lvl in u.attn_levels if lvl >= len(u.channel_mults)]
             if bad:

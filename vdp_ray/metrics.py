@@ -41,11 +41,17 @@ def ssim(pred: torch.Tensor, truth: torch.Tensor, max_val: float = 2.0) -> torch
     return s.mean(dim=(1, 2, 3)).reshape(n, t).float()
 
 
-def baselines(context: torch.Tensor, num_future: int, data_mean: float) -> dict[str, torch.Tensor]:
+BASELINES = ("copy_last", "context_mean", "blank")
+
+
+def baselines(context: torch.Tensor, num_future: int, data_mean: float | None = None) -> dict[str, torch.Tensor]:
     """Guesses any model must beat, each (N, C, num_future, H, W):
     copy_last (repeat the last context frame), context_mean (the mean context frame), blank (a constant
-    frame at the data's mean value)."""
+    frame at the data's mean value; by default each clip's mean context value, which a predictor knows)."""
     last = context[:, :, -1:].expand(-1, -1, num_future, -1, -1)
     mean = context.mean(2, keepdim=True).expand(-1, -1, num_future, -1, -1)
-    blank = torch.full_like(last, data_mean)
+    if data_mean is None:
+        blank = context.mean(dim=(1, 2, 3, 4), keepdim=True).expand_as(last).clone()
+    else:
+        blank = torch.full_like(last, data_mean)
     return {"copy_last": last, "context_mean": mean, "blank": blank}

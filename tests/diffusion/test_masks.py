@@ -74,3 +74,13 @@ def test_latent_frame_mask_needs_whole_latent_frames():
         latent_frame_mask(prediction_mask(1, 8, 3), 2)
     with pytest.raises(ValueError, match="do not divide"):
         latent_frame_mask(prediction_mask(1, 6, 2), 4)
+
+
+def test_nearest_given_frame_is_the_anchor():
+    from vdp_ray.diffusion import nearest_given
+
+    frames = torch.arange(5.0).view(1, 1, 5, 1, 1).expand(3, 2, 5, 2, 2).clone()
+    mask = torch.tensor([[False, True, False, False, True], [True, False, False, False, False], [False] * 5])
+    got = nearest_given(frames, mask)[:, 0, :, 0, 0]
+    assert got.tolist() == [[1, 1, 1, 1, 4], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
+    assert got.shape == (3, 5)

@@ -72,3 +72,22 @@ def test_temporal_mixing_reaches_other_frames():
     y[:, :, 0] += 1.0
     diff = (net(x, torch.zeros(1)) - net(y, torch.zeros(1))).abs().flatten(3).amax(-1)  # (1, C, T)
     assert (diff[0, :, 5] > 0).any(), "a change in frame 0 reaches frame 5"
+
+
+def test_space_to_depth_patch_keeps_shapes_and_locality():
+    net = UNet3D(in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_levels=(), patch=2)
+    assert net.downsampling == 4
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.1)
+    x = torch.randn(2, 1, 3, 16, 20)
+    out = net(x, torch.full((2, 3), 5.0), torch.tensor([[True, False, False]] * 2))
+    assert out.shape == x.shape
+    # every output pixel of the 2x2 cells comes back where it belongs: moving one input pixel changes
+    # the output near it (not a shuffled place)
+    y = x.clone()
+    y[:, :, :, 0, 0] += 5.0
+    diff = (net(y, torch.full((2, 3), 5.0)) - net(x, torch.full((2, 3), 5.0))).abs().sum(dim=(0, 1, 2))
+    assert diff[:6, :6].sum() > diff[10:, 10:].sum()
+    with pytest.raises(ValueError, match="divisible by its total downsampling 4"):
+        net(torch.randn(1, 1, 2, 18, 16), torch.zeros(1, 2))

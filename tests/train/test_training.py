@@ -130,3 +130,14 @@ def test_missing_shards_fail_before_ray_starts(tmp_path):
 
     with pytest.raises(ConfigError, match=r"data\.train: .*no such shard folder"):
         fit(cfg)
+
+
+def test_max_minutes_caps_a_stage_and_still_exports(digits, tmp_path):
+    run = tmp_path / "capped"
+    cfg = config("tiny_unet", digits, run, "train.max_steps=100000", "train.max_minutes=0.1")
+    export = fit(cfg)["unet3d"]
+    steps = Export(export).meta["steps"]
+    assert 0 < steps < 100000
+    last = logged(run, "unet3d")[-1]
+    assert last["step"] == steps, "the capped step is logged, validated and checkpointed like a last step"
+    assert last_checkpoint(run, "capped-unet3d").is_dir()

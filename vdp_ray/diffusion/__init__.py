@@ -1,7 +1,15 @@
 """Diffusion core: schedules, prediction types, frame masks and samplers. Knows nothing of models or Ray."""
 
 from .gaussian import GaussianDiffusion, expand_to
-from .masks import TASKS, FrameMasks, interpolation_mask, latent_frame_mask, prediction_mask, sample_frame_masks
+from .masks import (
+    TASKS,
+    FrameMasks,
+    interpolation_mask,
+    latent_frame_mask,
+    nearest_given,
+    prediction_mask,
+    sample_frame_masks,
+)
 from .objectives import PREDICTION_TYPES, convert, min_snr_weight, target_for, to_x0_eps
 from .samplers import SAMPLERS, SPACINGS, ConditionedDenoiser, make_sampler, sample, timestep_schedule
 from .schedules import SCHEDULES, make_alpha_bar
@@ -22,6 +30,7 @@ __all__ = [
     "make_alpha_bar",
     "make_sampler",
     "min_snr_weight",
+    "nearest_given",
     "prediction_mask",
     "sample",
     "sample_frame_masks",

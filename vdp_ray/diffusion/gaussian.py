@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from .masks import nearest_given
 from .objectives import masked_frame_loss, min_snr_weight, target_for
 from .schedules import make_alpha_bar
 
@@ -33,18 +34,23 @@ class GaussianDiffusion:
         prediction_type: str = "v",
         zero_terminal_snr: bool = False,
         min_snr_gamma: float | None = None,
+        residual: bool = False,
     ):
+        if residual and prediction_type != "x0":
+            raise ValueError("a residual objective needs prediction_type x0")
         self.schedule = schedule
         self.num_timesteps = num_timesteps
         self.prediction_type = prediction_type
         self.min_snr_gamma = min_snr_gamma
+        self.residual = residual  # x0 predicted as a change from the nearest given frame
         self.alpha_bar = make_alpha_bar(schedule, num_timesteps, zero_terminal_snr)  # (T,) float64
         self._tables: dict[torch.device, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, cfg) -> GaussianDiffusion:
         """Build from a ``DiffusionConfig`` (or anything with the same attributes)."""
-        return cls(cfg.schedule, cfg.num_timesteps, cfg.prediction_type, cfg.zero_terminal_snr, cfg.min_snr_gamma)
+        return cls(cfg.schedule, cfg.num_timesteps, cfg.prediction_type, cfg.zero_terminal_snr, cfg.min_snr_gamma,
+                   getattr(cfg, "residual", False))  # fmt: skip
 
     def alpha_bar_on(self, device) -> torch.Tensor:
         """The float64 table on ``device``, copied there once (this sits on the training hot path)."""
@@ -101,6 +107,8 @@ class GaussianDiffusion:
         out = model(x_t, frame_t.to(x0.dtype), frame_mask, **model_kwargs)
         ab = self.alpha_bar_at(frame_t, x0)
         target = target_for(self.prediction_type, x0, noise, ab)
+        if self.residual:
+            target = target - nearest_given(x0, frame_mask)
         weight = None
         if self.min_snr_gamma:
             weight = min_snr_weight(self.alpha_bar_on(x0.device)[frame_t], self.min_snr_gamma, self.prediction_type)

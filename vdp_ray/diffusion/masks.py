@@ -103,3 +103,18 @@ def latent_frame_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
             f"given frames must come in groups of {factor} (e.g. {factor}, {2 * factor}, ...)"
         )
     return groups.all(-1)
+
+
+def nearest_given(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """For every frame, the closest given frame before it (else after it), or zeros when a clip has none:
+    the anchor a residual x0-prediction is measured from. frames (N, C, T, ...), mask (N, T) bool."""
+    n, t = mask.shape
+    idx = torch.arange(t, device=mask.device).expand(n, t)
+    before = torch.cummax(torch.where(mask, idx, torch.full_like(idx, -1)), dim=1).values  # -1: none yet
+    after = torch.where(mask, idx, torch.full_like(idx, t)).flip(1).cummin(dim=1).values.flip(1)  # t: none
+    src = torch.where(before >= 0, before, after)
+    has = (src < t).to(frames.dtype)
+    src = src.clamp(max=t - 1)
+    shape = (n, 1, t) + (1,) * (frames.ndim - 3)
+    gathered = torch.gather(frames, 2, src.view(shape).expand_as(frames))
+    return gathered * has.view(shape)

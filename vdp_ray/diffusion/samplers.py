@@ -12,6 +12,7 @@ import math
 import torch
 
 from .gaussian import GaussianDiffusion, expand_to
+from .masks import nearest_given
 from .objectives import to_x0_eps
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
@@ -205,8 +206,10 @@ class ConditionedDenoiser:
             given = expand_to(mask, x_t)
             x_in = torch.where(given, self.context, x_t)
             t_cond = torch.where(mask, torch.zeros_like(t_full), t_full)
+            # a residual x0-model predicts the change from the nearest given frame (none: the null mask)
+            anchor = nearest_given(self.context.to(x_t.dtype), mask) if self.diffusion.residual else 0.0
             if self.guidance == 1.0:
-                out = self.model(x_in, t_cond, mask, **self.model_kwargs)
+                out = self.model(x_in, t_cond, mask, **self.model_kwargs) + anchor
             else:  # one batched call for both branches
                 both = self.model(
                     torch.cat([x_in, x_t]),
@@ -215,6 +218,7 @@ class ConditionedDenoiser:
                     **self._doubled_kwargs(),
                 )
                 cond, uncond = both.chunk(2)
+                cond = cond + anchor
                 out = uncond + self.guidance * (cond - uncond)
         x0, eps = to_x0_eps(out, self.diffusion.prediction_type, x_t, ab)
         if self.clip_x0 is not None:

@@ -21,12 +21,20 @@ from .layers import (
     zero_module,
 )
 
+# fmt: off
 PRESETS: dict[str, dict] = {
-    "tiny": dict(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attn_levels=(1, 2), head_dim=16),
-    "small": dict(base_channels=64, channel_mults=(1, 2, 4), num_res_blocks=2, attn_levels=(1, 2), head_dim=32),
+    "tiny": dict(patch=1, base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attn_levels=(1, 2), head_dim=16),
+    # The demo's model: 2x2 pixels folded into channels first, so every level runs at half the resolution
+    # (4x fewer FLOPs per channel at the top level, where a 3D U-Net spends most of its time).
+    "demo": dict(patch=2, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attn_levels=(1, 2),
+                 head_dim=32),
+    "small": dict(patch=1, base_channels=64, channel_mults=(1, 2, 4), num_res_blocks=2, attn_levels=(1, 2),
+                  head_dim=32),
     # The seed's reference size: base 64, mults 1,2,4,8.
-    "seed": dict(base_channels=64, channel_mults=(1, 2, 4, 8), num_res_blocks=2, attn_levels=(2, 3), head_dim=64),
+    "seed": dict(patch=1, base_channels=64, channel_mults=(1, 2, 4, 8), num_res_blocks=2, attn_levels=(2, 3),
+                 head_dim=64),
 }
+# fmt: on
 
 
 class Conv2Plus1d(nn.Sequential):
@@ -86,14 +94,17 @@ class UNet3D(nn.Module):
         head_dim: int = 64,
         dropout: float = 0.0,
         out_channels: int | None = None,
+        patch: int = 1,
     ):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
-        self.downsampling = 2 ** (len(channel_mults) - 1)
+        self.patch = patch  # space-to-depth: p x p pixels become p^2 channels (undone at the output)
+        self.downsampling = patch * 2 ** (len(channel_mults) - 1)
         emb_dim = 4 * base_channels
         self.time_embed = TimestepEmbedder(emb_dim)
-        self.conv_in = nn.Conv3d(in_channels + 1, base_channels, 3, padding=1)  # +1: the frame-mask channel
+        # +1: the frame-mask channel
+        self.conv_in = nn.Conv3d(in_channels * patch**2 + 1, base_channels, 3, padding=1)
 
         widths = [base_channels * m for m in channel_mults]
         skips = [base_channels]
@@ -122,7 +133,7 @@ class UNet3D(nn.Module):
             if level > 0:
                 self.upsample.append(nn.Conv3d(ch, ch, 3, padding=1))
         self.norm_out = group_norm(ch)
-        self.conv_out = zero_module(nn.Conv3d(ch, self.out_channels, 3, padding=1))
+        self.conv_out = zero_module(nn.Conv3d(ch, self.out_channels * patch**2, 3, padding=1))
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_channels:
@@ -137,6 +148,9 @@ class UNet3D(nn.Module):
         self.check_input(x)
         n, _, num_frames = x.shape[:3]
         emb = self.time_embed(frame_timesteps(t, n, num_frames))  # (N, T, D)
+        p = self.patch
+        if p > 1:
+            x = rearrange(x, "n c t (h p) (w q) -> n (c p q) t h w", p=p, q=p)
         h = self.conv_in(torch.cat([x, mask_channel(frame_mask, x)], dim=1))
         hs = [h]
         for i, level in enumerate(self.down):
@@ -154,4 +168,7 @@ class UNet3D(nn.Module):
             if i < len(self.upsample):
                 h = F.interpolate(h, scale_factor=(1, 2, 2), mode="nearest")
                 h = self.upsample[i](h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        if p > 1:
+            out = rearrange(out, "n (c p q) t h w -> n c t (h p) (w q)", p=p, q=p)
+        return out

@@ -118,6 +118,10 @@ def train_loop_per_worker(config: dict) -> None:
         step += 1
         _update_ema(ema, engine.module, zero3)
         _inject_fault(cfg, run_dir, stage, step, rank)
+        limit = cfg.train.max_minutes
+        if limit is not None and step < total and _out_of_time(run_start, limit, device):
+            log.line(f"train.max_minutes={cfg.train.max_minutes:g} reached at step {step}: finishing the stage here")
+            total = step  # this step becomes the last: validated, checkpointed, exported
 
         if step % cfg.train.log_every == 0 or step == total:
             elapsed = time.perf_counter() - window_start
@@ -168,6 +172,14 @@ def _all_finite(loss: torch.Tensor) -> bool:
     if dist.is_initialized():
         dist.all_reduce(flag)
     return flag.item() == 0
+
+
+def _out_of_time(start: float, minutes: float, device) -> bool:
+    """Rank 0's clock decides for everyone, so all ranks stop at the same step."""
+    flag = torch.tensor([1.0 if time.perf_counter() - start > 60 * minutes else 0.0], device=device)
+    if dist.is_initialized():
+        dist.broadcast(flag, src=0)
+    return flag.item() > 0
 
 
 def _mean_across(value: float, device) -> float:

@@ -139,7 +139,7 @@ class DiffusionTask:
         kp = k * self.tc
         future, truth = pred[:, :, kp:], clips[:, :, kp:]
         metrics = {"psnr": psnr(future, truth).mean().item()}
-        for name, guess in baselines(clips[:, :, :kp], frames * self.tc - kp, clips.mean().item()).items():
+        for name, guess in baselines(clips[:, :, :kp], frames * self.tc - kp).items():
             metrics[f"psnr_{name}"] = psnr(guess, truth).mean().item()
         best = max(metrics[f"psnr_{b}"] for b in ("copy_last", "context_mean", "blank"))
         metrics["psnr_gain"] = metrics["psnr"] - best  # judged against the best baseline, never one alone

@@ -1,0 +1,307 @@
+"""`vdp evaluate`: future-frame PSNR / SSIM of an export on held-out shards, against the baselines.
+
+Protocol: each clip's first ``context`` frames are given, the next ``future`` frames are predicted
+(``samples`` draws per clip) and scored frame by frame on predicted frames only. The same clips are scored
+for the baselines copy_last, context_mean and blank (metrics.baselines), and a model is judged against the
+best of them. Clips stream through Ray Data into a pool of Predictor actors, so a large evaluation spreads
+over a cluster the way training does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .metrics import BASELINES, baselines, psnr, ssim
+
+KEEP_CLIPS = 4  # predictions kept for the GIF and the strip
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run as asked; the message names the option."""
+
+
+@dataclass
+class EvalOptions:
+    checkpoint: str
+    shards: str
+    context: int | None = None  # default: the export's data.context_frames
+    future: int | None = None  # default: the rest of its window
+    clips: int = 64
+    samples: int = 1
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    batch_size: int = 16
+    out: str | None = None
+    device: str = "auto"
+
+
+def score(pred: torch.Tensor, truth: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per (clip, frame) PSNR and SSIM of float clips (N, C, F, H, W) in [-1, 1]."""
+    return psnr(pred, truth).numpy(), ssim(pred, truth).numpy()
+
+
+class ClipScorer:
+    """A Ray Data actor: a Predictor on this worker's device, scoring batches of clips."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        context: int,
+        future: int,
+        samples: int,
+        sample_kw: dict,
+        seed: int,
+        device: str = "auto",
+        threads: int = 1,
+    ):
+        from .predict import Predictor
+
+        if threads and not torch.cuda.is_available():
+            torch.set_num_threads(max(1, threads))
+        self.p = Predictor.from_export(checkpoint, device=device)
+        self.context, self.future, self.samples = context, future, samples
+        self.sample_kw, self.seed = sample_kw, seed
+
+    def __call__(self, batch: dict) -> dict:
+        clips = np.asarray(batch["clip"], np.float32)  # (B, C, T, H, W) in [-1, 1]
+        k, f = self.context, self.future
+        u8 = np.round((clips + 1) * 127.5).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 4, 1)  # (B, T, H, W, C)
+        ctx, truth = torch.from_numpy(clips[:, :, :k]), torch.from_numpy(clips[:, :, k : k + f])
+        draws_p, draws_s, first = [], [], None
+        t0 = time.perf_counter()
+        for s in range(self.samples):
+            # one batched call per draw, seeded by (seed, first clip of the batch, draw): batches are fixed
+            # (ordered execution, fixed batch size), so the same command gives the same numbers
+            seed = _clip_seed(self.seed, str(batch["key"][0]), s)
+            pred_u8 = self.p.predict(u8[:, :k], f, context=k, seed=seed, **self.sample_kw)
+            if first is None:
+                first = pred_u8
+            pred = torch.from_numpy(pred_u8).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+            p_, s_ = score(pred, truth)
+            draws_p.append(p_)
+            draws_s.append(s_)
+        seconds = (time.perf_counter() - t0) / (len(clips) * self.samples)
+        draws_p, draws_s = np.stack(draws_p), np.stack(draws_s)  # (S, B, F)
+        best = draws_p.mean(-1).argmax(0)  # per clip, the draw with the best mean PSNR
+        idx = np.arange(len(clips))
+        out = {
+            "key": np.asarray(batch["key"]),
+            "psnr": draws_p.mean(0),
+            "ssim": draws_s.mean(0),
+            "best_psnr": draws_p[best, idx],
+            "best_ssim": draws_s[best, idx],
+            "seconds": np.full(len(clips), seconds),
+            "context_u8": u8[:, :k],
+            "truth_u8": u8[:, k : k + f],
+            "pred_u8": first,
+        }
+        for name, guess in baselines(ctx, f).items():
+            p_, s_ = score(guess, truth)
+            out[f"{name}_psnr"], out[f"{name}_ssim"] = p_, s_
+        return out
+
+
+def _clip_seed(seed: int, key: str, sample: int) -> int:
+    import zlib
+
+    return (seed * 1_000_003 + zlib.crc32(key.encode()) * 31 + sample) % (2**63)
+
+
+def evaluate(opts: EvalOptions) -> dict:
+    """Run the protocol; returns the metrics dict (and writes metrics.json, curve and previews to opts.out)."""
+    from .data.pipeline import check_shards, clip_dataset, list_shards
+    from .predict import PredictError, Predictor
+    from .raytools import init_ray
+
+    # Everything checked before Ray starts.
+    p = Predictor.from_export(opts.checkpoint, device="cpu")
+    k = p.cfg.data.context_frames if opts.context is None else opts.context
+    f = (p.window - k) if opts.future is None else opts.future
+    for name, value in (
+        ("--context", k),
+        ("--future", f),
+        ("--clips", opts.clips),
+        ("--samples", opts.samples),
+        ("--workers", opts.workers),
+        ("--batch-size", opts.batch_size),
+    ):
+        if value <= 0:
+            raise EvaluationError(f"{name}: must be a positive integer, got {value}")
+    sample_kw = {"sampler": opts.sampler, "steps": opts.steps, "guidance": opts.guidance}
+    try:
+        _check_sample_options(p, sample_kw)
+    except PredictError as e:
+        raise EvaluationError(str(e)) from None
+    if k % p.tc:
+        raise EvaluationError(f"--context: {k} frames; this model needs a multiple of {p.tc}")
+    data_cfg = replace(p.cfg.data, frames=k + f, hflip=False, crop_scale=1.0)
+    try:
+        paths = list_shards(opts.shards)
+        check_shards(paths, data_cfg)
+    except Exception as exc:
+        raise EvaluationError(f"--shards {opts.shards}: {exc}") from None
+
+    init_ray(num_cpus=max(2, math.ceil(opts.workers * opts.cpus_per_worker) + 1))
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    # Leave a CPU for reading and decoding (actors holding every CPU starve Ray Data's tasks); the actors
+    # still run cpus_per_worker threads, the reservation is only Ray's bookkeeping.
+    total = ray.cluster_resources().get("CPU", 1.0)
+    reserve = min(opts.cpus_per_worker, max(0.25, (total - 1) / opts.workers))
+
+    DataContext.get_current().execution_options.preserve_order = True
+    gpu = torch.cuda.is_available() and opts.device != "cpu"
+    ds = clip_dataset(paths, data_cfg, train=False).limit(opts.clips)
+    ds = ds.map_batches(
+        ClipScorer,
+        fn_constructor_kwargs={
+            "checkpoint": str(opts.checkpoint),
+            "context": k,
+            "future": f,
+            "samples": opts.samples,
+            "sample_kw": sample_kw,
+            "seed": opts.seed,
+            "device": opts.device,
+            "threads": int(max(1, opts.cpus_per_worker)),
+        },
+        batch_size=opts.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=opts.workers),
+        num_cpus=reserve,
+        num_gpus=1 if gpu else 0,
+    )
+    rows: dict[str, list] = {}
+    kept: list[tuple] = []
+    start, done = time.perf_counter(), 0
+    from .progress import Progress
+
+    bar = Progress(opts.clips, "clips evaluated")
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        n = len(batch["key"])
+        for key, v in batch.items():
+            if key.endswith("_u8"):
+                continue
+            rows.setdefault(key, []).append(np.asarray(v))
+        for i in range(n):
+            if len(kept) < KEEP_CLIPS:
+                kept.append((batch["context_u8"][i], batch["pred_u8"][i], batch["truth_u8"][i]))
+        done += n
+        bar.update(n)
+    if done == 0:
+        raise EvaluationError(f"--shards {opts.shards}: no clips with {k + f} frames to evaluate")
+    cols = {key: np.concatenate(v) for key, v in rows.items()}
+    metrics = summarize(cols, p, opts, k, f, time.perf_counter() - start)
+    if opts.out:
+        write_outputs(Path(opts.out), metrics, kept)
+    return metrics
+
+
+def _check_sample_options(p, kw: dict) -> None:
+    from .diffusion import SAMPLERS
+    from .predict import PredictError
+
+    if kw["sampler"] is not None and kw["sampler"] not in SAMPLERS:
+        raise PredictError(f"--sampler: unknown {kw['sampler']!r}; expected one of {list(SAMPLERS)}")
+    if kw["steps"] is not None and not 0 < kw["steps"] <= p.diffusion.num_timesteps:
+        raise PredictError(f"--steps: must be in [1, {p.diffusion.num_timesteps}], got {kw['steps']}")
+
+
+def summarize(cols: dict, p, opts: EvalOptions, k: int, f: int, wall: float) -> dict:
+    def stat(prefix: str) -> dict:
+        ps, ss = cols[f"{prefix}psnr"], cols[f"{prefix}ssim"]
+        ps = np.where(np.isinf(ps), 100.0, ps)  # identical frames: capped, not infinite
+        return {
+            "psnr": round(float(ps.mean()), 3),
+            "ssim": round(float(ss.mean()), 4),
+            "per_frame": {"psnr": np.round(ps.mean(0), 3).tolist(), "ssim": np.round(ss.mean(0), 4).tolist()},
+        }
+
+    model = stat("")
+    base = {name: stat(f"{name}_") for name in BASELINES}
+    best_p = max(base, key=lambda n: base[n]["psnr"])
+    best_s = max(base, key=lambda n: base[n]["ssim"])
+    d = p.cfg.diffusion
+    metrics = {
+        "psnr": model["psnr"],
+        "ssim": model["ssim"],
+        "per_frame": model["per_frame"],
+        "baseline": base,
+        "best_baseline": {"psnr": best_p, "ssim": best_s},
+        "psnr_gain": round(model["psnr"] - base[best_p]["psnr"], 3),
+        "ssim_gain": round(model["ssim"] - base[best_s]["ssim"], 4),
+        "protocol": {
+            "context": k,
+            "future": f,
+            "clips": len(cols["psnr"]),
+            "samples_per_clip": opts.samples,
+            "sampler": opts.sampler or d.sampler,
+            "steps": opts.steps or d.sample_steps,
+            "guidance": d.guidance if opts.guidance is None else opts.guidance,
+            "seed": opts.seed,
+            "resolution": list(p.size),
+            "channels": p.channels,
+            "shards": str(opts.shards),
+            "metric_notes": "mean over clips of per-frame PSNR (dB, peak 255) and SSIM (11x11 Gaussian, sigma 1.5) "
+            "on predicted frames only; samples averaged per clip",
+        },
+        "model": p.info(),
+        "seconds_per_clip": round(float(cols["seconds"].mean()), 4),
+        "wall_seconds": round(wall, 1),
+    }
+    if opts.samples > 1:
+        metrics["best_of"] = {"k": opts.samples, **stat("best_")}
+        metrics["best_of"].pop("per_frame")
+    return metrics
+
+
+def write_outputs(out: Path, metrics: dict, kept: list[tuple]) -> None:
+    from .media import animation, plot_curves, side_by_side, write_png, write_video
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    curves = {"model": metrics["per_frame"]["psnr"]}
+    curves.update({n: b["per_frame"]["psnr"] for n, b in metrics["baseline"].items()})
+    pr = metrics["protocol"]
+    plot_curves(
+        out / "psnr_per_frame.png",
+        curves,
+        "future frame",
+        "PSNR (dB)",
+        f"{pr['clips']} clips, {pr['context']} -> {pr['future']} frames, {pr['sampler']}-{pr['steps']}",
+    )
+    if kept:
+        strips = [side_by_side(*clip) for clip in kept]
+        width = max(s.shape[1] for s in strips)
+        pad = [np.pad(s, ((0, 6), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
+        write_png(out / "prediction.png", np.concatenate(pad)[:-6])
+        anims = [animation(*clip) for clip in kept]
+        gap = np.full((anims[0].shape[0], 6, anims[0].shape[2], 3), 255, np.uint8)
+        frames = anims[0]
+        for a in anims[1:]:
+            frames = np.concatenate([frames, gap, a], axis=1)
+        write_video(out / "prediction.gif", frames, fps=4)
+
+
+def table(metrics: dict) -> str:
+    """The summary as a Markdown table: model and baselines, best baseline marked."""
+    lines = ["| | PSNR (dB) | SSIM |", "|---|---:|---:|", f"| model | {metrics['psnr']:.2f} | {metrics['ssim']:.3f} |"]
+    for name, b in metrics["baseline"].items():
+        mark = " (best)" if name == metrics["best_baseline"]["psnr"] else ""
+        lines.append(f"| {name}{mark} | {b['psnr']:.2f} | {b['ssim']:.3f} |")
+    lines.append(f"| gain over best | {metrics['psnr_gain']:+.2f} | {metrics['ssim_gain']:+.3f} |")
+    if "best_of" in metrics:
+        bo = metrics["best_of"]
+        lines.append(f"| best of {bo['k']} (oracle) | {bo['psnr']:.2f} | {bo['ssim']:.3f} |")
+    return "\n".join(lines)
