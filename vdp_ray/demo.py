@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import load_config
@@ -20,6 +20,7 @@ from .config import load_config
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 DIGITS = (1, 2)  # digits per clip
 VAL_FRACTION = 0.05
+SAMPLING_KEYS = ("sampler", "sample_steps", "eta", "spacing", "guidance", "clip_x0")
 EVAL_RESERVE_MIN = 2.5  # minutes kept back from training for start-up, export and evaluation
 
 
@@ -45,7 +46,13 @@ def _finished_export(cfg) -> Path | None:
         export = Export(path)
     except (FileNotFoundError, ValueError):
         return None
-    same = all(getattr(export.cfg, k) == getattr(cfg, k) for k in ("model", "data", "diffusion"))
+    # sampling settings do not change the trained model: only what training depends on must match
+    sampling = dict.fromkeys(SAMPLING_KEYS)
+    same = (
+        export.cfg.model == cfg.model
+        and export.cfg.data == cfg.data
+        and replace(export.cfg.diffusion, **sampling) == replace(cfg.diffusion, **sampling)
+    )
     return path if same and export.meta.get("steps", 0) >= cfg.train.max_steps else None
 
 
@@ -106,7 +113,8 @@ def run_demo(opts: DemoOptions) -> dict:
     )
     train_start = time.time()
     export = _finished_export(cfg)
-    if export is not None:
+    reused = export is not None
+    if reused:
         _say(f"training: {export} already holds {cfg.train.max_steps} steps of this config; reusing it")
     else:
         export = fit(cfg)[cfg.train.stages[-1]]
@@ -123,6 +131,9 @@ def run_demo(opts: DemoOptions) -> dict:
             context=k,
             future=d.frames - k,
             clips=opts.eval_clips,
+            sampler=cfg.diffusion.sampler,  # the demo config's sampling, even for a reused export
+            steps=cfg.diffusion.sample_steps,
+            guidance=cfg.diffusion.guidance,
             workers=1,
             cpus_per_worker=2,
             seed=0,
@@ -153,6 +164,7 @@ def run_demo(opts: DemoOptions) -> dict:
             "steps": meta.get("steps"),
             "max_steps": cfg.train.max_steps,
             "minutes": round(train_minutes, 2),
+            "reused_export": reused,
             "workers": cfg.train.workers,
             "batch_per_worker": cfg.train.batch_size,
         },

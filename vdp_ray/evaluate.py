@@ -74,7 +74,7 @@ class ClipScorer:
         self.sample_kw, self.seed = sample_kw, seed
 
     def __call__(self, batch: dict) -> dict:
-        clips = np.asarray(batch["clip"], np.float32)  # (B, C, T, H, W) in [-1, 1]
+        clips = np.array(batch["clip"], np.float32)  # (B, C, T, H, W) in [-1, 1]; a writable copy
         k, f = self.context, self.future
         u8 = np.round((clips + 1) * 127.5).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 4, 1)  # (B, T, H, W, C)
         ctx, truth = torch.from_numpy(clips[:, :, :k]), torch.from_numpy(clips[:, :, k : k + f])
