@@ -10,6 +10,7 @@ import numpy as np
 
 from .media import MediaError, read_frames, side_by_side, strip, write_png, write_video
 from .predict import PredictError, Predictor, fit_frames
+from .progress import Progress
 
 OUT_EXTS = (".gif", ".mp4")
 
@@ -38,11 +39,20 @@ def run(args) -> list[str]:
             frames = frames[..., :1]  # grey stored as RGB (e.g. our own GIF/MP4 outputs): lossless
         return frames, fps
 
+    steps = args.steps or p.cfg.diffusion.sample_steps
+
+    def progress_for(windows: int | None) -> None:
+        """Sampling steps as periodic lines (with ETA) on stderr: a 1000-step DDPM roll-out takes a while."""
+        bar = Progress(windows * steps if windows else None, "sampling steps")
+        kw["progress"] = lambda i, n: bar.update(1)
+
     t0 = time.perf_counter()
     truth = None
     if args.task == "predict":
         k = args.context or p.cfg.data.context_frames
         n = args.future or max(1, p.window - min(k, p.max_context))
+        c = max(p.tc, min(k, p.max_context) // p.tc * p.tc)
+        progress_for(-(-n // max(1, p.window - c)))
         frames, fps = load(k + n)
         if len(frames) < k:
             raise PredictError(
@@ -54,6 +64,7 @@ def run(args) -> list[str]:
         given, shown = context, np.concatenate([context, made])
     elif args.task == "generate":
         fps = None
+        progress_for(1 + max(0, -(-((args.frames or p.window) - p.window) // max(1, p.window - p.max_context))))
         made = p.generate(args.frames or p.window, batch=args.batch, **kw)
         given = None
         shown = np.concatenate(list(made), axis=2) if made.ndim == 5 else made  # clips side by side
@@ -66,6 +77,7 @@ def run(args) -> list[str]:
                 f"--input {args.input}: {len(frames)} frame(s) from --start {args.start}; "
                 f"--between {between} needs {span} (first, {between} between, last)"
             )
+        progress_for(1)
         first, last = frames[: p.tc], frames[-p.tc :]
         truth = frames[p.tc : -p.tc]
         made = p.interpolate(first if p.tc > 1 else first[0], last if p.tc > 1 else last[0], between, **kw)
@@ -74,6 +86,7 @@ def run(args) -> list[str]:
     else:  # refine
         count = args.frames or p.window
         frames, fps = load(count)
+        progress_for(None)
         made = p.refine(frames, args.strength, **kw)
         given, truth, shown = None, frames, made
     seconds = time.perf_counter() - t0
@@ -90,6 +103,7 @@ def run(args) -> list[str]:
             ("input", np.concatenate([given, truth, frames[-p.tc :]]) if given is not None else truth),
         ]
         write_png(png, strip(rows))
+    d = p.cfg.diffusion
     record = {
         "task": args.task,
         "input": args.input,
@@ -97,7 +111,10 @@ def run(args) -> list[str]:
         "made_frames": int(made.shape[-4]),
         "model": p.model_id,
         "seconds": round(seconds, 2),
-        **{k: v for k, v in kw.items() if v is not None},
+        "sampler": args.sampler or d.sampler,
+        "steps": steps,
+        "guidance": d.guidance if args.guidance is None else args.guidance,
+        "seed": args.seed,
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))
     return [f"{args.task}: {record['made_frames']} frame(s) in {seconds:.1f}s -> {out} (strip {png})"]

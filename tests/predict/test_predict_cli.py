@@ -56,6 +56,7 @@ def test_predict_writes_video_strip_and_record(unet_export, clip_files, tmp_path
     )
     assert code == 0, err
     assert "predict: 5 frame(s)" in stdout
+    assert "sampling steps: 4/4 (100%)" in err  # 2 windows of 3 new frames x 2 steps, with progress lines
     gif = Image.open(out)
     durations = []
     for i in range(gif.n_frames):  # GIF writers merge repeated frames into longer ones: count the time
