@@ -32,7 +32,7 @@ def test_importing_the_package_is_cheap():
     assert "torch" not in mods and "ray" not in mods
 
 
-@pytest.mark.parametrize("name", ["tiny_unet", "tiny_dit"])
+@pytest.mark.parametrize("name", ["tiny_unet", "tiny_dit", "demo"])
 def test_tiny_experiments_build_and_run(repo_root, name):
     cfg = load_config(repo_root / "experiments" / f"{name}.yaml")
     c, t, (h, w) = cfg.data.channels, cfg.data.frames, cfg.data.size
