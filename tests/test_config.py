@@ -6,7 +6,10 @@ import yaml
 
 from vdp_ray.config import Config, ConfigError, apply_override, describe_keys, load_config
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+# experiment configs; sweep_*.yaml are sweep files (tests/test_sweep_file.py checks those)
+EXPERIMENTS = sorted(
+    p for p in (Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml") if not p.name.startswith("sweep_")
+)
 
 
 def test_experiments_exist():

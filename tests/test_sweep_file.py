@@ -50,6 +50,13 @@ def test_mistakes_are_refused_naming_the_key(tmp_path, repo_root, fields, messag
     assert message in str(exc.value)
 
 
+def test_every_shipped_sweep_file_is_valid(repo_root):
+    files = sorted((repo_root / "experiments").glob("sweep_*.yaml"))
+    assert files
+    for path in files:
+        assert load_sweep(path).space
+
+
 def test_shipped_sweep_is_valid_and_becomes_a_grid(repo_root):
     sweep = load_sweep(repo_root / "experiments" / "sweep_schedule_prediction.yaml")
     assert sweep.base == repo_root / "experiments" / "tiny_unet.yaml"
