@@ -140,9 +140,9 @@ def evaluate(opts: EvalOptions) -> dict:
             raise EvaluationError(f"{name}: must be a positive integer, got {value}")
     sample_kw = {"sampler": opts.sampler, "steps": opts.steps, "guidance": opts.guidance}
     try:
-        _check_sample_options(p, sample_kw)
+        p.sampling(**sample_kw)
     except PredictError as e:
-        raise EvaluationError(str(e)) from None
+        raise EvaluationError(f"--{e}") from None
     if k % p.tc:
         raise EvaluationError(f"--context: {k} frames; this model needs a multiple of {p.tc}")
     data_cfg = replace(p.cfg.data, frames=k + f, hflip=False, crop_scale=1.0)
@@ -206,16 +206,6 @@ def evaluate(opts: EvalOptions) -> dict:
     if opts.out:
         write_outputs(Path(opts.out), metrics, kept)
     return metrics
-
-
-def _check_sample_options(p, kw: dict) -> None:
-    from .diffusion import SAMPLERS
-    from .predict import PredictError
-
-    if kw["sampler"] is not None and kw["sampler"] not in SAMPLERS:
-        raise PredictError(f"--sampler: unknown {kw['sampler']!r}; expected one of {list(SAMPLERS)}")
-    if kw["steps"] is not None and not 0 < kw["steps"] <= p.diffusion.num_timesteps:
-        raise PredictError(f"--steps: must be in [1, {p.diffusion.num_timesteps}], got {kw['steps']}")
 
 
 def summarize(cols: dict, p, opts: EvalOptions, k: int, f: int, wall: float) -> dict:

@@ -236,16 +236,7 @@ class Predictor:
         progress=None,
     ) -> torch.Tensor:
         d = self.cfg.diffusion
-        sampler = sampler or d.sampler
-        if sampler not in SAMPLERS:
-            raise PredictError(f"sampler: unknown {sampler!r}; expected one of {list(SAMPLERS)}")
-        steps = d.sample_steps if steps is None else int(steps)
-        if steps <= 0 or steps > self.diffusion.num_timesteps:
-            raise PredictError(f"steps: must be in [1, {self.diffusion.num_timesteps}], got {steps}")
-        guidance = d.guidance if guidance is None else float(guidance)
-        if not 0.0 <= guidance <= 50.0:
-            raise PredictError(f"guidance: must be in [0, 50], got {guidance}")
-        eta = d.eta if eta is None else float(eta)
+        sampler, steps, guidance, eta = self.sampling(sampler, steps, guidance, eta)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
         with autocast:
             out = sample(
@@ -267,6 +258,20 @@ class Predictor:
                 progress=progress,
             )
         return out.float()
+
+    def sampling(self, sampler=None, steps=None, guidance=None, eta=None) -> tuple[str, int, float, float]:
+        """Sampling settings with the export's defaults filled in, checked; a PredictError names the bad one."""
+        d = self.cfg.diffusion
+        sampler = sampler or d.sampler
+        if sampler not in SAMPLERS:
+            raise PredictError(f"sampler: unknown {sampler!r}; expected one of {list(SAMPLERS)}")
+        steps = d.sample_steps if steps is None else int(steps)
+        if steps <= 0 or steps > self.diffusion.num_timesteps:
+            raise PredictError(f"steps: must be in [1, {self.diffusion.num_timesteps}], got {steps}")
+        guidance = d.guidance if guidance is None else float(guidance)
+        if not 0.0 <= guidance <= 50.0:
+            raise PredictError(f"guidance: must be in [0, 50], got {guidance}")
+        return sampler, steps, guidance, d.eta if eta is None else float(eta)
 
     @torch.no_grad()
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
