@@ -46,7 +46,7 @@ def test_config_errors_exit_2_naming_the_key():
     assert proc.returncode == 2 and "config file not found" in proc.stderr
 
 
-@pytest.mark.parametrize("verb", ["tune", "serve"])
+@pytest.mark.parametrize("verb", ["serve"])
 def test_verbs_not_built_yet_say_so_and_fail(verb):
     proc = vdp(verb)
     assert proc.returncode != 0

@@ -9,7 +9,6 @@ from .config import ConfigError, describe_keys, load_config
 
 # Verbs whose issue has not landed yet: they say so and exit non-zero instead of pretending.
 PLANNED = {
-    "tune": "Ray Tune sweeps over config keys",
     "serve": "Ray Serve HTTP predictor",
 }
 
@@ -88,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--eval-clips", type=int, default=128, help="held-out clips to score (default 128)")
     demo.add_argument("overrides", nargs="*", help="dotted overrides of the demo config, e.g. train.max_steps=100")
 
+    tune = sub.add_parser(
+        "tune",
+        help="Ray Tune sweep over config keys (ASHA early stopping) -> results table, best.yaml, best export",
+        description="Run the trials of a sweep file (a base experiment config + a search space over dotted keys), "
+        "each a real training run, and write results.csv, results.md, best.yaml, best_export/ and metric.png "
+        "into the sweep folder. Re-running the same command resumes an interrupted sweep.",
+    )
+    tune.add_argument("sweep", help="sweep YAML, e.g. experiments/sweep_schedule_prediction.yaml")
+    tune.add_argument("overrides", nargs="*", help="fixed config values for every trial, e.g. train.max_steps=100")
+    tune.add_argument("--dir", help="sweep folder (default: dir: in the sweep file, else runs/sweeps/NAME)")
+    tune.add_argument("--restart", action="store_true", help="discard what the sweep folder holds and start over")
+    tune.add_argument("--dry-run", action="store_true", help="check the sweep and list its trials, start nothing")
+
     for verb, what in PLANNED.items():
         p = sub.add_parser(verb, help=f"{what} (not built yet)", add_help=True)
         p.add_argument("args", nargs=argparse.REMAINDER)
@@ -144,6 +156,8 @@ def _dispatch(argv: list[str] | None) -> int:
             return _evaluate(args)
         if args.verb == "demo":
             return _demo(args)
+        if args.verb == "tune":
+            return _tune(args)
     except ConfigError as exc:
         print(f"vdp {args.verb}: config error: {exc}", file=sys.stderr)
         return 2
@@ -170,6 +184,26 @@ def _train(args) -> int:
         return 1
     for stage, path in exports.items():
         print(f"{stage}: export in {path}")
+    return 0
+
+
+def _tune(args) -> int:
+    from .tune import describe_trials, load_sweep, sweep
+
+    spec = load_sweep(args.sweep, args.overrides)
+    if args.dry_run:
+        print(describe_trials(spec, args.dir))
+        return 0
+    result = sweep(spec, folder=args.dir, restart=args.restart)
+    if result.unfinished:
+        print(f"vdp tune: interrupted with {result.unfinished} of {result.total} trial(s) to run; run the same "
+              "command to resume", file=sys.stderr)  # fmt: skip
+        return 130
+    if result.best is None:
+        print(f"vdp tune: no trial reported {result.metric}; see {result.folder / 'results.md'}", file=sys.stderr)
+        return 1
+    print(f"best: {result.best.trial} {result.metric} {result.best.value:.4f} -> {result.best_yaml}"
+          + (f", export {result.best_export}" if result.best_export else ""))  # fmt: skip
     return 0
 
 

@@ -135,16 +135,18 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
     return path
 
 
-def plot_curves(path: str | Path, curves: dict[str, list[float]], xlabel: str, ylabel: str, title: str) -> Path:
-    """Lines (one per name) against 1..N, as a PNG."""
+def plot_curves(path: str | Path, curves: dict[str, list[float] | tuple[list, list]], xlabel: str, ylabel: str,
+                title: str) -> Path:  # fmt: skip
+    """Lines (one per name) as a PNG: values against 1..N, or (xs, ys) pairs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    for name, ys in curves.items():
-        ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=name)
+    for name, curve in curves.items():
+        xs, ys = curve if isinstance(curve, tuple) else (range(1, len(curve) + 1), curve)
+        ax.plot(xs, ys, marker="o", ms=3, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

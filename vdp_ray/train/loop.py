@@ -31,6 +31,7 @@ DS_TAG = "ds"  # DeepSpeed's tag inside each Ray checkpoint folder
 STATE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 STATUS = "status.json"
+PREVIEW_CLIPS = 8  # validation clips rank 0 samples at each preview: val/psnr, val/psnr_gain
 
 
 def make_task(cfg: Config, stage: str, device: torch.device):
@@ -92,7 +93,7 @@ def train_loop_per_worker(config: dict) -> None:
     train_iter = epochs(ray.train.get_dataset_shard("train"), batch_size=cfg.train.batch_size,
                         shuffle_buffer=cfg.data.shuffle_buffer, start_epoch=epoch)  # fmt: skip
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
-    preview_clips = None
+    preview_clips, previewing_val = None, False
     window_loss, window_clips, window_wait, window_start = [], 0, 0.0, time.perf_counter()
     run_start, start_step = time.perf_counter(), step
     metrics: dict = {}
@@ -103,8 +104,8 @@ def train_loop_per_worker(config: dict) -> None:
             epoch, batch = next(train_iter)
             clips = batch["clip"].to(device, non_blocking=True)
             window_wait += time.perf_counter() - t0
-            if preview_clips is None:
-                preview_clips = clips[:2].float()
+            if preview_clips is None:  # until the first validation: training clips
+                preview_clips = clips[:PREVIEW_CLIPS].float()
             loss, _ = task.loss(engine, clips, dtype)
             if cfg.train.fault == "nan" and step + 1 >= cfg.train.fault_step:
                 loss = loss * float("nan")
@@ -145,7 +146,10 @@ def train_loop_per_worker(config: dict) -> None:
 
         report: dict = {}
         if step % cfg.train.val_every == 0 or step == total:
-            report.update(_validate(task, engine, val_shard, cfg, dtype, device))
+            losses, first_val = _validate(task, engine, val_shard, cfg, dtype, device)
+            report.update(losses)
+            if first_val is not None and not previewing_val:  # from now on previews show validation clips
+                preview_clips, previewing_val = first_val[:PREVIEW_CLIPS].to(device).float(), True
             if rank == 0 and (step % cfg.train.preview_every == 0 or step == total) and preview_clips is not None:
                 report.update(_preview(task, ema, cfg, stage, device, preview_clips, log, step))
             report = _broadcast(report, device)
@@ -237,17 +241,19 @@ def _stop_non_finite(run_dir: Path, stage: str, step: int, rank: int, log) -> No
 
 
 @torch.no_grad()
-def _validate(task, engine, val_shard, cfg: Config, dtype, device) -> dict:
+def _validate(task, engine, val_shard, cfg: Config, dtype, device) -> tuple[dict, torch.Tensor | None]:
+    """The validation loss (fixed timesteps, all ranks) and this rank's first validation batch."""
     if val_shard is None:
-        return {}
+        return {}, None
     engine.eval()
-    losses = []
+    losses, first = [], None
     for i, (_, batch) in enumerate(epochs(val_shard, batch_size=cfg.train.batch_size, drop_last=False, max_epochs=1)):
         if i >= cfg.train.val_batches:
             break
+        first = batch["clip"] if first is None else first
         losses.append(task.val_loss(engine, batch["clip"].to(device), dtype))
     engine.train()
-    return {"loss": _mean_across(np.mean(losses) if losses else float("nan"), device)}
+    return {"loss": _mean_across(np.mean(losses) if losses else float("nan"), device)}, first
 
 
 def _ema_model(task, ema: EMA, device):

@@ -25,12 +25,10 @@ class TrainingError(RuntimeError):
     """A stage did not finish: the message says why and where the last good checkpoint is."""
 
 
-def fit(cfg: Config) -> dict[str, Path]:
-    """Train every stage of ``cfg.train.stages``; returns {stage: export folder}."""
+def check_inputs(cfg: Config) -> None:
+    """Everything that can be wrong with a run's inputs, checked before any Ray work starts."""
     from ..data.pipeline import check_shards, list_shards
-    from ..raytools import init_ray
 
-    # Everything that can be wrong with the inputs is checked before any Ray work starts.
     if not cfg.data.train:
         raise ConfigError("data.train: no training shards given (make some with `vdp shard`)")
     for key in ("train", "val"):
@@ -44,6 +42,16 @@ def fit(cfg: Config) -> dict[str, Path]:
     if cfg.vae.export and not (Path(cfg.vae.export) / "model.safetensors").is_file():
         raise ConfigError(f"vae.export: {cfg.vae.export} is not a VAE export (no model.safetensors)")
 
+
+def fit(cfg: Config, callbacks: list | None = None) -> dict[str, Path]:
+    """Train every stage of ``cfg.train.stages``; returns {stage: export folder}.
+
+    ``callbacks`` (Ray Train ``UserCallback``s, e.g. Tune's report callback) watch the last stage only: the
+    stage whose model is the result.
+    """
+    from ..raytools import init_ray
+
+    check_inputs(cfg)
     run_dir = Path(cfg.run.dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
@@ -57,11 +65,11 @@ def fit(cfg: Config) -> dict[str, Path]:
         if stage == "dit" and "vae" in exports:
             stage_cfg = replace(cfg, vae=replace(cfg.vae, export=str(exports["vae"])))
         export_dir = run_dir / ("export" if last else f"{stage}_export")
-        exports[stage] = run_stage(stage_cfg, stage, run_dir, export_dir)
+        exports[stage] = run_stage(stage_cfg, stage, run_dir, export_dir, callbacks if last else None)
     return exports
 
 
-def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path) -> Path:
+def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path, callbacks: list | None = None) -> Path:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -86,6 +94,7 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path) -> Path:
             storage_path=str(run_dir / "ray"),
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            callbacks=callbacks or [],
         ),
         datasets=datasets,
     )
