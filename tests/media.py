@@ -62,3 +62,40 @@ def read_shard_samples(directory: Path) -> dict[str, tuple[np.ndarray, dict]]:
         clip = np.load(io.BytesIO(parts["npy"])) if "npy" in parts else parts["mp4"]
         out[key] = (clip, json.loads(parts["json"]))
     return out
+
+
+def gray_frames(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    """(n, size, size, 1) uint8: a bright square moving one pixel per frame on a dark noisy field."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 40, (n, size, size, 1), dtype=np.uint8)
+    for i in range(n):
+        frames[i, 4 : 4 + 5, i % (size - 5) : i % (size - 5) + 5] = 230
+    return frames
+
+
+def png(frame: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def zip_of(frames: np.ndarray) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i, f in enumerate(frames):
+            z.writestr(f"frame_{i}.png", png(f))  # natural order: frame_10 after frame_9
+    return buf.getvalue()
+
+
+def npz(body: bytes) -> dict:
+    import io
+
+    with np.load(io.BytesIO(body), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

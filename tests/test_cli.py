@@ -46,13 +46,6 @@ def test_config_errors_exit_2_naming_the_key():
     assert proc.returncode == 2 and "config file not found" in proc.stderr
 
 
-@pytest.mark.parametrize("verb", ["serve"])
-def test_verbs_not_built_yet_say_so_and_fail(verb):
-    proc = vdp(verb)
-    assert proc.returncode != 0
-    assert "not built yet" in proc.stderr
-
-
 def test_models_prints_parameters_and_flops_for_every_preset():
     out = vdp("models", check=True).stdout
     rows = [line.split() for line in out.splitlines()[1:] if line.strip()]

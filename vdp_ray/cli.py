@@ -8,9 +8,7 @@ import sys
 from .config import ConfigError, describe_keys, load_config
 
 # Verbs whose issue has not landed yet: they say so and exit non-zero instead of pretending.
-PLANNED = {
-    "serve": "Ray Serve HTTP predictor",
-}
+PLANNED: dict[str, str] = {}
 
 # Reference inputs for `vdp models` (batch 1): pixel clips for the U-Net and the VAE, and the latents
 # of a 16x256x256 clip under the seed VAE (8x spatial, 4x temporal, 4 channels) for the DiT.
@@ -100,6 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--restart", action="store_true", help="discard what the sweep folder holds and start over")
     tune.add_argument("--dry-run", action="store_true", help="check the sweep and list its trials, start nothing")
 
+    srv = sub.add_parser(
+        "serve",
+        help="HTTP API + browser page for an export (Ray Serve): predict, generate, interpolate, refine",
+        description="Serve an export over HTTP on Ray Serve: POST /v1/predict|generate|interpolate|refine, "
+        "GET /v1/model, /healthz, API docs at /docs and a browser page at /. Without RAY_ADDRESS it starts "
+        "an embedded Ray; with it, it deploys to that cluster.",
+    )
+    srv.add_argument("--checkpoint", required=True, help="an export folder (runs/x/export)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0 = all)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    scale = srv.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
+    scale.add_argument("--autoscale", metavar="MIN:MAX", help="autoscale model replicas between MIN and MAX")
+    srv.add_argument("--api-key-env", metavar="NAME", help="require the key held in this environment variable")
+    srv.add_argument("--device", default="auto", help="auto (CUDA when a replica has a GPU), cpu, cuda")
+    srv.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs per model replica (default 1)")
+    srv.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per model replica (default 0)")
+    srv.add_argument("--max-batch-size", type=int, default=8, help="requests per batched call (1 = off; default 8)")
+    srv.add_argument("--batch-wait-ms", type=float, default=50.0, help="wait to fill a batch (default 50 ms)")
+    srv.add_argument("--timeout", type=float, default=120.0, help="per-request time limit in s (default 120)")
+    srv.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request body (default 32 MB)")
+    srv.add_argument("--max-frames", type=int, default=256, help="most frames in or out per request (default 256)")
+
     for verb, what in PLANNED.items():
         p = sub.add_parser(verb, help=f"{what} (not built yet)", add_help=True)
         p.add_argument("args", nargs=argparse.REMAINDER)
@@ -158,6 +179,8 @@ def _dispatch(argv: list[str] | None) -> int:
             return _demo(args)
         if args.verb == "tune":
             return _tune(args)
+        if args.verb == "serve":
+            return _serve(args)
     except ConfigError as exc:
         print(f"vdp {args.verb}: config error: {exc}", file=sys.stderr)
         return 2
@@ -204,6 +227,39 @@ def _tune(args) -> int:
         return 1
     print(f"best: {result.best.trial} {result.metric} {result.best.value:.4f} -> {result.best_yaml}"
           + (f", export {result.best_export}" if result.best_export else ""))  # fmt: skip
+    return 0
+
+
+def _serve(args) -> int:
+    from .serve.api import Limits
+
+    autoscale = None
+    if args.autoscale:
+        lo, _, hi = args.autoscale.partition(":")
+        if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi)):
+            print(f"vdp serve: --autoscale: expected MIN:MAX with 0 < MIN <= MAX, got {args.autoscale!r}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        autoscale = (int(lo), int(hi))
+    for name in ("replicas", "max_batch_size", "max_frames", "port"):
+        if getattr(args, name) < 1:
+            print(f"vdp serve: --{name.replace('_', '-')}: must be at least 1", file=sys.stderr)
+            return 2
+    from .serve.app import ServeOptions, serve_forever
+
+    options = ServeOptions(
+        export=args.checkpoint, host=args.host, port=args.port, replicas=args.replicas, autoscale=autoscale,
+        api_key_env=args.api_key_env, device=args.device, cpus_per_replica=args.cpus_per_replica,
+        gpus_per_replica=args.gpus_per_replica, max_batch_size=args.max_batch_size,
+        batch_wait_s=args.batch_wait_ms / 1000, timeout_s=args.timeout,
+        limits=Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_frames=args.max_frames),
+    )  # fmt: skip
+    try:
+        serve_forever(options, ready=lambda url: print(f"vdp serve: {url} (API docs {url}docs); Ctrl-C stops",
+                                                       flush=True))  # fmt: skip
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"vdp serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
