@@ -3,14 +3,13 @@ random-weight U-Net export (6 grayscale frames of 16x16) behind an API key, plus
 tiny request time limit (route /slow) for the timeout path."""
 
 import os
-import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from exports import unet_export
+from serving import free_port, wait_ready
 
 KEY_ENV, KEY = "VDP_TEST_API_KEY", "s3cret-key"
 
@@ -26,24 +25,6 @@ class Server:
 
     def auth(self) -> dict:
         return {"Authorization": f"Bearer {self.key}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not become ready in {seconds} s")
 
 
 @pytest.fixture(scope="session")

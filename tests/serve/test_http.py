@@ -130,7 +130,8 @@ def test_every_bad_input_gets_its_4xx_naming_the_field(served, tmp_path):
         assert_error(post(c, served, "predict", files=good, data={"format": "avi"}), 422, "format")
         assert_error(post(c, served, "predict", files=good, data={"sampler": "euler"}), 422, "sampler")
         assert_error(post(c, served, "predict", files=good, data={"strength": "0.5"}), 422, "strength", "unknown")
-        assert_error(post(c, served, "predict", files={"file": ("a.zip", big, "application/zip")}), 413, "file", "65 frames")
+        many = {"file": ("a.zip", big, "application/zip")}
+        assert_error(post(c, served, "predict", files=many), 413, "file", "65 frames")
         assert_error(post(c, served, "predict", content=b"x" * 1_100_000, headers={"Content-Type": "video/mp4"}),
                      413, "body")  # fmt: skip
 
