@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python experiments/bench/data.py
 	$(BIN)/python experiments/bench/train.py
 	test -d runs/demo/run/export && $(BIN)/python experiments/bench/sampling.py || echo "sampling bench: run make demo first"
+	test -d runs/demo/run/export && $(BIN)/python experiments/bench/serve.py || echo "serve bench: run make demo first"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
