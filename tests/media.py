@@ -99,3 +99,12 @@ def npz(body: bytes) -> dict:
 
     with np.load(io.BytesIO(body), allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def digit_shards(out: Path, num_clips: int = 48) -> Path:
+    """Moving-digits shards (8 frames of 32x32, one digit) split 3:1 into OUT/train and OUT/val."""
+    from vdp_ray.data.shards import ShardOptions, shard
+
+    shard(ShardOptions(out=str(out), synthetic="moving-digits", num_clips=num_clips, frames=8, size=(32, 32),
+                       split={"train": 0.75, "val": 0.25}, digits=(1, 1)), log=lambda *_: None)  # fmt: skip
+    return out

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from media import digit_shards
 
 from vdp_ray.cli import main
-from vdp_ray.data.shards import ShardOptions, shard
 from vdp_ray.export import Export
 from vdp_ray.tune import SweepError, TrialRow, load_sweep, pick_best, results_table, shares_vae, sweep
 
@@ -27,10 +27,7 @@ TRIAL = {"max_steps": 10, "val_every": 5, "preview_every": 10, "checkpoint_every
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits")
-    shard(ShardOptions(out=str(out), synthetic="moving-digits", num_clips=32, frames=8, size=(32, 32),
-                       split={"train": 0.75, "val": 0.25}, digits=(1, 1)), log=lambda *_: None)  # fmt: skip
-    return out
+    return digit_shards(tmp_path_factory.mktemp("digits"), num_clips=32)
 
 
 def sweep_file(tmp_path: Path, digits: Path, **changes) -> Path:
@@ -48,7 +45,7 @@ def sweep_file(tmp_path: Path, digits: Path, **changes) -> Path:
             "diffusion.sample_steps": 4,
         },
         "scheduler": {"asha": {"grace_period": 5, "reduction_factor": 2}},
-        "max_concurrent_trials": 1,
+        "max_concurrent_trials": 2,
         **changes,
     }
     path = tmp_path / "sweep.yaml"

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from media import digit_shards
 
 from vdp_ray.config import load_config
-from vdp_ray.data.shards import ShardOptions, shard
 from vdp_ray.export import Export, load_state_dict
 from vdp_ray.train import TrainingError, export_checkpoint, fit
 
@@ -17,10 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits")
-    shard(ShardOptions(out=str(out), synthetic="moving-digits", num_clips=48, frames=8, size=(32, 32),
-                       split={"train": 0.75, "val": 0.25}, digits=(1, 1)), log=lambda *_: None)  # fmt: skip
-    return out
+    return digit_shards(tmp_path_factory.mktemp("digits"), num_clips=48)
 
 
 def config(experiment, digits, run_dir, *overrides):

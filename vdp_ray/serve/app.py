@@ -198,6 +198,18 @@ async def _parse_form(request, body: bytes):
         raise ApiError(400, "body", f"malformed multipart/form-data: {str(exc)[:200]}") from None
 
 
+def _wants_clip(task: str, given, field: str, status: int, missing: str) -> bool:
+    """Whether the task takes the clip that was (or was not) sent; refuses a clip generate cannot use and a
+    missing one the other tasks need."""
+    if task == "generate":
+        if given is not None:
+            raise ApiError(422, field, "generate takes no clip")
+        return False
+    if given is None:
+        raise ApiError(status, field, missing)
+    return True
+
+
 # Everything the deployments use is defined above them: Serve serializes a deployment class when it is
 # decorated.
 @serve.deployment(name="Api", max_ongoing_requests=256)
@@ -320,12 +332,8 @@ class Api:
                 raise ApiError(422, "body", f"expected a JSON object, got {type(doc).__name__}")
             frames = doc.pop("frames", None)
             params.update(doc)
-            if task == "generate":
-                if frames is not None:
-                    raise ApiError(422, "frames", "generate takes no frames")
+            if not _wants_clip(task, frames, "frames", 422, "missing: a list of base64 PNG/JPEG frames"):
                 return params, None
-            if frames is None:
-                raise ApiError(422, "frames", "missing: a list of base64 PNG/JPEG frames")
             return params, await asyncio.to_thread(decode_json_frames, frames, limits)
         if kind == "multipart/form-data":
             form = await _parse_form(request, body)
@@ -337,12 +345,8 @@ class Api:
                     upload = await value.read()
                 else:
                     params[name] = value
-            if task == "generate":
-                if upload is not None:
-                    raise ApiError(422, "file", "generate takes no clip")
+            if not _wants_clip(task, upload, "file", 400, "no clip: upload one in the multipart field 'file'"):
                 return params, None
-            if upload is None:
-                raise ApiError(400, "file", "no clip: upload one in the multipart field 'file'")
             return params, await asyncio.to_thread(decode_clip, upload, limits)
         if kind in ("", "application/x-www-form-urlencoded") and task == "generate":
             return params, None
