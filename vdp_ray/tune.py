@@ -504,7 +504,8 @@ def _progress_callback(sweep: Sweep, total: int, planned_steps: int, enabled: bo
                 print(f"[vdp tune] {text}", flush=True)
 
         def status(self, trials, event: str = "", ended=None, how: str = "TERMINATED") -> None:
-            """``ended``: a trial the callback is told has ended, before Tune updates its status."""
+            """``ended``: the trial the callback is about, counted as ``how`` (Tune updates its status after the
+            callback)."""
             self.last_line = time.time()
             by = {}
             for t in trials:
@@ -528,7 +529,7 @@ def _progress_callback(sweep: Sweep, total: int, planned_steps: int, enabled: bo
             self.say((f"{event}: " if event else "") + " | ".join(parts))
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self.status(trials, f"started {trial.trial_id} ({_describe(trial.config)})")
+            self.status(trials, f"started {trial.trial_id} ({_describe(trial.config)})", ended=trial, how="RUNNING")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if time.time() - self.last_line > 30:
