@@ -518,7 +518,7 @@ def _progress_callback(sweep: Sweep, total: int, planned_steps: int, enabled: bo
                      f"{by.get('ERROR', 0)} failed", f"of {total}"]  # fmt: skip
             if scored:
                 best = max(scored, key=lambda t: sign * t.last_result[sweep.metric])
-                params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in _params(best.config).items())
+                params = _brief(_params(best.config))
                 parts.append(f"best {sweep.metric} {best.last_result[sweep.metric]:.4f} ({params})")
             elapsed = time.time() - self.start
             parts.append(f"elapsed {format_duration(elapsed)}")
@@ -558,6 +558,10 @@ def _short(value) -> str:
 
 def _describe(config: dict) -> str:
     return ", ".join(f"{k}={_short(v)}" for k, v in _params(config).items())
+
+
+def _brief(params: dict) -> str:
+    return " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items())
 
 
 def grid_size(sweep: Sweep) -> int:
@@ -686,7 +690,7 @@ def write_results(sweep: Sweep, out: Path, rows: list[TrialRow], values: dict, w
             shutil.copytree(source, tmp)
             swap_in(tmp, out / "best_export")
             best_export = out / "best_export"
-    curves = {f"{r.trial} ({_describe(r.params)})": ([s for s, _ in r.history], [v for _, v in r.history])
+    curves = {f"{r.trial} ({_brief(r.params)})": ([s for s, _ in r.history], [v for _, v in r.history])
               for r in rows if r.history}  # fmt: skip
     if curves:
         plot_curves(out / "metric.png", curves, "training step", sweep.metric, f"sweep {sweep.name}")
