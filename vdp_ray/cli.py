@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs per model replica (default 1)")
     srv.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per model replica (default 0)")
     srv.add_argument("--max-batch-size", type=int, default=8, help="requests per batched call (1 = off; default 8)")
-    srv.add_argument("--batch-wait-ms", type=float, default=50.0, help="wait to fill a batch (default 50 ms)")
+    srv.add_argument("--batch-wait-ms", type=float, default=100.0, help="wait to fill a batch (default 100 ms)")
     srv.add_argument("--timeout", type=float, default=120.0, help="per-request time limit in s (default 120)")
     srv.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request body (default 32 MB)")
     srv.add_argument("--max-frames", type=int, default=256, help="most frames in or out per request (default 256)")

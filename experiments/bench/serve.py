@@ -7,6 +7,7 @@ For each setting (max_batch_size 8, then 1 = off) it deploys the same export on 
 replica, one CPU), waits for /healthz, sends a warm-up round, then `--requests` POST /v1/predict requests from
 `--clients` concurrent clients (httpx, one connection each), each a 4-frame clip from the model's own data
 size (no seed, so requests may share a call). Target: batching >= 3x the throughput at equal or better p99.
+Also prints the Predictor's own cost per clip at batch 1..16 (the ceiling of what batching can gain).
 Prints a Markdown table for experiments/bench/RESULTS.md.
 """
 
@@ -64,7 +65,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--future", type=int, default=4)
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 1])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 8, 1])
+    ap.add_argument("--batch-wait-ms", type=float, default=100.0)
     args = ap.parse_args()
 
     import ray
@@ -73,12 +75,25 @@ def main() -> None:
     from vdp_ray.predict import Predictor
     from vdp_ray.serve.app import ServeOptions, build_app
 
-    info = Predictor.from_export(args.export).info()
+    predictor = Predictor.from_export(args.export)
+    info = predictor.info()
     h, w = info["size"]
     rng = np.random.default_rng(0)
     clip = rng.integers(0, 255, (info["context_frames"], h, w, info["channels"]), dtype=np.uint8)
     body = zip_of(clip)
     fields = {"future": str(args.future), "steps": str(args.steps), "format": "npz"}
+
+    ceiling = {}
+    for n in (1, 2, 4, 8, 16):  # the model alone, one thread (as in a 1-CPU replica)
+        import torch
+
+        torch.set_num_threads(1)
+        batch = np.repeat(clip[None], n, axis=0)
+        predictor.predict(batch, args.future, steps=args.steps)
+        start = time.perf_counter()
+        predictor.predict(batch, args.future, steps=args.steps)
+        ceiling[n] = (time.perf_counter() - start) / n
+    print("model alone, s per clip by batch:", {n: round(s, 3) for n, s in ceiling.items()}, flush=True)
 
     ray.init(num_cpus=4, logging_level="ERROR", log_to_driver=False)
     port = free_port()
@@ -87,7 +102,7 @@ def main() -> None:
     rows = []
     for size in args.batch_sizes:
         options = ServeOptions(export=args.export, port=port, cpus_per_replica=1.0, max_batch_size=size,
-                               batch_wait_s=0.05 if size > 1 else 0.0, timeout_s=600)  # fmt: skip
+                               batch_wait_s=args.batch_wait_ms / 1000 if size > 1 else 0.0, timeout_s=600)  # fmt: skip
         serve.run(build_app(options), name="bench", route_prefix="/")
         wait_ready(url)
         result = run_load(url, body, fields, args.clients, args.requests)
@@ -104,9 +119,13 @@ def main() -> None:
         label = f"on (max {size})" if size > 1 else "off"
         print(f"| {label} | {r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['mean_batch']:.1f} "
               f"| {r['errors']} |")  # fmt: skip
-    if len(rows) == 2:
-        (_, on), (_, off) = rows
-        print(f"\nthroughput x{on['rps'] / off['rps']:.2f}, p99 {on['p99']:.2f} s vs {off['p99']:.2f} s")
+    print(f"\nmodel alone (1 thread): {ceiling[1]:.3f} s per clip at batch 1, {min(ceiling.values()):.3f} at best: "
+          f"batching can gain at most x{ceiling[1] / min(ceiling.values()):.2f} here")  # fmt: skip
+    off = next((r for size, r in rows if size == 1), None)
+    for size, on in rows:
+        if off is not None and size > 1:
+            gain = on["rps"] / off["rps"]
+            print(f"max batch {size}: throughput x{gain:.2f}, p99 {on['p99']:.2f} s vs {off['p99']:.2f} s")
 
 
 if __name__ == "__main__":

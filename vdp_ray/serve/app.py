@@ -40,7 +40,7 @@ class ServeOptions:
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
     max_batch_size: int = 8  # 1 = no batching
-    batch_wait_s: float = 0.05
+    batch_wait_s: float = 0.1
     timeout_s: float = 120.0  # per request, from the ingress to the model and back
     limits: Limits = field(default_factory=Limits)
 
