@@ -69,14 +69,23 @@ def test_predict_from_a_video_with_resize_in_every_output_format(served, tmp_pat
                      data={"context": "2", "future": "3", "steps": "2", "format": fmt, "resize": "true"})  # fmt: skip
             assert r.status_code == 200, r.text
             assert magic in r.content[:12], fmt
+        webm = write_video(tmp_path / "clip.webm", moving_square_frames(6, 24, 32))
+        gif = tmp_path / "clip.gif"
+        from PIL import Image
+
+        images = [Image.fromarray(f) for f in moving_square_frames(5, 16, 16)]
+        images[0].save(gif, save_all=True, append_images=images[1:], duration=100, loop=0)
+        for upload, kind in ((webm, "video/webm"), (gif, "image/gif")):
+            r = post(c, served, "predict", files={"file": (upload.name, upload.read_bytes(), kind)},
+                     data={"context": "2", "future": "2", "steps": "2", "format": "npz", "resize": "true"})  # fmt: skip
+            assert r.status_code == 200, (upload.name, r.text)
+            assert npz(r.content)["frames"].shape == (2, 16, 16, 1)
         r = post(c, served, "predict", files={"file": ("clip.mp4", video.read_bytes(), "video/mp4")},
                  data={"future": "7", "steps": "2", "format": "json", "resize": "true"})  # fmt: skip
         body = r.json()
         # default context: as many frames as the model takes (3); 7 future frames roll out past the window
         assert len(body["context"]) == 3 and len(body["frames"][0]) == 7 and len(body["truth"]) == 5
         assert body["params"]["context"] == 3 and body["timing"]["batch"] >= 1
-        from PIL import Image
-
         first = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["frames"][0][0]))))
         assert first.shape == (16, 16)
 
