@@ -160,6 +160,8 @@ class DiffusionConfig:
 class TrainConfig:
     stages: list[str] | None = opt(None, "What to train, in order: vae, dit, unet3d. Unset: from model.family.")
     workers: int = opt(1, "Ray Train workers (data-parallel ranks).", ge=1, le=4096)
+    placement: str = opt("pack", "Where Ray puts the workers: pack (fill nodes in turn), spread (across nodes), "
+                         "strict_spread (one per node).", choices=("pack", "spread", "strict_spread"))  # fmt: skip
     use_gpu: str = opt(
         "auto", "Train on GPUs: auto (if the cluster has any), true or false.", choices=("auto", "true", "false")
     )

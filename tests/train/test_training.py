@@ -138,3 +138,29 @@ def test_max_minutes_caps_a_stage_and_still_exports(digits, tmp_path):
     last = logged(run, "unet3d")[-1]
     assert last["step"] == steps, "the capped step is logged, validated and checkpointed like a last step"
     assert last_checkpoint(run, "capped-unet3d").is_dir()
+
+
+def test_resume_on_another_worker_count_continues_from_the_weights(digits, tmp_path):
+    """A ZeRO checkpoint from 2 workers resumed on 1, then on 2 again: DeepSpeed cannot re-partition the
+    optimizer state, so the run says so and continues from the weights with a fresh optimizer; the step
+    count, the LR schedule and the export carry on."""
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR
+
+    run = tmp_path / "rescale"
+    common = ("train.lr=1e-3", "train.checkpoint_every=4", "train.log_every=2", "train.val_every=100")
+    fit(config("tiny_unet", digits, run, "train.max_steps=4", *common))  # 2 workers
+    fit(config("tiny_unet", digits, run, "train.max_steps=8", "train.workers=1", *common))
+    exports = fit(config("tiny_unet", digits, run, "train.max_steps=12", "train.workers=2", *common))
+    rows = logged(run, "unet3d")
+    assert [m["step"] for m in rows] == [2, 4, 6, 8, 10, 12]  # never restarted from 0
+    text = (run / "logs" / "unet3d.log").read_text()
+    assert "written by 2 worker(s), resuming on 1" in text and "written by 1 worker(s), resuming on 2" in text
+    # the LR at step 6 is the 8-step schedule's value at step 6, not a new warm-up's
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = WarmupCosineLR(opt, total_num_steps=8, warmup_num_steps=5, warmup_type="linear", cos_min_ratio=0.1)
+    for _ in range(6):
+        sched.step()
+    assert rows[2]["lr"] == pytest.approx(sched.get_lr()[0], rel=1e-6)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert Export(exports["unet3d"]).meta["steps"] == 12
+    assert len(json.loads((run / "logs" / "unet3d-workers.json").read_text())) == 2

@@ -63,6 +63,7 @@ def train_loop_per_worker(config: dict) -> None:
         log.line(note)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
+    _record_placement(run_dir, stage, rank, world, device, log)
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     task = make_task(cfg, stage, device)
     ema = EMA(task.model, cfg.train.ema_decay)
@@ -78,9 +79,9 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            engine.load_checkpoint(directory, tag=DS_TAG, load_module_strict=True)
             state = json.loads((Path(directory) / STATE).read_text())
             step, epoch = state["step"], state["epoch"]
+            _load_engine(engine, Path(directory), state, cfg, world, step, log)
             ema.load(load_state_dict(Path(directory) / EMA_FILE), state["ema_updates"])
             rng = Path(directory) / f"rng_rank{rank}.pt"
             if rng.is_file():
@@ -165,6 +166,57 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def _load_engine(engine, directory: Path, state: dict, cfg: Config, world: int, step: int, log) -> None:
+    """Resume the DeepSpeed engine. ZeRO partitions the optimizer state per worker and DeepSpeed cannot
+    re-partition it for another worker count: then the model weights are loaded (consolidated from the
+    shards for ZeRO-3), the optimizer starts fresh and the LR schedule is moved to ``step``; step, epoch, EMA
+    and RNG continue as in any resume. Said in one log line."""
+    saved = state.get("world_size") or len(list(directory.glob("rng_rank*.pt")))
+    if saved == world or cfg.train.zero_stage == 0:
+        engine.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True)
+        return
+    log.line(
+        f"checkpoint of step {step} was written by {saved} worker(s), resuming on {world}: ZeRO's optimizer state "
+        "is partitioned per worker and cannot be re-partitioned, so training continues from the checkpoint's "
+        "model weights with a fresh optimizer (step, LR schedule, EMA and data continue)"
+    )
+    if cfg.train.zero_stage == 3:
+        import deepspeed
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=DS_TAG)
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
+            if not dist.is_initialized() or dist.get_rank() == 0:
+                engine.module.load_state_dict(weights, strict=True)
+    else:
+        engine.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True, load_module_only=True,
+                               load_optimizer_states=False, load_lr_scheduler_states=False)  # fmt: skip
+        if hasattr(engine.optimizer, "refresh_fp32_params"):  # the optimizer's fp32 copy of the loaded weights
+            engine.optimizer.refresh_fp32_params()
+    if engine.lr_scheduler is not None:
+        engine.lr_scheduler.step(step - 1)  # the schedule's position after `step` optimizer steps
+
+
+def _record_placement(run_dir: Path, stage: str, rank: int, world: int, device, log) -> None:
+    """Which node and device every rank runs on: one log line and logs/<stage>-workers.json (rank 0)."""
+    import socket
+
+    import ray
+
+    me = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+          "pid": os.getpid(), "device": str(device)}  # fmt: skip
+    everyone = [me]
+    if dist.is_initialized():
+        everyone = [None] * world
+        dist.all_gather_object(everyone, me)
+    if rank == 0:
+        nodes = sorted({w["node_id"] for w in everyone})
+        log.line(f"{world} worker(s) on {len(nodes)} node(s): " + ", ".join(
+            f"rank {w['rank']} -> node {nodes.index(w['node_id'])} ({w['device']})" for w in everyone))  # fmt: skip
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs" / f"{stage}-workers.json").write_text(json.dumps(everyone, indent=1))
+
+
 def _prefix(report: dict) -> dict:
     return {f"val/{k}": v for k, v in report.items()}
 
@@ -295,7 +347,8 @@ def _save_and_report(engine, ema, cfg, stage, step, epoch, extra_state, metrics,
         torch.save({"torch": torch.get_rng_state()}, tmp / f"rng_rank{rank}.pt")
         if rank == 0:
             save_state_dict(ema.state_dict(), tmp / EMA_FILE)
-            state = {"stage": stage, "step": step, "epoch": epoch, "ema_updates": ema.updates, "extra": extra_state}
+            state = {"stage": stage, "step": step, "epoch": epoch, "ema_updates": ema.updates, "extra": extra_state,
+                     "world_size": dist.get_world_size() if dist.is_initialized() else 1}  # fmt: skip
             (tmp / STATE).write_text(json.dumps(state))
             cfg.save(tmp / "config.yaml")
         ray.train.report({"step": step, **metrics}, checkpoint=Checkpoint.from_directory(str(tmp)))
@@ -317,12 +370,15 @@ class RankZeroLog:
             (run_dir / "logs").mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(str(run_dir / "tb" / stage))
             self.jsonl = open(run_dir / "logs" / f"{stage}.jsonl", "a")  # noqa: SIM115 (closed in close())
+            self.text = open(run_dir / "logs" / f"{stage}.log", "a")  # noqa: SIM115 (closed in close())
 
     def line(self, text: str) -> None:
         if self.enabled:
             # To the process' own stdout: Ray Train V2 re-routes plain print() through a logger that can
             # echo each line twice.
             print(f"[vdp {self.stage}] {text}", file=sys.__stdout__, flush=True)
+            self.text.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+            self.text.flush()
 
     def metrics(self, m: dict, total: int, eta: float | None) -> None:
         if not self.enabled:
@@ -353,4 +409,5 @@ class RankZeroLog:
         if self.enabled:
             self.writer.close()
             self.jsonl.close()
+            self.text.close()
             self.enabled = False

@@ -88,7 +88,12 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path, callback
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "stage": stage, "run_dir": str(run_dir)},
-        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=t.workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=t.placement.upper(),
+        ),
         run_config=RunConfig(
             name=f"{cfg.run.name}-{stage}",  # fixed: the same command resumes the same run
             storage_path=str(run_dir / "ray"),
