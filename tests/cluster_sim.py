@@ -3,8 +3,10 @@ training run on it with one worker per node. Run as a child process by tests/tra
 test session's own Ray stays as it is:
 
     python tests/cluster_sim.py SHARDS RUN_DIR [overrides...]
+    python tests/cluster_sim.py --lose-node fixed|elastic SHARDS RUN_DIR [overrides...]
 
-Prints one JSON line: the export folder, the cluster's node ids.
+Prints one JSON line: the export folder, the cluster's node ids; with --lose-node also when the second node
+was removed mid-run, when a replacement joined, and when training stepped again.
 """
 
 import json
@@ -12,6 +14,71 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _logged_steps(run_dir: str) -> list[dict]:
+    path = Path(run_dir) / "logs" / "unet3d.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def lose_node(mode: str, shards: str, run_dir: str, *overrides: str) -> None:
+    """Remove the second node (and its worker) mid-run. fixed: 2 workers always; a replacement node joins
+    after a few seconds and the group restarts from the last checkpoint. elastic: train.min_workers=1, so
+    training goes on with one worker and grows back to two when the replacement joins."""
+    import threading
+    import time
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from vdp_ray.config import load_config
+    from vdp_ray.train import fit
+
+    # 3 CPUs a node and 2 a worker: a node holds one worker plus room for Ray Data, so losing a node leaves
+    # room for exactly one worker (what an elastic run shrinks to; a fixed one waits for a replacement)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
+    second = cluster.add_node(num_cpus=3)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR")
+    events: dict = {}
+    try:
+        extra = ["train.min_workers=1", "train.resize_check_s=3"] if mode == "elastic" else []
+        cfg = load_config(ROOT / "experiments" / "tiny_unet.yaml", [
+            f"data.train={shards}/train", f"data.val={shards}/val", f"run.dir={run_dir}", "run.name=lose",
+            "train.workers=2", "train.cpus_per_worker=2", "train.placement=spread", "train.max_steps=80",
+            "train.batch_size=4", "train.val_every=1000", "train.checkpoint_every=4", "train.log_every=2",
+            "train.preview_every=1000", "train.val_batches=1", "train.warmup_steps=2", "train.max_failures=3",
+            *extra, *overrides,
+        ])  # fmt: skip
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(fit(cfg)), daemon=True)
+        thread.start()
+        while thread.is_alive() and not any(m["step"] >= 8 for m in _logged_steps(run_dir)):
+            time.sleep(0.2)
+        events["removed_at_step"] = max(m["step"] for m in _logged_steps(run_dir))
+        events["removed_at"] = time.time()
+        cluster.remove_node(second)
+        if mode == "elastic":  # training goes on with one worker before the node comes back
+
+            def stepped() -> bool:
+                return any(m["time"] > events["removed_at"] and m["step"] > events["removed_at_step"]
+                           for m in _logged_steps(run_dir))  # fmt: skip
+
+            while thread.is_alive() and not stepped():
+                time.sleep(0.2)
+            time.sleep(5)
+        else:
+            time.sleep(5)
+        events["replaced_at"] = time.time()
+        cluster.add_node(num_cpus=3)
+        thread.join(timeout=600)
+        after = [m for m in _logged_steps(run_dir) if m["time"] > events["removed_at"]]
+        events["first_step_after"] = after[0]["step"] if after else None
+        events["recovery_s"] = after[0]["time"] - events["removed_at"] if after else None
+        print(json.dumps({"export": str(result.get("unet3d")), "nodes": len(ray.nodes()), **events}), flush=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def main(shards: str, run_dir: str, *overrides: str) -> None:
@@ -41,4 +108,7 @@ def main(shards: str, run_dir: str, *overrides: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1] == "--lose-node":
+        lose_node(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])

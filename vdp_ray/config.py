@@ -160,6 +160,10 @@ class DiffusionConfig:
 class TrainConfig:
     stages: list[str] | None = opt(None, "What to train, in order: vae, dit, unet3d. Unset: from model.family.")
     workers: int = opt(1, "Ray Train workers (data-parallel ranks).", ge=1, le=4096)
+    min_workers: int | None = opt(
+        None, "Elastic training: go on with as few as this many workers while nodes are missing, and scale back "
+        "to train.workers when they return. Unset: always train.workers.", ge=1, le=4096)  # fmt: skip
+    resize_check_s: float = opt(60.0, "Elastic training: seconds between checks for more room.", gt=0.0)
     placement: str = opt("pack", "Where Ray puts the workers: pack (fill nodes in turn), spread (across nodes), "
                          "strict_spread (one per node).", choices=("pack", "spread", "strict_spread"))  # fmt: skip
     use_gpu: str = opt(
@@ -246,6 +250,8 @@ class Config:
         h, w = d.size
         frames = d.frames
         stages = tr.stages or []
+        if tr.min_workers is not None and tr.min_workers > tr.workers:
+            raise ConfigError(f"train.min_workers ({tr.min_workers}) must not exceed train.workers ({tr.workers})")
         for s in stages:
             if s not in ("vae", "dit", "unet3d"):
                 raise ConfigError(f"train.stages: unknown stage {s!r}; expected a list of 'vae', 'dit', 'unet3d'")

@@ -12,8 +12,12 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     kwargs: dict = {"logging_level": "WARNING", "log_to_driver": True}
-    if not os.environ.get("RAY_ADDRESS") and num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
+    if not os.environ.get("RAY_ADDRESS"):
+        # a new Ray of our own, even when another process on this machine runs one (plain ray.init() would
+        # join that one, and refuse num_cpus); a cluster is joined only when RAY_ADDRESS names it
+        kwargs["address"] = "local"
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
     ray.init(**kwargs)
     quiet_ray_data()
 

@@ -27,7 +27,7 @@ class Server:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # torn down after its module: Serve's replicas must not hold CPUs later tests need
 def served(ray_local, tmp_path_factory):
     from ray import serve
 

@@ -89,7 +89,8 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path, callback
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "stage": stage, "run_dir": str(run_dir)},
         scaling_config=ScalingConfig(
-            num_workers=t.workers,
+            num_workers=t.workers if t.min_workers is None else (t.min_workers, t.workers),
+            elastic_resize_monitor_interval_s=t.resize_check_s,
             use_gpu=use_gpu,
             resources_per_worker=resources,
             placement_strategy=t.placement.upper(),
