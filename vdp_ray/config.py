@@ -367,16 +367,22 @@ def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> di
     return values
 
 
+def parse_value(raw: str):
+    """A command-line value parsed as YAML (``[64, 64]``, ``true``, ``null``, ``1e-4``); kept as text when it is
+    not YAML; empty = None."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return raw
+
+
 def apply_override(values: dict, item: str) -> None:
     """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``[64, 64]``, ``true``, ``null``)."""
     key, sep, raw = item.partition("=")
     key = key.strip().lstrip("-")
     if not sep or not key:
         raise ConfigError(f"override {item!r}: expected key.path=value, e.g. train.lr=1e-4")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    value = parse_value(raw)
     node = values
     parts = key.split(".")
     for part in parts[:-1]:

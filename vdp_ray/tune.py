@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, ConfigError, apply_override, read_yaml_mapping
+from .config import Config, ConfigError, apply_override, parse_value, read_yaml_mapping
 from .progress import format_duration
 
 # What the training loop reports at every validation (train.val_every), and which way is better.
@@ -103,7 +103,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     fixed = dict(raw.get("overrides") or {})
     for item in overrides:
         key, _, value = item.partition("=")
-        fixed[key.strip().lstrip("-")] = _yaml_value(value)
+        fixed[key.strip().lstrip("-")] = parse_value(value)
 
     metric = raw.get("metric", "val/loss")
     if metric not in METRICS:
@@ -126,15 +126,6 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                   dir=raw.get("dir"))  # fmt: skip
     _check(sweep)
     return sweep
-
-
-def _yaml_value(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        return text
 
 
 def _check(sweep: Sweep) -> None:
@@ -305,7 +296,7 @@ def sweep(sweep: Sweep | str | Path, overrides: list[str] | tuple[str, ...] = ()
         )
     grid = tuner.fit()
     rows = _rows(grid, sweep, out, planned)
-    result = write_results(sweep, out, rows, values, time.perf_counter() - start)
+    result = write_results(sweep, out, rows, time.perf_counter() - start)
     if progress:
         print(result.table(), flush=True)
     return result
@@ -641,7 +632,7 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def write_results(sweep: Sweep, out: Path, rows: list[TrialRow], values: dict, wall_s: float) -> SweepResult:
+def write_results(sweep: Sweep, out: Path, rows: list[TrialRow], wall_s: float) -> SweepResult:
     """results.csv, results.md, best.yaml, best_export/, metric.png in the sweep folder."""
     import csv
     import shutil
