@@ -42,7 +42,7 @@ def lose_node(mode: str, shards: str, run_dir: str, *overrides: str) -> None:
     ray.init(address=cluster.address, logging_level="ERROR")
     events: dict = {}
     try:
-        extra = ["train.min_workers=1", "train.resize_check_s=3"] if mode == "elastic" else []
+        extra = ["train.workers=[1,2]", "train.resize_check_s=3"] if mode == "elastic" else []
         cfg = load_config(ROOT / "experiments" / "tiny_unet.yaml", [
             f"data.train={shards}/train", f"data.val={shards}/val", f"run.dir={run_dir}", "run.name=lose",
             "train.workers=2", "train.cpus_per_worker=2", "train.placement=spread", "train.max_steps=80",

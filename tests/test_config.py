@@ -85,6 +85,12 @@ def test_presets_fill_unset_fields_and_explicit_values_win():
     assert cfg.train.stages == ["vae", "dit"]  # no VAE export given: train one first
 
 
+def test_an_elastic_worker_range_sets_min_and_max_workers():
+    cfg = load_config(None, ["train.workers=[1, 4]"])
+    assert (cfg.train.min_workers, cfg.train.workers) == (1, 4)
+    assert Config.from_dict(cfg.to_dict()).train.min_workers == 1  # round-trips as the two keys
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -93,6 +99,9 @@ def test_presets_fill_unset_fields_and_explicit_values_win():
         (["train.lr=-1"], "train.lr: -1.0 is out of range; expected > 0.0 and <= 1.0"),
         (["train.workers=0"], "train.workers: 0 is out of range"),
         (["train.workers=1.5"], "train.workers: expected an integer, got 1.5"),
+        (["train.workers=[1, 2, 3]"], "train.workers: expected a worker count or an elastic range [min, max]"),
+        (["train.workers=[2, 1]"], "an elastic range is [min, max] with min <= max, got [2, 1]"),
+        (["train.workers=[1, 2]", "train.min_workers=1"], "leave train.min_workers unset"),
         (["train.lr=fast"], "train.lr: expected a number, got 'fast'"),
         (
             ["diffusion.schedule=quadratic"],

@@ -159,7 +159,8 @@ class DiffusionConfig:
 @dataclass
 class TrainConfig:
     stages: list[str] | None = opt(None, "What to train, in order: vae, dit, unet3d. Unset: from model.family.")
-    workers: int = opt(1, "Ray Train workers (data-parallel ranks).", ge=1, le=4096)
+    workers: int = opt(1, "Ray Train workers (data-parallel ranks); an elastic range [min, max] sets train.min_workers "
+                       "too.", ge=1, le=4096)  # fmt: skip
     min_workers: int | None = opt(
         None, "Elastic training: go on with as few as this many workers while nodes are missing, and scale back "
         "to train.workers when they return. Unset: always train.workers.", ge=1, le=4096)  # fmt: skip
@@ -212,7 +213,7 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict | None) -> Config:
         """Typed, range-checked config from plain values; presets resolved; cross-checks run."""
-        cfg = _build(cls, values or {}, "")
+        cfg = _build(cls, _elastic_shorthand(values or {}), "")
         cfg.resolve()
         cfg.validate()
         return cfg
@@ -412,6 +413,21 @@ def describe_keys(cls=Config, prefix: str = "") -> list[tuple[str, str, str, str
 
 
 # ------------------------------------------------------------------------------------ internals
+def _elastic_shorthand(values: dict) -> dict:
+    """train.workers: [min, max] (Ray Train's elastic range) means train.min_workers=min, train.workers=max."""
+    train = values.get("train") if isinstance(values, dict) else None
+    if not isinstance(train, dict) or not isinstance(train.get("workers"), (list, tuple)):
+        return values
+    span = train["workers"]
+    if len(span) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) for n in span):
+        raise ConfigError(f"train.workers: expected a worker count or an elastic range [min, max], got {span!r}")
+    if span[0] > span[1]:
+        raise ConfigError(f"train.workers: an elastic range is [min, max] with min <= max, got {span!r}")
+    if train.get("min_workers") is not None:
+        raise ConfigError("train.workers is an elastic range [min, max]: leave train.min_workers unset")
+    return {**values, "train": {**train, "workers": span[1], "min_workers": span[0]}}
+
+
 def _build(cls, values: dict, prefix: str):
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {values!r}")

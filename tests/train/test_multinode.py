@@ -43,3 +43,39 @@ def test_training_spreads_over_two_nodes_and_merges_their_checkpoint_shards(tmp_
     ema = load_state_dict(last / "ema.safetensors")
     model = export.model()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.items())
+
+
+def test_elastic_training_shrinks_when_a_node_is_lost_and_grows_back_when_one_joins(tmp_path):
+    """train.workers=[1, 2]: the second node is removed at step 8; training restarts from the last checkpoint on
+    the one node left, goes on with one worker, and returns to two when a replacement node joins."""
+    shards = digit_shards(tmp_path / "digits", num_clips=32)
+    run = tmp_path / "run"
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(ROOT / "tests" / "cluster_sim.py"), "--lose-node", "elastic", str(shards), str(run),
+           "train.max_steps=32"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+
+    rows = [json.loads(x) for x in (run / "logs" / "unet3d.jsonl").read_text().splitlines()]
+    before = [r for r in rows if r["time"] < result["removed_at"]]
+    shrunk = [r for r in rows if result["removed_at"] < r["time"] < result["replaced_at"]]
+    grown = [r for r in rows if r["time"] > result["replaced_at"] and r["workers"] == 2]
+    assert before and all(r["workers"] == 2 for r in before)
+    assert shrunk and all(r["workers"] == 1 for r in shrunk), "training did not go on with one worker"
+    assert grown and grown[-1]["step"] == 32, "training did not scale back to two workers and finish"
+    # each restart resumed from a checkpoint (every 4 steps) at or before the last step logged before it
+    log = (run / "logs" / "unet3d.log").read_text()
+    resumed = [int(x.split("resumed unet3d from step ")[1].split()[0]) for x in log.splitlines() if "resumed" in x]
+    assert len(resumed) >= 2 and all(s % 4 == 0 for s in resumed), resumed
+    assert resumed[0] <= result["removed_at_step"]
+    assert resumed[-1] <= max(r["step"] for r in rows if r["workers"] == 1)
+    assert "resuming on 1" in log and "resuming on 2" in log  # the worker-count change was said, both ways
+
+    workers = json.loads((run / "logs" / "unet3d-workers.json").read_text())
+    assert len({w["node_id"] for w in workers}) == 2  # the last group spans the head and the replacement node
+    export = Export(result["export"])
+    assert export.meta["steps"] == 32
+    last = sorted(p for p in (run / "ray" / "lose-unet3d").glob("checkpoint_*") if p.is_dir())[-1]
+    model = export.model()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in load_state_dict(last / "ema.safetensors").items())

@@ -133,6 +133,7 @@ def train_loop_per_worker(config: dict) -> None:
                 "loss": _mean_across(np.mean(window_loss), device),
                 "lr": engine.get_lr()[0],
                 "clips_per_s": window_clips * world / elapsed,
+                "workers": world,
                 "data_wait": window_wait / elapsed,
             }
             grad_norm = engine.get_global_grad_norm()
