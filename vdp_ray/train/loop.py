@@ -205,7 +205,7 @@ def _record_placement(run_dir: Path, stage: str, rank: int, world: int, device, 
     import ray
 
     me = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-          "pid": os.getpid(), "device": str(device)}  # fmt: skip
+          "ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": str(device)}  # fmt: skip
     everyone = [me]
     if dist.is_initialized():
         everyone = [None] * world
