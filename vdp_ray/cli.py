@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .config import ConfigError, describe_keys, load_config
 
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["npy", "mp4"],
         default="npy",
         help="clip encoding: npy (lossless, default) or mp4 (H.264, ~10x smaller)",
+    )
+    shard.add_argument(
+        "--captions",
+        metavar="FILE",
+        help="captions per video: CSV (video,caption), JSON {video: caption(s)} or MSR-VTT annotation JSON; "
+        "sidecar clip.txt files beside the videos are always read",
     )
     shard.add_argument("--seed", type=int, default=0, help="split assignment, clip order and synthetic content")
     shard.add_argument(
@@ -134,6 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--config", help="instead of the presets: the models of this experiment config")
     models.add_argument("overrides", nargs="*", help="dotted overrides for --config")
 
+    text = sub.add_parser(
+        "encode-text",
+        help="caption embeddings of shards with a local text encoder (Ray Data), stored beside the shards",
+        description="Embeds every distinct caption of each split once with a local transformers text model "
+        "(CLIP text model or T5 encoder; nothing is downloaded) and stores them in <split>/text/. Training with "
+        "text.encoder set reads them from there.",
+    )
+    text.add_argument("shards", nargs="+", help="a `vdp shard` output folder or split folders")
+    text.add_argument("--encoder", required=True, help="local transformers model folder (config.json + weights)")
+    text.add_argument("--max-tokens", type=int, default=77, help="caption tokens kept (default 77, as CLIP)")
+    text.add_argument("--batch-size", type=int, default=64, help="captions per encoder call (default 64)")
+    text.add_argument("--workers", type=int, default=1, help="encoder actors (default 1; a GPU each if any)")
+    text.add_argument(
+        "--make-encoder",
+        action="store_true",
+        help="first write a small randomly initialised CLIP text model with a word-level tokenizer over the "
+        "shards' captions to --encoder (for CPU tests and demos; captions are told apart, with no prior meaning)",
+    )
+
     keys = sub.add_parser("keys", help="every config key with its type, default and meaning")
     keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. train.")
     return parser
@@ -181,6 +207,8 @@ def _dispatch(argv: list[str] | None) -> int:
             return _tune(args)
         if args.verb == "serve":
             return _serve(args)
+        if args.verb == "encode-text":
+            return _encode_text(args)
     except ConfigError as exc:
         print(f"vdp {args.verb}: config error: {exc}", file=sys.stderr)
         return 2
@@ -284,7 +312,7 @@ def _shard(args) -> int:
             stride=args.stride, interval=args.interval, split=parse_split(args.split) if args.split else None,
             dataset=args.dataset, shard_size=args.shard_size, resize=args.resize, grayscale=args.grayscale,
             seed=args.seed, strict=args.strict, format=args.format, synthetic=args.synthetic,
-            num_clips=args.num_clips, digits=tuple(args.digits), stochastic=args.stochastic,
+            num_clips=args.num_clips, digits=tuple(args.digits), stochastic=args.stochastic, captions=args.captions,
         )  # fmt: skip
         summary = shard(opts, log=lambda line: print(line, file=sys.stderr))
     except ShardError as exc:
@@ -297,6 +325,51 @@ def _shard(args) -> int:
         for item in summary["skipped"]:
             print(f"  {item['path']}: {item['reason']}")
     return 0
+
+
+def _encode_text(args) -> int:
+    from .data.shards import ShardError
+    from .text import TextError, encode_text, make_word_encoder, split_folders
+
+    for flag, value in (("--max-tokens", args.max_tokens), ("--batch-size", args.batch_size),
+                        ("--workers", args.workers)):  # fmt: skip
+        if value < 1:
+            print(f"vdp encode-text: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    try:
+        if args.make_encoder:
+            if Path(args.encoder, "config.json").exists():
+                raise TextError(f"--make-encoder: {args.encoder} already holds a model; give a new folder")
+            make_word_encoder(args.encoder, _all_captions(split_folders(args.shards)))
+            print(f"wrote a small random CLIP text encoder to {args.encoder}", file=sys.stderr)
+        done = encode_text(args.shards, args.encoder, max_tokens=args.max_tokens, batch_size=args.batch_size,
+                           workers=args.workers, log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    except (TextError, ShardError) as exc:
+        print(f"vdp encode-text: error: {exc}", file=sys.stderr)
+        return 2
+    for folder, s in done.items():
+        print(f"{folder}: {s['captions']} caption(s) (with the null text), {s['dim']}-wide tokens, "
+              f"{s['seconds']:.1f}s -> {folder}/text/")  # fmt: skip
+    return 0
+
+
+def _all_captions(folders) -> list[str]:
+    """Every caption in the shards' JSON (read directly: a vocabulary, not a training input)."""
+    import json
+    import tarfile
+
+    from .text import TextError
+
+    captions = set()
+    for folder in folders:
+        for tar_path in sorted(Path(folder).glob("*.tar")):
+            with tarfile.open(tar_path) as tar:
+                for member in tar:
+                    if member.name.endswith(".json"):
+                        captions.update(json.loads(tar.extractfile(member).read()).get("captions") or [])
+    if not captions:
+        raise TextError(f"no captions in {', '.join(map(str, folders))} (shard with captions first)")
+    return sorted(captions)
 
 
 def _models(args) -> int:

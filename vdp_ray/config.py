@@ -91,6 +91,9 @@ class DiTConfig:
     qk_norm: bool = opt(False, "RMS-normalise queries and keys (stabler at large widths / low precision).")
     max_frames: int = opt(64, "Largest latent frame count the model accepts.", ge=1)
     max_size: tuple[int, int] = opt((128, 128), "Largest latent [height, width] the model accepts.", ge=1)
+    text_dim: int | None = opt(
+        None, "Width of the text encoder's token embeddings: cross-attention to the caption in every block. Set "
+        "from the stored embeddings when text.encoder is set.", ge=1)  # fmt: skip
 
 
 @dataclass
@@ -157,6 +160,18 @@ class DiffusionConfig:
 
 
 @dataclass
+class TextConfig:
+    encoder: str | None = opt(
+        None, "Text conditioning: a local transformers text model folder (CLIP text model or T5 encoder); "
+        "`vdp encode-text` stores the shards' caption embeddings with it. Unset: no text.")  # fmt: skip
+    max_tokens: int = opt(77, "Caption tokens kept (longer captions are cut).", ge=1, le=512)
+    dropout: float = opt(0.1, "Chance that a training clip sees the null text instead of its caption "
+                         "(what classifier-free guidance on text needs).", ge=0.0, le=1.0)  # fmt: skip
+    guidance: float = opt(1.0, "Guidance scale on the text while sampling (1 = off); diffusion.guidance is the "
+                          "scale on the context frames.", ge=0.0, le=50.0)  # fmt: skip
+
+
+@dataclass
 class TrainConfig:
     stages: list[str] | None = opt(None, "What to train, in order: vae, dit, unet3d. Unset: from model.family.")
     workers: int = opt(1, "Ray Train workers (data-parallel ranks); an elastic range [min, max] sets train.min_workers "
@@ -207,6 +222,7 @@ class Config:
     model: ModelConfig = section(ModelConfig, "The denoiser.")
     vae: VAEConfig = section(VAEConfig, "The 3D VAE (latent space of the DiT).")
     diffusion: DiffusionConfig = section(DiffusionConfig, "Diffusion process, objective and sampling.")
+    text: TextConfig = section(TextConfig, "Text conditioning (captions).")
     train: TrainConfig = section(TrainConfig, "Training.")
 
     # ------------------------------------------------------------------------------------- building
@@ -253,6 +269,8 @@ class Config:
         stages = tr.stages or []
         if tr.min_workers is not None and tr.min_workers > tr.workers:
             raise ConfigError(f"train.min_workers ({tr.min_workers}) must not exceed train.workers ({tr.workers})")
+        if self.text.encoder and m.family != "dit":
+            raise ConfigError("text.encoder: text conditioning is built into the DiT; set model.family: dit")
         for s in stages:
             if s not in ("vae", "dit", "unet3d"):
                 raise ConfigError(f"train.stages: unknown stage {s!r}; expected a list of 'vae', 'dit', 'unet3d'")

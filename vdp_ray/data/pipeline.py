@@ -90,7 +90,7 @@ def check_shards(spec: str | list[str], data_cfg) -> dict | None:
 
 
 def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0):
-    """A Ray Dataset of {"clip": float32 (C, T, H, W) in [-1, 1], "key": str} rows."""
+    """A Ray Dataset of {"clip": float32 (C, T, H, W) in [-1, 1], "key": str, "caption": str} rows."""
     import ray
     from ray.data import FileShuffleConfig
 
@@ -127,7 +127,7 @@ def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, 
     rng = np.random.default_rng() if train else None
     keys = batch["__key__"]
     fmt = "npy" if "npy" in batch and batch["npy"][0] is not None else "mp4"
-    clips = []
+    clips, captions = [], []
     for i in range(len(keys)):
         clip = decode_clip(batch[fmt][i], fmt, channels)  # (T, H, W, C) uint8
         if clip.shape[0] < frames:
@@ -140,7 +140,20 @@ def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, 
         if hflip and rng.uniform() < 0.5:
             x = x.flip(-1)
         clips.append(x / 127.5 - 1.0)
-    return {"clip": torch.stack(clips).numpy(), "key": np.asarray(keys)}
+        captions.append(_pick_caption(batch.get("json"), i, rng))
+    return {"clip": torch.stack(clips).numpy(), "key": np.asarray(keys), "caption": np.asarray(captions, dtype=object)}
+
+
+def _pick_caption(metas, i: int, rng) -> str:
+    """One of the clip's captions: a random one in training, the first otherwise; "" (null text) when none."""
+    if metas is None or metas[i] is None:
+        return ""
+    raw = metas[i]
+    meta = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+    captions = meta.get("captions") or []
+    if not captions:
+        return ""
+    return str(captions[int(rng.integers(len(captions)))] if rng is not None else captions[0])
 
 
 def _match_channels(x, channels: int):
@@ -174,8 +187,8 @@ def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: boo
            max_epochs: int | None = None, start_epoch: int = 0) -> Iterator[tuple[int, dict]]:  # fmt: skip
     """Endless (epoch, batch) pairs from a Ray DataIterator (or dataset shard), reshuffled each epoch.
 
-    A batch is {"clip": torch float32 (B, C, T, H, W) on the CPU, "key": list of str}; the caller moves the
-    clips to its device.
+    A batch is {"clip": torch float32 (B, C, T, H, W) on the CPU, "key": list of str, "caption": list of str
+    ("" where a clip has none)}; the caller moves the clips to its device.
     """
     import torch
 
@@ -190,7 +203,8 @@ def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: boo
         ):
             seen += 1
             clips = torch.from_numpy(np.require(batch["clip"], requirements="W"))  # Ray hands out read-only arrays
-            yield epoch, {"clip": clips, "key": [str(k) for k in batch["key"]]}
+            captions = [str(c) for c in batch["caption"]] if "caption" in batch else [""] * len(clips)
+            yield epoch, {"clip": clips, "key": [str(k) for k in batch["key"]], "caption": captions}
         if seen == 0:
             raise ShardError(f"the dataset gave no batch of {batch_size} clips in a whole epoch: too few clips")
         epoch += 1

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fsutil import atomic_write, swap_in
+from .captions import CaptionError, captions_for, load_captions
 from .codec import FORMATS, encode_clip
 from .sources import RESIZE_MODES, ClipSpec, Source, SourceError, discover, source_clips
 
@@ -55,6 +56,7 @@ class ShardOptions:
     num_clips: int = 1000
     digits: tuple[int, int] = (1, 3)
     stochastic: bool = False
+    captions: str | None = None  # a CSV / JSON / MSR-VTT caption file; sidecar .txt files are always read
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -161,7 +163,7 @@ def _key(index: int, stem: str, start: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ ray tasks
-def _shard_source(index: int, source: Source, spec: ClipSpec, fmt: str, part: str) -> dict:
+def _shard_source(index: int, source: Source, spec: ClipSpec, fmt: str, part: str, captions: list[str]) -> dict:
     """Stream every clip of one source into a part tar. Returns a report; failures are reported, not raised."""
     report = {"index": index, "path": source.path, "part": part, "split": source.split, "keys": [], "fps": None,
               "frames_read": 0}  # fmt: skip
@@ -176,6 +178,7 @@ def _shard_source(index: int, source: Source, spec: ClipSpec, fmt: str, part: st
                     **{"source": source.path, "kind": source.kind, "fps": fps, "start": start, "split": source.split},
                     **{"interval": spec.interval, "stride": spec.stride, "frames": spec.frames, "resize": spec.resize},
                     **{"size": list(spec.size), "channels": clip.shape[-1]},
+                    **({"captions": captions} if captions else {}),
                 }
                 _write_sample(tar, key, encode_clip(clip, fmt, fps), fmt, meta)
                 report["keys"].append(key)
@@ -194,6 +197,7 @@ def _shard_source(index: int, source: Source, spec: ClipSpec, fmt: str, part: st
 
 
 def _shard_synthetic(first: int, count: int, split_of: list[str], opts: ShardOptions, part: str) -> dict:
+    from .captions import describe_digits
     from .moving_digits import moving_digits_clip
 
     report = {"index": first, "path": f"moving-digits[{first}:{first + count}]", "part": part, "keys": [],
@@ -205,7 +209,7 @@ def _shard_synthetic(first: int, count: int, split_of: list[str], opts: ShardOpt
             key = f"{i:08d}_moving-digits"
             meta = {"source": "moving-digits", "index": i, "seed": opts.seed, "fps": 10.0, "start": 0, "interval": 1,
                     "frames": opts.frames, "size": list(opts.size), "channels": clip.shape[-1], "split": split_of[i],
-                    **info}  # fmt: skip
+                    "captions": describe_digits(info["digits"], info["velocity_yx"]), **info}  # fmt: skip
             _write_sample(tar, key, encode_clip(clip, opts.format, 10.0), opts.format, meta)
             report["keys"].append(key)
             report["splits"].append(split_of[i])
@@ -224,6 +228,14 @@ def shard(opts: ShardOptions, log=print) -> dict:
     from ..raytools import init_ray
 
     _check(opts)
+    caption_table = None
+    if opts.captions:
+        if opts.synthetic:
+            raise ShardError("--captions: moving digits are captioned from their content; give no caption file")
+        try:
+            caption_table = load_captions(opts.captions)
+        except CaptionError as exc:
+            raise ShardError(str(exc)) from None
     started = time.monotonic()
     settings: dict = {}
     skipped: list[dict] = []
@@ -270,8 +282,15 @@ def shard(opts: ShardOptions, log=print) -> dict:
         if not any(s.split for s in sources):
             split_of = _assign_splits(len(sources), opts.split, opts.seed)
             sources = [Source(s.path, s.kind, split_of[i]) for i, s in enumerate(sources)]
+        caption_lists = [captions_for(s.path, s.kind, caption_table) for s in sources]
+        if caption_table is not None:
+            missing = [s.path for s, c in zip(sources, caption_lists, strict=True) if not c]
+            if missing:
+                log(f"{len(missing)} of {len(sources)} source(s) have no captions (e.g. {missing[0]}): their clips "
+                    "train as unconditional (null text)")  # fmt: skip
         task = ray.remote(num_cpus=1)(_shard_source)
-        refs = [task.remote(i, s, spec, opts.format, str(parts / f"{i:06d}.tar")) for i, s in enumerate(sources)]
+        refs = [task.remote(i, s, spec, opts.format, str(parts / f"{i:06d}.tar"), caption_lists[i])
+                for i, s in enumerate(sources)]  # fmt: skip
         what, total_units = "sources", len(sources)
 
     progress = Progress(total_units, f"shard {what}")
@@ -352,7 +371,7 @@ def _write_split(directory: Path, members, opts, spec, reports, skipped, augment
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     index = _PartIndex()
-    shards, shape = [], None
+    shards, shape, captioned = [], None, 0
     for n, first in enumerate(range(0, len(order), opts.shard_size)):
         name = f"shard-{n:06d}.tar"
         count = 0
@@ -361,9 +380,10 @@ def _write_split(directory: Path, members, opts, spec, reports, skipped, augment
                 key, part = members[i]
                 for member_name, payload in index.read(part, key):
                     _add_member(tar, member_name, payload)
-                    if shape is None and member_name.endswith(".json"):
+                    if member_name.endswith(".json"):
                         meta = json.loads(payload)
-                        shape = [meta["frames"], *meta["size"], meta["channels"]]
+                        shape = shape or [meta["frames"], *meta["size"], meta["channels"]]
+                        captioned += bool(meta.get("captions"))
                 count += 1
         os.replace(staging / (name + ".tmp"), staging / name)
         shards.append({"file": name, "count": count, "bytes": (staging / name).stat().st_size})
@@ -379,6 +399,7 @@ def _write_split(directory: Path, members, opts, spec, reports, skipped, augment
     manifest = {
         "split": split,
         "count": len(members),
+        "captioned": captioned,  # clips carrying captions (training draws one per step)
         "shape": shape,  # (T, H, W, C) of every clip
         "format": opts.format,
         "frames": spec.frames,

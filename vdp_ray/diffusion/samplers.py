@@ -186,6 +186,8 @@ class ConditionedDenoiser:
         guidance=1.0,
         clip_x0: float | None = None,
         model_kwargs: dict | None = None,
+        text_guidance: float = 1.0,
+        null_kwargs: dict | None = None,
     ):
         self.model = model
         self.diffusion = diffusion
@@ -194,32 +196,44 @@ class ConditionedDenoiser:
         self.guidance = guidance
         self.clip_x0 = clip_x0
         self.model_kwargs = model_kwargs or {}
+        self.text_guidance = text_guidance if null_kwargs else 1.0
+        self.null_kwargs = null_kwargs or {}
 
     def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, num_frames = x_t.shape[0], x_t.shape[2]
         t_full = torch.full((n, num_frames), float(t), device=x_t.device, dtype=x_t.dtype)
         ab = self.diffusion.alpha_bar_at(t_full.long(), x_t)
         mask = self.frame_mask
-        if mask is None or not mask.any():
-            out = self.model(x_t, t_full, None, **self.model_kwargs)
-        else:
+        has_context = mask is not None and bool(mask.any())
+        if has_context:
             given = expand_to(mask, x_t)
             x_in = torch.where(given, self.context, x_t)
             t_cond = torch.where(mask, torch.zeros_like(t_full), t_full)
             # a residual x0-model predicts the change from the nearest given frame (none: the null mask)
             anchor = nearest_given(self.context.to(x_t.dtype), mask) if self.diffusion.residual else 0.0
-            if self.guidance == 1.0:
-                out = self.model(x_in, t_cond, mask, **self.model_kwargs) + anchor
-            else:  # one batched call for both branches
-                both = self.model(
-                    torch.cat([x_in, x_t]),
-                    torch.cat([t_cond, t_full]),
-                    torch.cat([mask, torch.zeros_like(mask)]),
-                    **self._doubled_kwargs(),
-                )
-                cond, uncond = both.chunk(2)
-                cond = cond + anchor
-                out = uncond + self.guidance * (cond - uncond)
+        else:
+            x_in, t_cond, mask, anchor = x_t, t_full, None, 0.0
+        g_ctx = self.guidance if has_context else 1.0
+        g_txt = self.text_guidance
+        # Branches (Brooks et al. 2023, eq. 3 for two conditions): full = context + text; ctx = context +
+        # null text; uncond = no context (+ the text when text guidance is off, else the null text).
+        branches = {"full": (x_in, t_cond, mask, self.model_kwargs)}
+        if g_txt != 1.0:
+            branches["ctx"] = (x_in, t_cond, mask, self.null_kwargs)
+        if g_ctx != 1.0:
+            branches["uncond"] = (x_t, t_full, None, self.null_kwargs if g_txt != 1.0 else self.model_kwargs)
+        outs = self._run(branches)
+        full = outs["full"] + anchor
+        if g_txt != 1.0 and g_ctx != 1.0:
+            ctx = outs["ctx"] + anchor
+            out = outs["uncond"] + g_ctx * (ctx - outs["uncond"]) + g_txt * (full - ctx)
+        elif g_txt != 1.0:
+            ctx = outs["ctx"] + anchor
+            out = ctx + g_txt * (full - ctx)
+        elif g_ctx != 1.0:
+            out = outs["uncond"] + g_ctx * (full - outs["uncond"])
+        else:
+            out = full
         x0, eps = to_x0_eps(out, self.diffusion.prediction_type, x_t, ab)
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
@@ -231,8 +245,19 @@ class ConditionedDenoiser:
             eps = torch.where(given, (x_t - ab.sqrt() * self.context) / (1 - ab).sqrt().clamp(min=1e-12), eps)
         return x0, eps
 
-    def _doubled_kwargs(self) -> dict:
-        return {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in self.model_kwargs.items()}
+    def _run(self, branches: dict) -> dict:
+        """All branches in one batched network call (a null mask is all False)."""
+        names = list(branches)
+        if len(names) == 1:
+            x, t, m, kw = branches[names[0]]
+            return {names[0]: self.model(x, t, m, **kw)}
+        n, frames = next(iter(branches.values()))[0].shape[:3:2]
+        xs, ts, ms, kws = zip(*branches.values(), strict=True)
+        none = torch.zeros(n, frames, dtype=torch.bool, device=xs[0].device)
+        masks = [none if m is None else m for m in ms]
+        kwargs = {k: torch.cat([kw[k] for kw in kws]) if torch.is_tensor(kws[0][k]) else kws[0][k] for k in kws[0]}
+        out = self.model(torch.cat(xs), torch.cat(ts), torch.cat(masks), **kwargs)
+        return dict(zip(names, out.chunk(len(names)), strict=True))
 
 
 @torch.no_grad()
@@ -255,11 +280,15 @@ def sample(
     device=None,
     dtype=torch.float32,
     model_kwargs: dict | None = None,
+    text_guidance: float = 1.0,
+    null_kwargs: dict | None = None,
     progress=None,
 ) -> torch.Tensor:
     """Draw clips of ``shape`` (N, C, T, ...).
 
-    context + frame_mask: the given frames (returned unchanged). init + strength: SDEdit refinement,
+    context + frame_mask: the given frames (returned unchanged). model_kwargs: the text (or other
+    conditioning) the network takes; null_kwargs: its null value, for guidance on it with ``text_guidance``
+    (guidance on the context is ``guidance``; both combine as in InstructPix2Pix). init + strength: SDEdit refinement,
     noise ``init`` to ``strength`` of the schedule and denoise from there. progress: optional callable
     (i, num_steps) for progress display.
     """
@@ -275,7 +304,8 @@ def sample(
     if init is not None:
         max_t = round(strength * diffusion.num_timesteps) - 1
     solver.set_timesteps(steps, max_t)
-    denoiser = ConditionedDenoiser(model, diffusion, context, frame_mask, guidance, clip_x0, model_kwargs)
+    denoiser = ConditionedDenoiser(model, diffusion, context, frame_mask, guidance, clip_x0, model_kwargs,
+                                   text_guidance, null_kwargs)  # fmt: skip
 
     noise = torch.randn(shape, generator=generator, dtype=dtype).to(device)
     if init is None:

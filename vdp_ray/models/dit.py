@@ -3,6 +3,11 @@
 Peebles & Xie 2023 (DiT) with factorised space-time attention (Latte, Ma et al. 2024; Open-Sora). The
 conditioning vector is per frame (timestep + given/not-given), so frames of one clip can sit at different
 noise levels: given frames arrive clean with timestep 0.
+
+Text (``text_dim`` set): every block attends from all its tokens to the caption's token embeddings
+(cross-attention after the temporal attention, as in PixArt-alpha; its output projection starts at zero), and
+the pooled caption embedding joins the AdaLN conditioning vector. The null text is the empty caption's
+embedding, so one network serves text-conditioned and unconditional passes (classifier-free guidance).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .layers import Attention, TimestepEmbedder, frame_timesteps, mask_channel, sinusoidal_embedding
+from .layers import Attention, CrossAttention, TimestepEmbedder, frame_timesteps, mask_channel, sinusoidal_embedding
 
 # Named sizes (DiT paper, table 1), plus a tiny one for CPU tests.
 PRESETS: dict[str, dict] = {
@@ -34,8 +39,12 @@ class Mlp(nn.Sequential):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False, text_dim: int | None = None
+    ):
         super().__init__()
+        self.norm_c = nn.LayerNorm(dim, eps=1e-6) if text_dim else None
+        self.cross = CrossAttention(dim, text_dim, heads, qk_norm) if text_dim else None
         self.norm_s = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn_s = Attention(dim, heads, qk_norm)
         self.norm_t = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -45,8 +54,8 @@ class DiTBlock(nn.Module):
         # shift, scale, gate for each of: spatial attention, temporal attention, MLP
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """x (N, T, S, D) tokens; c (N, T, D) per-frame conditioning."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor, text: tuple | None = None) -> torch.Tensor:
+        """x (N, T, S, D) tokens; c (N, T, D) per-frame conditioning; text (tokens (N, L, E), mask (N, L))."""
         n, t = x.shape[:2]
         mods = self.ada(c)[:, :, None, :].chunk(9, dim=-1)  # 9 x (N, T, 1, D)
         sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m = mods
@@ -54,6 +63,9 @@ class DiTBlock(nn.Module):
         x = x + g_s * rearrange(self.attn_s(h), "(n t) s d -> n t s d", n=n)
         h = rearrange(modulate(self.norm_t(x), sh_t, sc_t), "n t s d -> (n s) t d")
         x = x + g_t * rearrange(self.attn_t(h), "(n s) t d -> n t s d", n=n, t=t)
+        if self.cross is not None and text is not None:
+            h = rearrange(self.norm_c(x), "n t s d -> n (t s) d")
+            x = x + rearrange(self.cross(h, *text), "n (t s) d -> n t s d", t=t)
         return x + g_m * self.mlp(modulate(self.norm_m(x), sh_m, sc_m))
 
 
@@ -98,8 +110,10 @@ class DiT(nn.Module):
         max_frames: int = 64,
         max_size: tuple[int, int] = (128, 128),
         out_channels: int | None = None,
+        text_dim: int | None = None,
     ):
         super().__init__()
+        self.text_dim = text_dim
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
         self.hidden, self.patch, self.patch_t = hidden, patch, patch_t
@@ -108,7 +122,10 @@ class DiT(nn.Module):
         self.x_embed = nn.Conv3d(in_channels + 1, hidden, kernel, stride=kernel)  # +1: frame-mask channel
         self.t_embed = TimestepEmbedder(hidden)
         self.given_embed = nn.Embedding(2, hidden)  # 0: generate this frame, 1: this frame is given
-        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, qk_norm) for _ in range(depth))
+        self.text_pool = None  # pooled caption -> the conditioning vector
+        if text_dim:
+            self.text_pool = nn.Sequential(nn.Linear(text_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, qk_norm, text_dim) for _ in range(depth))
         self.final = FinalLayer(hidden, patch_t * patch * patch * self.out_channels)
         self.initialize_weights()
 
@@ -131,6 +148,9 @@ class DiT(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.ada[-1].weight)
             nn.init.zeros_(block.ada[-1].bias)
+            if block.cross is not None:  # text enters as a zero residual at first, like the gated branches
+                nn.init.zeros_(block.cross.proj.weight)
+                nn.init.zeros_(block.cross.proj.bias)
         for layer in (self.final.ada[-1], self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -150,9 +170,25 @@ class DiT(nn.Module):
                 f"max_size={self.max_size[0]}x{self.max_size[1]}"
             )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, C, T, H, W), t (N,) or (N, T), frame_mask (N, T) bool or None -> (N, C_out, T, H, W)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        text_pooled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (N, C, T, H, W), t (N,) or (N, T), frame_mask (N, T) bool or None -> (N, C_out, T, H, W).
+
+        A text-conditioned model also takes text_tokens (N, L, E), text_mask (N, L) and text_pooled (N, E);
+        all three are required (the null text is the empty caption's embedding, never a missing argument)."""
         self.check_input(x)
+        if self.text_dim and (text_tokens is None or text_pooled is None):
+            raise ValueError("this DiT is text-conditioned: pass text_tokens, text_mask and text_pooled "
+                             "(the empty caption's embeddings for no text)")  # fmt: skip
+        if not self.text_dim and text_tokens is not None:
+            raise ValueError("this DiT was trained without text (model.dit.text_dim unset): it takes no text")
         n, _, frames, height, width = x.shape
         gt, gh, gw = frames // self.patch_t, height // self.patch, width // self.patch
         tokens = self.x_embed(torch.cat([x, mask_channel(frame_mask, x)], dim=1))  # (N, D, gt, gh, gw)
@@ -164,9 +200,13 @@ class DiT(nn.Module):
             given = frame_mask.long()
         c = self.t_embed(frame_timesteps(t, n, frames)) + self.given_embed(given)  # (N, T, D)
         c = rearrange(c, "n (t p) d -> n t p d", p=self.patch_t).mean(2)  # (N, gt, D): one per temporal patch
+        text = None
+        if self.text_dim:
+            c = c + self.text_pool(text_pooled.to(c.dtype))[:, None, :]
+            text = (text_tokens.to(tokens.dtype), text_mask)
 
         for block in self.blocks:
-            tokens = block(tokens, c)
+            tokens = block(tokens, c, text)
         out = self.final(tokens, c)  # (N, gt, gh*gw, pt*p*p*C)
         return rearrange(
             out,

@@ -87,6 +87,28 @@ class Attention(nn.Module):
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention from (B, L, D) queries to (B, M, E) context tokens with a key padding mask (B, M)."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int, qk_norm: bool = False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.q_norm = RMSNorm(dim // heads) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(dim // heads) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q = rearrange(self.q(x), "b l (h d) -> b h l d", h=self.heads)
+        k, v = rearrange(self.kv(context), "b m (two h d) -> two b h m d", two=2, h=self.heads)
+        bias = None if mask is None else mask[:, None, None, :].to(torch.bool)  # True: attend
+        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, attn_mask=bias)
+        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
+
+
 class SpatialAttention3d(nn.Module):
     """Pre-norm residual attention over the pixels of each frame of a (N, C, T, H, W) feature map."""
 

@@ -94,7 +94,7 @@ def train_loop_per_worker(config: dict) -> None:
     train_iter = epochs(ray.train.get_dataset_shard("train"), batch_size=cfg.train.batch_size,
                         shuffle_buffer=cfg.data.shuffle_buffer, start_epoch=epoch)  # fmt: skip
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
-    preview_clips, previewing_val = None, False
+    preview_clips, preview_captions, previewing_val = None, None, False
     window_loss, window_clips, window_wait, window_start = [], 0, 0.0, time.perf_counter()
     run_start, start_step = time.perf_counter(), step
     metrics: dict = {}
@@ -106,8 +106,8 @@ def train_loop_per_worker(config: dict) -> None:
             clips = batch["clip"].to(device, non_blocking=True)
             window_wait += time.perf_counter() - t0
             if preview_clips is None:  # until the first validation: training clips
-                preview_clips = clips[:PREVIEW_CLIPS].float()
-            loss, _ = task.loss(engine, clips, dtype)
+                preview_clips, preview_captions = clips[:PREVIEW_CLIPS].float(), batch["caption"][:PREVIEW_CLIPS]
+            loss, _ = task.loss(engine, clips, dtype, captions=batch["caption"])
             if cfg.train.fault == "nan" and step + 1 >= cfg.train.fault_step:
                 loss = loss * float("nan")
             if not _all_finite(loss) and precision != "fp16":
@@ -151,9 +151,10 @@ def train_loop_per_worker(config: dict) -> None:
             losses, first_val = _validate(task, engine, val_shard, cfg, dtype, device)
             report.update(losses)
             if first_val is not None and not previewing_val:  # from now on previews show validation clips
-                preview_clips, previewing_val = first_val[:PREVIEW_CLIPS].to(device).float(), True
+                preview_clips, previewing_val = first_val[0][:PREVIEW_CLIPS].to(device).float(), True
+                preview_captions = first_val[1][:PREVIEW_CLIPS]
             if rank == 0 and (step % cfg.train.preview_every == 0 or step == total) and preview_clips is not None:
-                report.update(_preview(task, ema, cfg, stage, device, preview_clips, log, step))
+                report.update(_preview(task, ema, cfg, stage, device, preview_clips, preview_captions, log, step))
             report = _broadcast(report, device)
             log.scalars({f"val/{k}": v for k, v in report.items()}, step)
         if step == total and stage == "vae":
@@ -295,7 +296,7 @@ def _stop_non_finite(run_dir: Path, stage: str, step: int, rank: int, log) -> No
 
 @torch.no_grad()
 def _validate(task, engine, val_shard, cfg: Config, dtype, device) -> tuple[dict, torch.Tensor | None]:
-    """The validation loss (fixed timesteps, all ranks) and this rank's first validation batch."""
+    """The validation loss (fixed timesteps, all ranks) and this rank's first validation batch (clips, captions)."""
     if val_shard is None:
         return {}, None
     engine.eval()
@@ -303,8 +304,8 @@ def _validate(task, engine, val_shard, cfg: Config, dtype, device) -> tuple[dict
     for i, (_, batch) in enumerate(epochs(val_shard, batch_size=cfg.train.batch_size, drop_last=False, max_epochs=1)):
         if i >= cfg.train.val_batches:
             break
-        first = batch["clip"] if first is None else first
-        losses.append(task.val_loss(engine, batch["clip"].to(device), dtype))
+        first = (batch["clip"], batch["caption"]) if first is None else first
+        losses.append(task.val_loss(engine, batch["clip"].to(device), dtype, captions=batch["caption"]))
     engine.train()
     return {"loss": _mean_across(np.mean(losses) if losses else float("nan"), device)}, first
 
@@ -317,11 +318,14 @@ def _ema_model(task, ema: EMA, device):
     return task.ema_copy.to(device).eval()
 
 
-def _preview(task, ema, cfg, stage, device, clips, log, step) -> dict:
+def _preview(task, ema, cfg, stage, device, clips, captions, log, step) -> dict:
     """Rank 0: a strip (truth | output) and metrics on a couple of validation clips, with EMA weights."""
     model = _ema_model(task, ema, device)
     steps = min(cfg.diffusion.sample_steps, 25)
-    image, metrics = task.preview(model, clips) if stage == "vae" else task.preview(model, clips, steps)
+    if stage == "vae":
+        image, metrics = task.preview(model, clips)
+    else:
+        image, metrics = task.preview(model, clips, steps, captions=captions)
     log.image("preview", image, step)
     return metrics
 

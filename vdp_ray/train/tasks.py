@@ -29,19 +29,19 @@ class VAETask:
     def new_model(self):
         return build_vae(self.cfg)
 
-    def loss(self, net, clips: torch.Tensor, dtype=torch.float32) -> tuple[torch.Tensor, dict]:
+    def loss(self, net, clips: torch.Tensor, dtype=torch.float32, captions=None) -> tuple[torch.Tensor, dict]:
         recon, posterior = net(clips.to(dtype))
         rec = _reconstruction(recon.float(), clips.float(), self.cfg.vae.recon_loss)
         kl = posterior.kl().float().mean()
         return rec + self.cfg.vae.kl_weight * kl, {"recon": rec.item(), "kl": kl.item()}
 
     @torch.no_grad()
-    def val_loss(self, net, clips: torch.Tensor, dtype=torch.float32) -> float:
+    def val_loss(self, net, clips: torch.Tensor, dtype=torch.float32, captions=None) -> float:
         recon, _ = net(clips.to(dtype), sample=False)
         return _reconstruction(recon.float(), clips.float(), self.cfg.vae.recon_loss).item()
 
     @torch.no_grad()
-    def preview(self, model, clips: torch.Tensor) -> tuple[np.ndarray, dict]:
+    def preview(self, model, clips: torch.Tensor, captions=None) -> tuple[np.ndarray, dict]:
         recon, _ = model(clips, sample=False)
         recon = recon.clamp(-1, 1)
         return strip([clips, recon]), {"psnr": psnr(recon, clips).mean().item()}
@@ -79,6 +79,30 @@ class DiffusionTask:
             self.vae = vae.to(device).eval().requires_grad_(False)
             self.scale = float(cfg.vae.scale_factor or 1.0)
             self.tc = cfg.vae.temporal_compression
+        self.tables = None
+        if cfg.text.encoder:
+            from ..text import TextTable
+
+            self.tables = [TextTable.load(folder) for folder in text_folders(cfg)]
+            self.null = self.tables[0].lookup([""])
+
+    def text(self, captions: list[str] | None, n: int, device, dtype, drop: float = 0.0) -> dict:
+        """Model kwargs for a batch's captions (none for a model without text); ``drop``: the chance of
+        the null text per clip (training only)."""
+        if self.tables is None:
+            return {}
+        from ..text import TextError, drop_text
+
+        captions = list(captions) if captions is not None else [""] * n
+        for table in self.tables:  # training and validation splits each have their table
+            if all(c in table.rows for c in captions):
+                out = table.lookup(captions, device, dtype)
+                break
+        else:
+            missing = next(c for c in captions if not any(c in t.rows for t in self.tables))
+            raise TextError(f"caption {missing!r} has no stored embedding: run `vdp encode-text` on the shards again")
+        null = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in self.null.items()}
+        return drop_text(out, null, drop)
 
     def new_model(self):
         return build_denoiser(self.cfg)
@@ -101,15 +125,17 @@ class DiffusionTask:
         hi = min(hi, frames - 1)
         return sample_frame_masks(n, frames, m.probs(), (min(lo, hi), hi), m.context_drop, generator).mask
 
-    def loss(self, net, clips: torch.Tensor, dtype=torch.float32) -> tuple[torch.Tensor, dict]:
+    def loss(self, net, clips: torch.Tensor, dtype=torch.float32, captions=None) -> tuple[torch.Tensor, dict]:
         x0 = self.encode(clips).to(dtype)
         mask = self.masks(x0.shape[0], x0.shape[2]).to(x0.device)
-        out = self.diffusion.training_losses(net, x0, mask)
+        text = self.text(captions, x0.shape[0], x0.device, dtype, drop=self.cfg.text.dropout)
+        out = self.diffusion.training_losses(net, x0, mask, **text)
         return out["loss"], {}
 
     @torch.no_grad()
-    def val_loss(self, net, clips: torch.Tensor, dtype=torch.float32) -> float:
+    def val_loss(self, net, clips: torch.Tensor, dtype=torch.float32, captions=None) -> float:
         x0 = self.encode(clips).to(dtype)
+        text = self.text(captions, x0.shape[0], x0.device, dtype)
         n, frames = x0.shape[0], x0.shape[2]
         mask = prediction_mask(n, frames, self.context_latents(frames), device=x0.device)
         g = torch.Generator().manual_seed(0)
@@ -118,23 +144,26 @@ class DiffusionTask:
             t = min(t, self.diffusion.num_timesteps - 1)
             noise = torch.randn(x0.shape, generator=g).to(x0.device, dtype)
             tt = torch.full((n,), t, device=x0.device)
-            losses.append(self.diffusion.training_losses(net, x0, mask, t=tt, noise=noise)["loss"].item())
+            losses.append(self.diffusion.training_losses(net, x0, mask, t=tt, noise=noise, **text)["loss"].item())
         return float(np.mean(losses))
 
     def context_latents(self, frames: int) -> int:
         return min(max(1, self.cfg.data.context_frames // self.tc), frames - 1)
 
     @torch.no_grad()
-    def preview(self, model, clips: torch.Tensor, steps: int | None = None) -> tuple[np.ndarray, dict]:
+    def preview(self, model, clips: torch.Tensor, steps: int | None = None, captions=None) -> tuple[np.ndarray, dict]:
         """Predict the future of validation clips from their first data.context_frames frames."""
         x0 = self.encode(clips)
+        text = self.text(captions, x0.shape[0], x0.device, x0.dtype)
         n, frames = x0.shape[0], x0.shape[2]
         k = self.context_latents(frames)
         mask = prediction_mask(n, frames, k, device=x0.device)
         d = self.cfg.diffusion
         out = sample(model, self.diffusion, tuple(x0.shape), sampler=d.sampler, steps=steps or d.sample_steps,
                      context=x0, frame_mask=mask, guidance=d.guidance, clip_x0=d.clip_x0 if self.vae is None else None,
-                     generator=torch.Generator().manual_seed(0), device=x0.device)  # fmt: skip
+                     generator=torch.Generator().manual_seed(0), device=x0.device, model_kwargs=text,
+                     text_guidance=self.cfg.text.guidance,
+                     null_kwargs=self.text(None, n, x0.device, x0.dtype))  # fmt: skip
         pred = self.decode(out).clamp(-1, 1)
         kp = k * self.tc
         future, truth = pred[:, :, kp:], clips[:, :, kp:]
@@ -144,6 +173,16 @@ class DiffusionTask:
         best = max(metrics[f"psnr_{b}"] for b in ("copy_last", "context_mean", "blank"))
         metrics["psnr_gain"] = metrics["psnr"] - best  # judged against the best baseline, never one alone
         return strip([clips, pred]), metrics
+
+
+def text_folders(cfg: Config) -> list:
+    """The split folders whose caption embeddings a text-conditioned run uses: training first, then validation."""
+    from pathlib import Path
+
+    from ..data.pipeline import list_shards
+
+    specs = [cfg.data.train, *([cfg.data.val] if cfg.data.val else [])]
+    return [str(Path(list_shards(spec)[0]).parent) for spec in specs]
 
 
 def strip(rows: list[torch.Tensor], max_clips: int = 4) -> np.ndarray:

@@ -41,6 +41,35 @@ def check_inputs(cfg: Config) -> None:
                 raise ConfigError(f"data.{key}: {exc}") from None
     if cfg.vae.export and not (Path(cfg.vae.export) / "model.safetensors").is_file():
         raise ConfigError(f"vae.export: {cfg.vae.export} is not a VAE export (no model.safetensors)")
+    if cfg.text.encoder:
+        check_text(cfg)
+
+
+def check_text(cfg: Config) -> None:
+    """The caption embeddings exist for every split the run reads, were made by text.encoder with
+    text.max_tokens, and fix model.dit.text_dim (set here when unset)."""
+    from ..text import INDEX, TEXT_DIR, TextError, encoder_kind
+    from .tasks import text_folders
+
+    try:
+        encoder_kind(cfg.text.encoder)
+    except TextError as exc:
+        raise ConfigError(f"text.encoder: {exc}") from None
+    wanted = str(Path(cfg.text.encoder).resolve())
+    for folder in text_folders(cfg):
+        index = Path(folder) / TEXT_DIR / INDEX
+        if not index.is_file():
+            raise ConfigError(f"text.encoder: {folder} has no caption embeddings; run "
+                              f"`vdp encode-text {folder} --encoder {cfg.text.encoder}` first")  # fmt: skip
+        meta = json.loads(index.read_text())
+        if meta["encoder"] != wanted or meta["max_tokens"] != cfg.text.max_tokens:
+            raise ConfigError(f"text.encoder: {folder}'s caption embeddings were made with {meta['encoder']} "
+                              f"(max_tokens {meta['max_tokens']}), the config asks for {wanted} (text.max_tokens "
+                              f"{cfg.text.max_tokens}); run `vdp encode-text` again")  # fmt: skip
+        if cfg.model.dit.text_dim not in (None, meta["dim"]):
+            raise ConfigError(f"model.dit.text_dim is {cfg.model.dit.text_dim} but the embeddings in {folder} are "
+                              f"{meta['dim']} wide")  # fmt: skip
+        cfg.model.dit.text_dim = meta["dim"]
 
 
 def fit(cfg: Config, callbacks: list | None = None) -> dict[str, Path]:
