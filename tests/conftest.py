@@ -26,6 +26,6 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, logging_level="ERROR", log_to_driver=False)
+        ray.init(address="local", num_cpus=4, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()

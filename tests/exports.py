@@ -45,3 +45,15 @@ def dit_export(folder: Path) -> Path:
     return write_export(
         folder / "dit", cfg, "dit", randomise(build_denoiser(cfg), 0.02).state_dict(), {"steps": 1}, vae_export=vae
     )
+
+
+def text_dit_export(folder: Path, encoder: Path, dim: int = 64) -> Path:
+    """A text-conditioned latent DiT export (tiny_text_dit.yaml) with its VAE and a copy of ``encoder``."""
+    torch.manual_seed(0)
+    cfg = load_config(ROOT / "experiments" / "tiny_text_dit.yaml", [
+        "vae.scale_factor=0.7", "diffusion.sample_steps=3", f"text.encoder={encoder}", f"model.dit.text_dim={dim}",
+    ])  # fmt: skip
+    vae = write_export(folder / "vae", cfg, "vae", randomise(build_vae(cfg), 0.02).state_dict(), {"steps": 1})
+    return write_export(
+        folder / "textdit", cfg, "dit", randomise(build_denoiser(cfg), 0.02).state_dict(), {"steps": 1}, vae_export=vae
+    )

@@ -440,6 +440,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--resize", action="store_true", help="centre-crop and resize input to the model's frame size")
     p.add_argument("--fps", type=float, help="output frame rate (default: the input's, else 4)")
     p.add_argument("--out", required=True, help="output video: OUT.gif or OUT.mp4")
+    p.add_argument("--prompt", help="text-conditioned models: what the clip shows (e.g. 'a 3 moving left')")
+    p.add_argument("--text-guidance", type=float, help="guidance scale on the prompt (default: the export's "
+                   "text.guidance; 1 = off)")  # fmt: skip
     _add_sampling(p)
 
 

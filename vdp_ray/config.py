@@ -180,6 +180,10 @@ class TrainConfig:
         None, "Elastic training: go on with as few as this many workers while nodes are missing, and scale back "
         "to train.workers when they return. Unset: always train.workers.", ge=1, le=4096)  # fmt: skip
     resize_check_s: float = opt(60.0, "Elastic training: seconds between checks for more room.", gt=0.0)
+    start_timeout_s: float | None = opt(
+        None, "Seconds Ray Train waits for a worker group to start before retrying (an elastic run then tries the "
+        "size there is room for). Unset: Ray's 60, or 30 with an elastic range, so a run that lost a node "
+        "stops waiting for it sooner.", gt=0.0)  # fmt: skip
     placement: str = opt("pack", "Where Ray puts the workers: pack (fill nodes in turn), spread (across nodes), "
                          "strict_spread (one per node).", choices=("pack", "spread", "strict_spread"))  # fmt: skip
     use_gpu: str = opt(

@@ -5,6 +5,7 @@
       config.yaml         the resolved config (with vae.scale_factor for latent models)
       meta.json           family, stage, steps, metrics
       vae/                for latent models: the VAE export this model was trained in
+      text_encoder/       for text-conditioned models: the local text encoder (and tokenizer) it was trained with
 
 Weights are read with safetensors only: nothing in an export is ever unpickled.
 """
@@ -23,6 +24,7 @@ from .config import Config, load_config
 from .fsutil import swap_in
 
 WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
+TEXT_ENCODER = "text_encoder"
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -51,6 +53,8 @@ def write_export(directory: str | Path, cfg: Config, stage: str, state: dict[str
     (tmp / META).write_text(json.dumps({"stage": stage, "family": cfg.model.family, **meta}, indent=2, default=str))
     if vae_export is not None:
         shutil.copytree(vae_export, tmp / "vae")
+    if stage == "dit" and cfg.text.encoder and Path(cfg.text.encoder).is_dir():  # self-contained for serving
+        shutil.copytree(cfg.text.encoder, tmp / TEXT_ENCODER)
     swap_in(tmp, directory)
     return directory
 
@@ -77,3 +81,11 @@ class Export:
 
     def vae(self) -> Export | None:
         return Export(self.directory / "vae") if (self.directory / "vae").is_dir() else None
+
+    def text_encoder(self) -> Path | None:
+        """The text encoder folder of a text-conditioned export: its own copy, else the path it was trained
+        with; None for a model without text."""
+        if self.stage != "dit" or not self.cfg.model.dit.text_dim:
+            return None
+        own = self.directory / TEXT_ENCODER
+        return own if own.is_dir() else Path(self.cfg.text.encoder)

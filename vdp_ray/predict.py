@@ -52,6 +52,15 @@ class Predictor:
         self.scale = float(cfg.vae.scale_factor or 1.0) if self.vae is not None else 1.0
         self.tc = cfg.vae.temporal_compression if self.vae is not None else 1
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+        self.text_encoder = None
+        if (encoder := export.text_encoder()) is not None:
+            from .text import TextEncoder, TextError
+
+            try:
+                self.text_encoder = TextEncoder(encoder, cfg.text.max_tokens, self.device)
+            except TextError as exc:
+                raise PredictError(f"{export.directory}: a text-conditioned model: {exc}") from None
+            self._null_text = self._embed([""], 1)
         # fp16 autocast on CUDA unless told otherwise; CPUs run fp32
         self.half = (self.device.type == "cuda") if half is None else bool(half and self.device.type == "cuda")
 
@@ -104,10 +113,12 @@ class Predictor:
             "max_context": self.max_context,
             "temporal_compression": self.tc,
             "steps": self.export.meta.get("steps"),
+            "text": self.text_encoder is not None,
             "defaults": {
                 "sampler": self.cfg.diffusion.sampler,
                 "steps": self.cfg.diffusion.sample_steps,
                 "guidance": self.cfg.diffusion.guidance,
+                **({"text_guidance": self.cfg.text.guidance} if self.text_encoder is not None else {}),
             },
         }
 
@@ -120,7 +131,8 @@ class Predictor:
 
         context: how many of the last given frames to condition on (default: as many as the model takes).
         include_context: return the given frames (unchanged) followed by the predicted ones.
-        kw: sampler, steps, guidance, eta, seed, progress (see ``_sample_latent``).
+        kw: sampler, steps, guidance, eta, seed, progress, and for text-conditioned models prompt (one for all
+        clips or one per clip) and text_guidance (see ``_sample_latent``).
         """
         x, batched = self._frames(frames, "frames")
         _positive(num_future, "num_future")
@@ -234,9 +246,12 @@ class Predictor:
         init=None,
         strength: float = 1.0,
         progress=None,
+        prompt: str | list[str] | None = None,
+        text_guidance: float | None = None,
     ) -> torch.Tensor:
         d = self.cfg.diffusion
         sampler, steps, guidance, eta = self.sampling(sampler, steps, guidance, eta)
+        text, null, text_guidance = self._text(prompt, text_guidance, shape[0])
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
         with autocast:
             out = sample(
@@ -256,8 +271,34 @@ class Predictor:
                 generator=generator,
                 device=self.device,
                 progress=progress,
+                model_kwargs=text,
+                text_guidance=text_guidance,
+                null_kwargs=null,
             )
         return out.float()
+
+    def _text(self, prompt, text_guidance, n: int) -> tuple[dict, dict | None, float]:
+        """Model kwargs for the prompt (the null text when none), the null text, and the text guidance."""
+        if self.text_encoder is None:
+            if prompt:
+                raise PredictError("prompt: this model was trained without text (no text.encoder)")
+            if text_guidance not in (None, 1.0):
+                raise PredictError("text_guidance: this model was trained without text")
+            return {}, None, 1.0
+        g = self.cfg.text.guidance if text_guidance is None else float(text_guidance)
+        if not 0.0 <= g <= 50.0:
+            raise PredictError(f"text_guidance: must be in [0, 50], got {text_guidance}")
+        prompts = [prompt or ""] * n if prompt is None or isinstance(prompt, str) else list(prompt)
+        if len(prompts) != n or not all(isinstance(p, str) for p in prompts):
+            raise PredictError(f"prompt: one string, or one per clip ({n}); got {prompt!r}")
+        if any(len(p) > 2000 for p in prompts):
+            raise PredictError("prompt: at most 2000 characters")
+        return self._embed(prompts, n), {k: v.expand(n, *v.shape[1:]) for k, v in self._null_text.items()}, g
+
+    def _embed(self, prompts: list[str], n: int) -> dict:
+        out = self.text_encoder.encode(prompts)
+        return {"text_tokens": out["tokens"].to(self.device), "text_mask": out["mask"].to(self.device),
+                "text_pooled": out["pooled"].to(self.device)}  # fmt: skip
 
     def sampling(self, sampler=None, steps=None, guidance=None, eta=None) -> tuple[str, int, float, float]:
         """Sampling settings with the export's defaults filled in, checked; a PredictError names the bad one."""

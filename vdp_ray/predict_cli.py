@@ -28,6 +28,11 @@ def run(args) -> list[str]:
         raise PredictError(f"--start: must be >= 0, got {args.start}")
     p = Predictor.from_export(args.checkpoint, device=args.device)
     kw = {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
+    prompt, text_guidance = getattr(args, "prompt", None), getattr(args, "text_guidance", None)
+    if prompt is not None or text_guidance is not None:
+        if p.text_encoder is None:
+            raise PredictError(f"--prompt: {args.checkpoint} was trained without text (no text.encoder)")
+        kw.update(prompt=prompt, text_guidance=text_guidance)
     if args.task != "generate" and not args.input:
         raise PredictError(f"--input: needed for --task {args.task} (a video file or a folder of frames)")
 
@@ -116,6 +121,9 @@ def run(args) -> list[str]:
         "guidance": d.guidance if args.guidance is None else args.guidance,
         "seed": args.seed,
     }
+    if p.text_encoder is not None:
+        record["prompt"] = prompt or ""
+        record["text_guidance"] = p.cfg.text.guidance if text_guidance is None else text_guidance
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))
     return [f"{args.task}: {record['made_frames']} frame(s) in {seconds:.1f}s -> {out} (strip {png})"]
 

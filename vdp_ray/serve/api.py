@@ -62,14 +62,18 @@ class Params:
     format: str = "gif"
     resize: bool = False
     fps: float = 4.0
+    prompt: str | None = None  # text-conditioned models
+    text_guidance: float | None = None
 
     def sampling(self) -> dict:
-        return {"sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "seed": self.seed}
+        kw = {"sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "seed": self.seed}
+        return {**kw, "text_guidance": self.text_guidance} if self.text_guidance is not None else kw
 
     def batch_key(self) -> tuple:
-        """Requests with equal keys (and equal clip shapes) can share one batched sampling call."""
+        """Requests with equal keys (and equal clip shapes) can share one batched sampling call; prompts may
+        differ within a batch (each clip has its own)."""
         return (self.task, self.context, self.future, self.frames, self.between, self.strength, self.sampler,
-                self.steps, self.guidance, self.seed)  # fmt: skip
+                self.steps, self.guidance, self.seed, self.text_guidance)  # fmt: skip
 
 
 FIELDS = {  # name: (type, tasks it applies to; None = all)
@@ -86,7 +90,10 @@ FIELDS = {  # name: (type, tasks it applies to; None = all)
     "format": (str, None),
     "resize": (bool, None),
     "fps": (float, None),
+    "prompt": ("text", None),
+    "text_guidance": (float, None),
 }
+MAX_PROMPT = 2000  # characters
 
 
 def parse_params(task: str, raw: dict, limits: Limits, model: dict) -> Params:
@@ -110,6 +117,12 @@ def parse_params(task: str, raw: dict, limits: Limits, model: dict) -> Params:
     _range(p.guidance, "guidance", 0.0, 50.0)
     _range(p.seed, "seed", 0, 2**63 - 1)
     _range(p.fps, "fps", 0.5, 60.0)
+    _range(p.text_guidance, "text_guidance", 0.0, 50.0)
+    if (p.prompt or p.text_guidance is not None) and not model.get("text"):
+        field = "prompt" if p.prompt else "text_guidance"
+        raise ApiError(422, field, "this model was trained without text (no text encoder); leave it out")
+    if p.prompt is not None and len(p.prompt) > MAX_PROMPT:
+        raise ApiError(422, "prompt", f"at most {MAX_PROMPT} characters, got {len(p.prompt)}")
     tc = model.get("temporal_compression", 1)
     if task == "predict":
         _range(p.future, "future", 1, limits.max_frames)
@@ -139,10 +152,10 @@ def _coerce(name: str, value, kind):
         if text in ("false", "0", "no", "off"):
             return False
         raise ApiError(422, name, f"expected true or false, got {str(value)[:40]!r}")
-    if kind is str:
+    if kind in (str, "text"):
         if not isinstance(value, str):
             raise ApiError(422, name, f"expected a string, got {type(value).__name__}")
-        return value.strip().lower()
+        return " ".join(value.split()) if kind == "text" else value.strip().lower()
     if isinstance(value, bool):
         raise ApiError(422, name, f"expected a number, got {value}")
     try:

@@ -119,6 +119,9 @@ class Model:
     def _run_group(self, group: list[Job]) -> list[np.ndarray]:
         p, first = self.predictor, group[0].params
         kw = first.sampling()
+        if p.text_encoder is not None:  # each clip its own prompt ("" = the null text)
+            per_clip = [job.params.batch if first.task == "generate" else 1 for job in group]
+            kw["prompt"] = [job.params.prompt or "" for job, k in zip(group, per_clip, strict=True) for _ in range(k)]
         if first.task == "generate":
             sizes = [job.params.batch for job in group]
             out = p.generate(first.frames, batch=sum(sizes), **kw)
@@ -163,7 +166,8 @@ def _request_body_doc(task: str) -> dict:
         "refine": {"strength": "number"},
     }[task]
     common = {"sampler": "string", "steps": "integer", "guidance": "number", "seed": "integer",
-              "format": "string", "resize": "boolean", "fps": "number"}  # fmt: skip
+              "format": "string", "resize": "boolean", "fps": "number", "prompt": "string",
+              "text_guidance": "number"}  # fmt: skip
     props = {k: {"type": v} for k, v in {**fields, **common}.items()}
     props["format"]["enum"] = list(FORMATS)
     props["sampler"] = {"type": "string", "enum": ["ddpm", "ddim", "dpm++"]}

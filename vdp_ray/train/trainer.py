@@ -13,12 +13,31 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from ..config import Config, ConfigError
 from ..export import load_state_dict, write_export
 from .loop import EMA_FILE, STATE, STATUS, train_loop_per_worker
+
+ELASTIC_START_TIMEOUT_S = 30.0
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train passes it from the driver to its controller
+
+
+@contextmanager
+def _start_timeout(seconds: float | None):
+    """Ray Train's worker-group start timeout for one fit() (an explicit environment setting wins). After a node
+    is lost, the cluster still counts its CPUs for a while: an elastic run first asks for the old size and only
+    tries a smaller one when this timeout passes."""
+    if seconds is None or START_TIMEOUT_ENV in os.environ:
+        yield
+        return
+    os.environ[START_TIMEOUT_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        os.environ.pop(START_TIMEOUT_ENV, None)
 
 
 class TrainingError(RuntimeError):
@@ -134,7 +153,8 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path, callback
         datasets=datasets,
     )
     try:
-        result = trainer.fit()
+        with _start_timeout(t.start_timeout_s or (ELASTIC_START_TIMEOUT_S if t.min_workers else None)):
+            result = trainer.fit()
     except Exception as exc:
         raise TrainingError(f"the {stage} stage failed: {exc}") from exc
     if status_file.is_file():
