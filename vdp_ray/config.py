@@ -121,6 +121,10 @@ class VAEConfig:
     max_steps: int | None = opt(None, "Optimizer steps of the VAE stage (unset: train.max_steps).", ge=1)
     lr: float | None = opt(None, "Peak learning rate of the VAE stage (unset: train.lr).", gt=0.0, le=1.0)
     export: str | None = opt(None, "A trained VAE export to use as the latent space of the DiT stage.")
+    diffusers: str | None = opt(
+        None, "A local diffusers AutoencoderKL folder (e.g. Stable Diffusion's VAE) used frame by frame as the "
+        "latent space, with its scaling_factor, instead of training our 3D VAE (geometry read from its "
+        "config.json; nothing is downloaded). The vae stage is then skipped.")  # fmt: skip
     scale_factor: float | None = opt(
         None, "Latent scale (1/std of latents); measured at the end of VAE training.", gt=0.0
     )
@@ -259,11 +263,31 @@ class Config:
             self.model.family,
         )
         _fill_preset(self.vae, PRESETS["vae"], self.vae.preset, "vae.preset", "vae")
+        if self.vae.diffusers:
+            self._adopt_diffusers_vae()
+            if self.train.stages:  # the VAE is pretrained: a vae stage in a shared config is skipped
+                self.train.stages = [s for s in self.train.stages if s != "vae"]
         if self.train.stages is None:
             if self.model.family == "unet3d":
                 self.train.stages = ["unet3d"]
             else:
                 self.train.stages = ["dit"] if self.vae.export else ["vae", "dit"]
+
+    def _adopt_diffusers_vae(self) -> None:
+        """A pretrained per-frame VAE decides the latent geometry: no temporal compression, its spatial
+        compression, latent channels and scaling factor."""
+        from .pretrained import DiffusersVAEError, read_autoencoder_config
+
+        if self.vae.export:
+            raise ConfigError("vae.diffusers and vae.export both set: give one latent space")
+        try:
+            geometry = read_autoencoder_config(self.vae.diffusers)
+        except DiffusersVAEError as exc:
+            raise ConfigError(f"vae.diffusers: {exc}") from None
+        v = self.vae
+        v.latent_channels, v.spatial_compression = geometry["latent_channels"], geometry["spatial_compression"]
+        v.temporal_compression, v.scale_factor = 1, geometry["scale_factor"]
+        v.channel_mults = tuple([1] * (int(math.log2(v.spatial_compression)) + 1))  # unused: no 3D VAE is built
 
     def validate(self) -> None:
         """Relations between sections; each error names the keys involved."""
@@ -283,8 +307,9 @@ class Config:
         if "dit" in stages:
             if m.family != "dit":
                 raise ConfigError("train.stages: the 'dit' stage needs model.family: dit")
-            if "vae" not in stages[: stages.index("dit")] and not v.export:
-                raise ConfigError("train.stages: the 'dit' stage needs a VAE: put 'vae' before it or set vae.export")
+            if "vae" not in stages[: stages.index("dit")] and not v.export and not v.diffusers:
+                raise ConfigError("train.stages: the 'dit' stage needs a VAE: put 'vae' before it, or set vae.export "
+                                  "or vae.diffusers")  # fmt: skip
         if df.residual and df.prediction_type != "x0":
             raise ConfigError(
                 f"diffusion.residual: needs diffusion.prediction_type x0, got {df.prediction_type!r} "

@@ -24,6 +24,7 @@ from .config import Config, load_config
 from .fsutil import swap_in
 
 WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
+DIFFUSERS_CONFIG = "diffusers_config.json"  # a VAE export wrapping a pretrained diffusers AutoencoderKL
 TEXT_ENCODER = "text_encoder"
 
 
@@ -42,8 +43,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def write_export(directory: str | Path, cfg: Config, stage: str, state: dict[str, torch.Tensor], meta: dict,
-                 vae_export: str | Path | None = None) -> Path:  # fmt: skip
-    """Write an export atomically: into a sibling temp folder, then swapped in."""
+                 vae_export: str | Path | None = None, files: dict[str, str] | None = None) -> Path:  # fmt: skip
+    """Write an export atomically: into a sibling temp folder, then swapped in. ``files``: extra text files."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".writing")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -51,12 +52,29 @@ def write_export(directory: str | Path, cfg: Config, stage: str, state: dict[str
     save_state_dict(state, tmp / WEIGHTS)
     cfg.save(tmp / CONFIG)
     (tmp / META).write_text(json.dumps({"stage": stage, "family": cfg.model.family, **meta}, indent=2, default=str))
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
     if vae_export is not None:
         shutil.copytree(vae_export, tmp / "vae")
     if stage == "dit" and cfg.text.encoder and Path(cfg.text.encoder).is_dir():  # self-contained for serving
         shutil.copytree(cfg.text.encoder, tmp / TEXT_ENCODER)
     swap_in(tmp, directory)
     return directory
+
+
+def write_diffusers_vae_export(directory: str | Path, cfg: Config) -> Path:
+    """A VAE export wrapping the local diffusers AutoencoderKL of ``cfg.vae.diffusers`` (its weights and
+    config copied in), so DiT exports made on it carry it like one of our VAEs and load anywhere."""
+    from dataclasses import replace
+
+    from .models.frame_vae import FrameVAE
+
+    vae = FrameVAE.from_folder(cfg.vae.diffusers, cfg.data.channels)
+    config = {k: v for k, v in dict(vae.ae.config).items() if not k.startswith("_") or k == "_class_name"}
+    plain = replace(cfg, vae=replace(cfg.vae, diffusers=None, export=None))  # geometry kept, no outside path
+    meta = {"steps": 0, "kind": "diffusers", "source": str(cfg.vae.diffusers), "scale_factor": cfg.vae.scale_factor}
+    return write_export(directory, plain, "vae", vae.state_dict(), meta,
+                        files={DIFFUSERS_CONFIG: json.dumps(config, indent=1, default=list)})  # fmt: skip
 
 
 class Export:
@@ -75,7 +93,13 @@ class Export:
         """The exported network with its EMA weights, in eval mode."""
         from .models import build_denoiser, build_vae
 
-        net = build_vae(self.cfg) if self.stage == "vae" else build_denoiser(self.cfg)
+        if self.meta.get("kind") == "diffusers":
+            from .models.frame_vae import FrameVAE
+
+            config = json.loads((self.directory / DIFFUSERS_CONFIG).read_text())
+            net = FrameVAE.from_config_dict(config, self.cfg.data.channels)
+        else:
+            net = build_vae(self.cfg) if self.stage == "vae" else build_denoiser(self.cfg)
         net.load_state_dict(load_state_dict(self.directory / WEIGHTS))
         return net.eval()
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import Config, ConfigError
-from ..export import load_state_dict, write_export
+from ..export import load_state_dict, write_diffusers_vae_export, write_export
 from .loop import EMA_FILE, STATE, STATUS, train_loop_per_worker
 
 ELASTIC_START_TIMEOUT_S = 30.0
@@ -106,6 +106,11 @@ def fit(cfg: Config, callbacks: list | None = None) -> dict[str, Path]:
     needed = math.ceil(cfg.train.workers * cfg.train.cpus_per_worker) + 2  # room for Ray Data's tasks
     init_ray(num_cpus=max(os.cpu_count() or 1, needed))
 
+    if cfg.vae.diffusers:  # a pretrained per-frame VAE: wrapped once as this run's VAE export
+        target = run_dir / "vae_export"
+        if not (target / "model.safetensors").is_file():
+            write_diffusers_vae_export(target, cfg)
+        cfg = replace(cfg, vae=replace(cfg.vae, diffusers=None, export=str(target)))
     exports: dict[str, Path] = {}
     for i, stage in enumerate(cfg.train.stages):
         last = i == len(cfg.train.stages) - 1
