@@ -71,7 +71,8 @@ def write_diffusers_vae_export(directory: str | Path, cfg: Config) -> Path:
 
     vae = FrameVAE.from_folder(cfg.vae.diffusers, cfg.data.channels)
     config = {k: v for k, v in dict(vae.ae.config).items() if not k.startswith("_") or k == "_class_name"}
-    plain = replace(cfg, vae=replace(cfg.vae, diffusers=None, export=None))  # geometry kept, no outside path
+    # geometry kept, no outside path; a VAE export's config names the vae stage like one we trained
+    plain = replace(cfg, vae=replace(cfg.vae, diffusers=None, export=None), train=replace(cfg.train, stages=["vae"]))
     meta = {"steps": 0, "kind": "diffusers", "source": str(cfg.vae.diffusers), "scale_factor": cfg.vae.scale_factor}
     return write_export(directory, plain, "vae", vae.state_dict(), meta,
                         files={DIFFUSERS_CONFIG: json.dumps(config, indent=1, default=list)})  # fmt: skip
