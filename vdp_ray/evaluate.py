@@ -79,12 +79,16 @@ class ClipScorer:
         u8 = np.round((clips + 1) * 127.5).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 4, 1)  # (B, T, H, W, C)
         ctx, truth = torch.from_numpy(clips[:, :, :k]), torch.from_numpy(clips[:, :, k : k + f])
         draws_p, draws_s, first = [], [], None
+        text = {}
+        if self.p.text_encoder is not None:  # a text model is prompted with each clip's (first) caption
+            captions = batch.get("caption", [""] * len(clips))
+            text = {"prompt": [str(c) for c in captions]}
         t0 = time.perf_counter()
         for s in range(self.samples):
             # one batched call per draw, seeded by (seed, first clip of the batch, draw): batches are fixed
             # (ordered execution, fixed batch size), so the same command gives the same numbers
             seed = _clip_seed(self.seed, str(batch["key"][0]), s)
-            pred_u8 = self.p.predict(u8[:, :k], f, context=k, seed=seed, **self.sample_kw)
+            pred_u8 = self.p.predict(u8[:, :k], f, context=k, seed=seed, **self.sample_kw, **text)
             if first is None:
                 first = pred_u8
             pred = torch.from_numpy(pred_u8).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
@@ -243,6 +247,8 @@ def summarize(cols: dict, p, opts: EvalOptions, k: int, f: int, wall: float) -> 
             "resolution": list(p.size),
             "channels": p.channels,
             "shards": str(opts.shards),
+            "prompts": "each clip's first caption (none: the null text)" if p.text_encoder is not None else None,
+            "text_guidance": p.cfg.text.guidance if p.text_encoder is not None else None,
             "metric_notes": "mean over clips of per-frame PSNR (dB, peak 255) and SSIM (11x11 Gaussian, sigma 1.5) "
             "on predicted frames only; samples averaged per clip",
         },

@@ -78,3 +78,18 @@ def test_the_http_prompt_field_is_checked_against_the_model():
     with pytest.raises(ApiError) as err:
         parse_params("generate", {"text_guidance": "99"}, limits, text_model)
     assert err.value.field == "text_guidance"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_vdp_evaluate_prompts_a_text_model_with_each_clips_caption(text_export, tmp_path):
+    from media import digit_shards
+
+    shards = digit_shards(tmp_path / "digits", num_clips=8)
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--checkpoint", str(text_export), "--shards", str(shards / "val"), "--clips", "2",
+                 "--batch-size", "2", "--steps", "2", "--cpus-per-worker", "1", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"]["prompts"].startswith("each clip's first caption") and metrics["model"]["text"]
+    assert metrics["protocol"]["clips"] == 2 and np.isfinite(metrics["psnr"])
