@@ -93,3 +93,16 @@ def test_vdp_evaluate_prompts_a_text_model_with_each_clips_caption(text_export, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"]["prompts"].startswith("each clip's first caption") and metrics["model"]["text"]
     assert metrics["protocol"]["clips"] == 2 and np.isfinite(metrics["psnr"])
+
+
+def test_a_served_batch_gives_each_request_its_own_prompt(text_export):
+    from vdp_ray.serve.api import Params
+    from vdp_ray.serve.app import Job, Model
+
+    replica = Model.func_or_class.__new__(Model.func_or_class)  # the deployment's class, without Serve
+    replica.predictor = p = Predictor.from_export(text_export, device="cpu")
+    jobs = [Job(Params(task="generate", frames=8, batch=b, seed=5, steps=2, prompt=prompt), None)
+            for b, prompt in ((1, "a 3 moving left"), (2, "a 7 moving down"))]  # fmt: skip
+    outs = replica._run_group(jobs)
+    expected = p.generate(8, batch=3, seed=5, steps=2, prompt=["a 3 moving left"] + ["a 7 moving down"] * 2)
+    assert np.array_equal(outs[0], expected[0]) and np.array_equal(outs[1], expected[1:])
