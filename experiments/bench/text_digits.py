@@ -8,7 +8,7 @@ guidance 1 (off) and higher, against chance (10 %) and the same model given the 
 
     python experiments/bench/text_digits.py [--out runs/bench_text] [--clips 2000] [--steps 600] [--per-digit 10]
 
-Re-running reuses the shards, the encoder and a finished training in --out.
+Re-running reuses the shards, the encoder and a finished training in --out; more --steps continue it.
 """
 
 import argparse
@@ -27,7 +27,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/bench_text")
     ap.add_argument("--clips", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=600, help="DiT steps (the VAE gets half)")
+    ap.add_argument("--steps", type=int, default=600, help="DiT steps (more resume a finished run)")
+    ap.add_argument("--vae-steps", type=int, default=300)
     ap.add_argument("--per-digit", type=int, default=10, help="clips generated per digit and setting")
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0])
@@ -52,9 +53,13 @@ def main() -> None:
         assert vdp(["encode-text", str(shards), "--encoder", str(encoder), *flags]) == 0
     cfg = load_config(ROOT / "experiments" / "tiny_text_dit.yaml", [
         f"data.train={shards / 'train'}", f"data.val={shards / 'val'}", f"run.dir={run}", f"text.encoder={encoder}",
-        f"train.max_steps={args.steps}", f"vae.max_steps={max(100, args.steps // 2)}", "train.preview_every=1000000",
+        f"train.max_steps={args.steps}", f"vae.max_steps={args.vae_steps}", "train.preview_every=1000000",
     ])  # fmt: skip
-    if not (run / "export" / "model.safetensors").is_file():
+    export = run / "export"
+    if (
+        not (export / "model.safetensors").is_file()
+        or json.loads((export / "meta.json").read_text())["steps"] < args.steps
+    ):
         fit(cfg)
     trained_s = time.time() - started
 
