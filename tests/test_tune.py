@@ -105,14 +105,18 @@ def test_sweep_early_stops_survives_an_interruption_and_writes_a_winner(digits, 
     for r in rows:
         by_lr[float(r["train.lr"])].append(r)
     # the good learning rate runs to the end; ASHA (its records restored after the interruption) stops the
-    # bad one at the first rung, at step 5 of 10
-    assert all(r["status"] == "done" and int(r["steps"]) == 10 for r in by_lr[GOOD_LR]), rows
+    # bad one at the first rung, at step 5 of 10. The two good trials race each other: the one reaching the
+    # rung second is cut there too when the other's record is better (ASHA keeps the top half), so at least
+    # one of them, not necessarily both, runs to the end.
+    done_good = [r for r in by_lr[GOOD_LR] if r["status"] == "done"]
+    assert done_good and all(int(r["steps"]) == 10 for r in done_good), rows
+    assert all(r["status"] == "done" or int(r["steps"]) == 5 for r in by_lr[GOOD_LR]), rows
     stopped = [r for r in by_lr[BAD_LR] if r["status"] == "stopped early"]
     assert stopped and all(int(r["steps"]) == 5 for r in stopped), rows
     assert all(float(r["val/loss"]) > max(float(g["val/loss"]) for g in by_lr[GOOD_LR]) for r in by_lr[BAD_LR])
 
     # 3. the winner: best.yaml (the base config with the winning values) trains as is; its export is copied
-    best_row = min(by_lr[GOOD_LR], key=lambda r: float(r["val/loss"]))
+    best_row = min(done_good, key=lambda r: float(r["val/loss"]))
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["train"]["lr"] == GOOD_LR and best["diffusion"]["schedule"] == best_row["diffusion.schedule"]
     assert best["train"]["max_steps"] == 300  # the base's budget, not the sweep's shortened one
