@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .config import ConfigError, describe_keys, load_config
 
@@ -329,7 +328,7 @@ def _shard(args) -> int:
 
 def _encode_text(args) -> int:
     from .data.shards import ShardError
-    from .text import TextError, encode_text, make_word_encoder, split_folders
+    from .text import TextError, encode_text
 
     for flag, value in (("--max-tokens", args.max_tokens), ("--batch-size", args.batch_size),
                         ("--workers", args.workers)):  # fmt: skip
@@ -337,13 +336,9 @@ def _encode_text(args) -> int:
             print(f"vdp encode-text: {flag} must be >= 1, got {value}", file=sys.stderr)
             return 2
     try:
-        if args.make_encoder:
-            if Path(args.encoder, "config.json").exists():
-                raise TextError(f"--make-encoder: {args.encoder} already holds a model; give a new folder")
-            make_word_encoder(args.encoder, _all_captions(split_folders(args.shards)))
-            print(f"wrote a small random CLIP text encoder to {args.encoder}", file=sys.stderr)
         done = encode_text(args.shards, args.encoder, max_tokens=args.max_tokens, batch_size=args.batch_size,
-                           workers=args.workers, log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+                           workers=args.workers, make_encoder=args.make_encoder,
+                           log=lambda line: print(line, file=sys.stderr))  # fmt: skip
     except (TextError, ShardError) as exc:
         print(f"vdp encode-text: error: {exc}", file=sys.stderr)
         return 2
@@ -351,25 +346,6 @@ def _encode_text(args) -> int:
         print(f"{folder}: {s['captions']} caption(s) (with the null text), {s['dim']}-wide tokens, "
               f"{s['seconds']:.1f}s -> {folder}/text/")  # fmt: skip
     return 0
-
-
-def _all_captions(folders) -> list[str]:
-    """Every caption in the shards' JSON (read directly: a vocabulary, not a training input)."""
-    import json
-    import tarfile
-
-    from .text import TextError
-
-    captions = set()
-    for folder in folders:
-        for tar_path in sorted(Path(folder).glob("*.tar")):
-            with tarfile.open(tar_path) as tar:
-                for member in tar:
-                    if member.name.endswith(".json"):
-                        captions.update(json.loads(tar.extractfile(member).read()).get("captions") or [])
-    if not captions:
-        raise TextError(f"no captions in {', '.join(map(str, folders))} (shard with captions first)")
-    return sorted(captions)
 
 
 def _models(args) -> int:

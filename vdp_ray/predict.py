@@ -60,7 +60,8 @@ class Predictor:
                 self.text_encoder = TextEncoder(encoder, cfg.text.max_tokens, self.device)
             except TextError as exc:
                 raise PredictError(f"{export.directory}: a text-conditioned model: {exc}") from None
-            self._null_text = self._embed([""], 1)
+            self._embedded: tuple[tuple[str, ...], dict] | None = None  # the last prompts: a roll-out reuses them
+            self._null_text = self._embed([""])
         # fp16 autocast on CUDA unless told otherwise; CPUs run fp32
         self.half = (self.device.type == "cuda") if half is None else bool(half and self.device.type == "cuda")
 
@@ -293,12 +294,17 @@ class Predictor:
             raise PredictError(f"prompt: one string, or one per clip ({n}); got {prompt!r}")
         if any(len(p) > 2000 for p in prompts):
             raise PredictError("prompt: at most 2000 characters")
-        return self._embed(prompts, n), {k: v.expand(n, *v.shape[1:]) for k, v in self._null_text.items()}, g
+        return self._embed(prompts), {k: v.expand(n, *v.shape[1:]) for k, v in self._null_text.items()}, g
 
-    def _embed(self, prompts: list[str], n: int) -> dict:
-        out = self.text_encoder.encode(prompts)
-        return {"text_tokens": out["tokens"].to(self.device), "text_mask": out["mask"].to(self.device),
-                "text_pooled": out["pooled"].to(self.device)}  # fmt: skip
+    def _embed(self, prompts: list[str]) -> dict:
+        """The text encoder's output for the prompts; every window of one roll-out asks for the same ones."""
+        key = tuple(prompts)
+        if self._embedded is None or self._embedded[0] != key:
+            out = self.text_encoder.encode(prompts)
+            self._embedded = (key, {"text_tokens": out["tokens"].to(self.device),
+                                    "text_mask": out["mask"].to(self.device),
+                                    "text_pooled": out["pooled"].to(self.device)})  # fmt: skip
+        return self._embedded[1]
 
     def sampling(self, sampler=None, steps=None, guidance=None, eta=None) -> tuple[str, int, float, float]:
         """Sampling settings with the export's defaults filled in, checked; a PredictError names the bad one."""

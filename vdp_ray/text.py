@@ -91,10 +91,6 @@ class TextTable:
     pooled: torch.Tensor  # (N, D) float16
     meta: dict
 
-    @property
-    def dim(self) -> int:
-        return int(self.tokens.shape[-1])
-
     @classmethod
     def load(cls, split_dir: str | Path) -> TextTable:
         from safetensors.torch import load_file
@@ -153,8 +149,9 @@ def split_folders(paths: list[str]) -> list[Path]:
         if not path.is_dir():
             raise TextError(f"{path}: no such shard folder")
         top = path / MANIFEST
-        if top.is_file() and "splits" in json.loads(top.read_text()):
-            found += [path / s for s in json.loads(top.read_text())["splits"]]
+        manifest = json.loads(top.read_text()) if top.is_file() else {}
+        if "splits" in manifest:
+            found += [path / s for s in manifest["splits"]]
         elif top.is_file() or any(path.glob("*.tar")):
             found.append(path)
         else:
@@ -185,9 +182,10 @@ def _captions_of(row: dict) -> list[dict]:
 
 
 def encode_text(paths: list[str], encoder: str, *, max_tokens: int = 77, batch_size: int = 64, workers: int = 1,
-                log=print) -> dict[str, dict]:  # fmt: skip
+                make_encoder: bool = False, log=print) -> dict[str, dict]:  # fmt: skip
     """Embed every distinct caption of each split once (a Ray Data job: read shards -> captions -> encoder
-    actors) and store them in ``<split>/text/``. Returns {split folder: summary}."""
+    actors) and store them in ``<split>/text/``. Returns {split folder: summary}. ``make_encoder``: first
+    write ``make_word_encoder`` over all the splits' captions to ``encoder`` (a new folder)."""
     import time
 
     import ray
@@ -197,14 +195,28 @@ def encode_text(paths: list[str], encoder: str, *, max_tokens: int = 77, batch_s
     from .fsutil import atomic_write
     from .raytools import init_ray
 
-    kind = encoder_kind(encoder)  # refuse a bad encoder before any Ray work
+    if make_encoder and (Path(encoder) / "config.json").exists():
+        raise TextError(f"--make-encoder: {encoder} already holds a model; give a new folder")
+    if not make_encoder:
+        encoder_kind(encoder)  # refuse a bad encoder before any Ray work
     folders = split_folders(paths)
     init_ray()
-    summaries = {}
+    per_split = {}
     for folder in folders:
         started = time.monotonic()
         ds = ray.data.read_webdataset(list_shards(str(folder)), decoder=None, suffixes=["json"])
-        captions = sorted({r["caption"] for r in ds.flat_map(_captions_of).take_all()} - {NULL_TEXT})
+        per_split[folder] = (sorted({r["caption"] for r in ds.flat_map(_captions_of).take_all()} - {NULL_TEXT}),
+                             time.monotonic() - started)  # fmt: skip
+    if make_encoder:
+        vocabulary = sorted({c for captions, _ in per_split.values() for c in captions})
+        if not vocabulary:
+            raise TextError(f"no captions in {', '.join(map(str, folders))} (shard with captions first)")
+        make_word_encoder(encoder, vocabulary)
+        log(f"wrote a small random CLIP text encoder to {encoder}")
+    kind = encoder_kind(encoder)
+    summaries = {}
+    for folder, (captions, read_s) in per_split.items():
+        started = time.monotonic() - read_s
         ordered = [NULL_TEXT, *captions]
         log(f"{folder}: {len(captions)} distinct caption(s); encoding with {encoder} ({kind})")
         table = ray.data.from_items([{"caption": c} for c in ordered]).map_batches(

@@ -101,8 +101,7 @@ class DiffusionTask:
         else:
             missing = next(c for c in captions if not any(c in t.rows for t in self.tables))
             raise TextError(f"caption {missing!r} has no stored embedding: run `vdp encode-text` on the shards again")
-        null = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in self.null.items()}
-        return drop_text(out, null, drop)
+        return drop_text(out, self.null, drop)  # the null text takes the batch's device and dtype there
 
     def new_model(self):
         return build_denoiser(self.cfg)

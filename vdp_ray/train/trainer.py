@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import Config, ConfigError
-from ..export import load_state_dict, write_diffusers_vae_export, write_export
+from ..export import WEIGHTS, load_state_dict, write_diffusers_vae_export, write_export
 from .loop import EMA_FILE, STATE, STATUS, train_loop_per_worker
 
 ELASTIC_START_TIMEOUT_S = 30.0
@@ -108,7 +108,7 @@ def fit(cfg: Config, callbacks: list | None = None) -> dict[str, Path]:
 
     if cfg.vae.diffusers:  # a pretrained per-frame VAE: wrapped once as this run's VAE export
         target = run_dir / "vae_export"
-        if not (target / "model.safetensors").is_file():
+        if not (target / WEIGHTS).is_file():
             write_diffusers_vae_export(target, cfg)
         cfg = replace(cfg, vae=replace(cfg.vae, diffusers=None, export=str(target)))
     exports: dict[str, Path] = {}
