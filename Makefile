@@ -10,7 +10,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check --no-cache-dir -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # The main job: moving digits -> shards -> Ray Train + DeepSpeed -> predictions -> metrics + GIF, within

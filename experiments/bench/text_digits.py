@@ -32,11 +32,13 @@ def main() -> None:
     ap.add_argument("--per-digit", type=int, default=10, help="clips generated per digit and setting")
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0])
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for the training")
     args = ap.parse_args()
     from digit_reader import DigitReader
 
     from vdp_ray.cli import main as vdp
     from vdp_ray.config import load_config
+    from vdp_ray.data.moving_digits import moving_digits_clip
     from vdp_ray.data.shards import ShardOptions, shard
     from vdp_ray.media import strip, write_png
     from vdp_ray.predict import Predictor
@@ -54,6 +56,7 @@ def main() -> None:
     cfg = load_config(ROOT / "experiments" / "tiny_text_dit.yaml", [
         f"data.train={shards / 'train'}", f"data.val={shards / 'val'}", f"run.dir={run}", f"text.encoder={encoder}",
         f"train.max_steps={args.steps}", f"vae.max_steps={args.vae_steps}", "train.preview_every=1000000",
+        *args.set,
     ])  # fmt: skip
     export = run / "export"
     if (
@@ -66,6 +69,16 @@ def main() -> None:
     reader = DigitReader(32)
     p = Predictor.from_export(run / "export", device="cpu")
     rows, sheet = [], []
+    # The ceiling: real clips of each digit, as drawn and after a trip through the model's latent space.
+    real = [moving_digits_clip(i, 321, 8, (32, 32), (1, 1)) for i in range(10 * args.per_digit)]
+    clips = np.stack([c for c, _ in real])
+    truth = np.array([m["digits"][0] for _, m in real])
+    x, _ = p._frames(clips, "frames")
+    through = p._out(p._decode(p._encode(x)), True)
+    for name, batch in (("real clips (the reader's ceiling)", clips), ("real clips through the VAE", through)):
+        got = np.array([reader.read_clip(c) for c in batch])
+        rows.append({"setting": name, "accuracy": float(np.mean(got == truth)), "clips": len(got)})
+        print(f"{name}: {100 * rows[-1]['accuracy']:.0f} %", flush=True)
     settings = [("null text", "", 1.0)] + [(f"prompt, text guidance {g:g}", None, g) for g in args.guidance]
     for name, fixed_prompt, g in settings:
         t0 = time.time()
