@@ -114,3 +114,6 @@ def test_gpu_deepspeed_config_from_the_seed_config():
     assert "bf16" not in ds and ds["optimizer"]["params"]["lr"] == cfg.train.lr
     vae = deepspeed_config(cfg, "vae", world, "fp16")
     assert vae["scheduler"]["params"]["total_num_steps"] == (cfg.vae.max_steps or cfg.train.max_steps)
+    own_batch = load_config(ROOT / "experiments" / "seed_dit.yaml", ["vae.batch_size=3"])
+    own = deepspeed_config(own_batch, "vae", world, "fp16")
+    assert own["train_micro_batch_size_per_gpu"] == 3 and own["train_batch_size"] == 3 * world  # the VAE's own batch

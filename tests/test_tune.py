@@ -177,6 +177,8 @@ def test_a_latent_sweep_shares_its_vae_unless_a_trial_changes_it(tmp_path, digit
         ({"diffusion.schedule": {"choice": ["linear", "cosine"]}}, {}, True),
         (lr, {}, False),  # the VAE stage trains with train.lr too...
         (lr, {"vae.lr": 1e-3}, True),  # ...unless it has its own
+        ({"train.batch_size": {"choice": [2, 4]}}, {}, False),
+        ({"train.batch_size": {"choice": [2, 4]}}, {"vae.batch_size": 2}, True),
         ({"vae.kl_weight": {"choice": [1e-6, 1e-4]}}, {}, False),
         ({"data.context_frames": {"choice": [2, 4]}}, {}, False),
     ):

@@ -120,6 +120,7 @@ class VAEConfig:
     kl_weight: float = opt(1e-4, "Weight of the KL term (per-element means on both terms).", ge=0.0)
     max_steps: int | None = opt(None, "Optimizer steps of the VAE stage (unset: train.max_steps).", ge=1)
     lr: float | None = opt(None, "Peak learning rate of the VAE stage (unset: train.lr).", gt=0.0, le=1.0)
+    batch_size: int | None = opt(None, "Clips per worker per step in the VAE stage (unset: train.batch_size).", ge=1)
     export: str | None = opt(None, "A trained VAE export to use as the latent space of the DiT stage.")
     diffusers: str | None = opt(
         None, "A local diffusers AutoencoderKL folder (e.g. Stable Diffusion's VAE) used frame by frame as the "

@@ -442,9 +442,9 @@ def _absolute_paths(values: dict) -> dict:
 
 def shares_vae(sweep: Sweep, cfg: Config) -> bool:
     """Whether every trial would train the same VAE: a VAE stage first, and no searched key the VAE stage
-    reads: vae.*, data.*, run.*, train.* (but not train.lr / train.max_steps when vae.lr / vae.max_steps
-    replace them); the denoiser's model.* and diffusion.* it never sees."""
-    own = {"train.lr": cfg.vae.lr, "train.max_steps": cfg.vae.max_steps}
+    reads: vae.*, data.*, run.*, train.* (but not train.lr / train.max_steps / train.batch_size when vae.lr /
+    vae.max_steps / vae.batch_size replace them); the denoiser's model.* and diffusion.* it never sees."""
+    own = {"train.lr": cfg.vae.lr, "train.max_steps": cfg.vae.max_steps, "train.batch_size": cfg.vae.batch_size}
     reads = [k for k in sweep.space if k.split(".")[0] in ("vae", "data", "train", "run") and not own.get(k)]
     return cfg.train.stages[0] == "vae" and not reads
 

@@ -25,11 +25,11 @@ def resolve_precision(requested: str, device_type: str) -> tuple[str, str | None
 def deepspeed_config(cfg, stage: str, world_size: int, precision: str) -> dict:
     t = cfg.train
     lr = cfg.vae.lr if stage == "vae" and cfg.vae.lr else t.lr
-    steps = stage_steps(cfg, stage)
+    steps, batch = stage_steps(cfg, stage), stage_batch(cfg, stage)
     ds = {
-        "train_micro_batch_size_per_gpu": t.batch_size,
+        "train_micro_batch_size_per_gpu": batch,
         "gradient_accumulation_steps": t.grad_accum,
-        "train_batch_size": t.batch_size * t.grad_accum * world_size,
+        "train_batch_size": batch * t.grad_accum * world_size,
         "gradient_clipping": t.grad_clip,
         "steps_per_print": 10**9,  # our own progress lines instead
         "wall_clock_breakdown": False,
@@ -66,6 +66,11 @@ def deepspeed_config(cfg, stage: str, world_size: int, precision: str) -> dict:
 
 def stage_steps(cfg, stage: str) -> int:
     return cfg.vae.max_steps if stage == "vae" and cfg.vae.max_steps else cfg.train.max_steps
+
+
+def stage_batch(cfg, stage: str) -> int:
+    """Clips per worker per step: vae.batch_size in the VAE stage when set, else train.batch_size."""
+    return cfg.vae.batch_size if stage == "vae" and cfg.vae.batch_size else cfg.train.batch_size
 
 
 BUCKET = 200_000_000  # elements per gradient-reduce / all-gather bucket: big messages, bounded memory

@@ -24,7 +24,7 @@ from ..data.pipeline import epochs
 from ..export import Export, load_state_dict, save_state_dict
 from ..progress import format_duration
 from .ema import EMA
-from .engine import deepspeed_config, resolve_precision, stage_steps
+from .engine import deepspeed_config, resolve_precision, stage_batch, stage_steps
 from .tasks import DiffusionTask, VAETask
 
 DS_TAG = "ds"  # DeepSpeed's tag inside each Ray checkpoint folder
@@ -91,7 +91,7 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         torch.manual_seed(cfg.run.seed * 7919 + rank)  # different masks and noise on every rank
 
-    train_iter = epochs(ray.train.get_dataset_shard("train"), batch_size=cfg.train.batch_size,
+    train_iter = epochs(ray.train.get_dataset_shard("train"), batch_size=stage_batch(cfg, stage),
                         shuffle_buffer=cfg.data.shuffle_buffer, start_epoch=epoch)  # fmt: skip
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
     preview_clips, preview_captions, previewing_val = None, None, False
@@ -148,7 +148,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         report: dict = {}
         if step % cfg.train.val_every == 0 or step == total:
-            losses, first_val = _validate(task, engine, val_shard, cfg, dtype, device)
+            losses, first_val = _validate(task, engine, val_shard, cfg, stage, dtype, device)
             report.update(losses)
             if first_val is not None and not previewing_val:  # from now on previews show validation clips
                 preview_clips, previewing_val = first_val[0][:PREVIEW_CLIPS].to(device).float(), True
@@ -295,13 +295,14 @@ def _stop_non_finite(run_dir: Path, stage: str, step: int, rank: int, log) -> No
 
 
 @torch.no_grad()
-def _validate(task, engine, val_shard, cfg: Config, dtype, device) -> tuple[dict, torch.Tensor | None]:
+def _validate(task, engine, val_shard, cfg: Config, stage, dtype, device) -> tuple[dict, torch.Tensor | None]:
     """The validation loss (fixed timesteps, all ranks) and this rank's first validation batch (clips, captions)."""
     if val_shard is None:
         return {}, None
     engine.eval()
     losses, first = [], None
-    for i, (_, batch) in enumerate(epochs(val_shard, batch_size=cfg.train.batch_size, drop_last=False, max_epochs=1)):
+    batches = epochs(val_shard, batch_size=stage_batch(cfg, stage), drop_last=False, max_epochs=1)
+    for i, (_, batch) in enumerate(batches):
         if i >= cfg.train.val_batches:
             break
         first = (batch["clip"], batch["caption"]) if first is None else first
@@ -335,7 +336,7 @@ def _measure_scale(task, ema, cfg, train_iter, device, rank, world) -> float:
     """1 / std of the latents of training clips (Rombach et al. 2022, sec. 4.3.2), from the EMA VAE."""
     model = _ema_model(task, ema, device)
     stds = []
-    for _ in range(max(1, 64 // (cfg.train.batch_size * world))):
+    for _ in range(max(1, 64 // (stage_batch(cfg, "vae") * world))):
         _, batch = next(train_iter)
         stds.append(task.latent_std(model, batch["clip"].to(device)).item())
     return 1.0 / _mean_across(float(np.mean(stds)), device)
