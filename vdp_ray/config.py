@@ -198,6 +198,8 @@ class TrainConfig:
     gpus_per_worker: float = opt(1.0, "GPUs per worker when training on GPUs.", ge=0.0)
     batch_size: int = opt(8, "Clips per worker per step (micro-batch).", ge=1)
     grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", ge=1)
+    latent_cache_mb: float = opt(1024, "Memory per worker (MiB) for the frozen VAE's posterior of clips seen "
+                                 "(DiT stage: each clip is encoded once); 0: encode every step.", ge=0)  # fmt: skip
     max_steps: int = opt(1000, "Optimizer steps per stage.", ge=1)
     max_minutes: float | None = opt(
         None, "Wall-clock cap per stage: stop (checkpoint and export) at the first step past it. Unset = none.", gt=0.0

@@ -39,8 +39,10 @@ def test_frames_go_through_the_2d_autoencoder_one_by_one(autoencoder):
     vae = FrameVAE.from_folder(autoencoder, channels=1).eval()
     clips = torch.rand(2, 1, 5, 32, 32) * 2 - 1
     with torch.no_grad():
-        z = vae.encode(clips).mode()
+        q = vae.encode(clips)
+        z = q.mode()
         assert z.shape == (2, 4, 5, 8, 8)  # every frame its own latent frame
+        assert torch.equal(q.mean, z) and q.std.shape == z.shape and (q.std > 0).all()  # what the latent cache keeps
         assert vae.decode(z).shape == (2, 1, 5, 32, 32)  # grey in, grey out (RGB inside)
         single = vae.encode(clips[:1, :, 3:4]).mode()
     assert torch.allclose(single[0, :, 0], z[0, :, 3], atol=1e-5)  # frames do not see each other

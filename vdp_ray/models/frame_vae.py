@@ -33,6 +33,14 @@ class _FramePosterior:
     def mode(self) -> torch.Tensor:
         return self._clip(self.dist.mode())
 
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._clip(self.dist.mean)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self._clip(self.dist.std)
+
     def kl(self) -> torch.Tensor:
         return self._clip(self.dist.kl()[:, None, None, None]).flatten(1).mean(1)
 

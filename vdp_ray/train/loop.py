@@ -136,6 +136,8 @@ def train_loop_per_worker(config: dict) -> None:
                 "workers": world,
                 "data_wait": window_wait / elapsed,
             }
+            if getattr(task, "cache", None) is not None:
+                metrics["latent_cache_hits"] = _mean_across(task.cache.take_hit_rate() or 0.0, device)
             grad_norm = engine.get_global_grad_norm()
             if grad_norm is not None:
                 metrics["grad_norm"] = float(grad_norm)
@@ -391,6 +393,8 @@ class RankZeroLog:
             return
         parts = [f"step {m['step']}/{total}", f"loss {m['loss']:.4f}", f"lr {m['lr']:.2e}",
                  f"{m['clips_per_s']:.1f} clips/s", f"data-wait {100 * m['data_wait']:.0f}%"]  # fmt: skip
+        if "latent_cache_hits" in m:
+            parts.append(f"latent cache {100 * m['latent_cache_hits']:.0f}%")
         if "loss_scale" in m:
             parts.append(f"loss-scale {m['loss_scale']:.0f} (skipped {m['skipped_steps']})")
         if eta is not None:

@@ -15,6 +15,7 @@ from ..config import Config
 from ..diffusion import GaussianDiffusion, prediction_mask, sample, sample_frame_masks
 from ..metrics import baselines, psnr
 from ..models import build_denoiser, build_vae
+from .latent_cache import LatentCache
 
 VAL_TIMESTEPS = (50, 250, 500, 750, 950)  # fixed levels: validation losses comparable across runs
 
@@ -73,12 +74,15 @@ class DiffusionTask:
         self.vae = vae
         self.scale = 1.0
         self.tc = 1
+        self.cache = None  # the frozen VAE's posteriors of clips seen (dit)
         if self.stage == "dit":
             if vae is None:
                 raise ValueError("the dit stage needs a VAE (vae.export or a vae stage before it)")
             self.vae = vae.to(device).eval().requires_grad_(False)
             self.scale = float(cfg.vae.scale_factor or 1.0)
             self.tc = cfg.vae.temporal_compression
+            if cfg.train.latent_cache_mb:
+                self.cache = LatentCache(cfg.train.latent_cache_mb)
         self.tables = None
         if cfg.text.encoder:
             from ..text import TextTable
@@ -110,7 +114,10 @@ class DiffusionTask:
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             return clips
-        return self.vae.encode(clips).sample() * self.scale
+        if self.cache is None:
+            return self.vae.encode(clips).sample() * self.scale
+        mean, std = self.cache.posterior(self.vae.encode, clips)  # a fresh sample of the cached posterior
+        return (mean + std * torch.randn(mean.shape, dtype=mean.dtype).to(mean.device)) * self.scale
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
