@@ -52,6 +52,7 @@ def text_dit_export(folder: Path, encoder: Path, dim: int = 64) -> Path:
     torch.manual_seed(0)
     cfg = load_config(ROOT / "experiments" / "tiny_text_dit.yaml", [
         "vae.scale_factor=0.7", "diffusion.sample_steps=3", f"text.encoder={encoder}", f"model.dit.text_dim={dim}",
+        "text.guidance=1.0",
     ])  # fmt: skip
     vae = write_export(folder / "vae", cfg, "vae", randomise(build_vae(cfg), 0.02).state_dict(), {"steps": 1})
     return write_export(

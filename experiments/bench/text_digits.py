@@ -6,7 +6,8 @@ clips generated from "the digit D" for every D, read back by a digit classifier 
 digits (tests/digit_reader.py). Reported: accuracy of the digit read against the digit asked for, at text
 guidance 1 (off) and higher, against chance (10 %) and the same model given the null text (unconditional).
 
-    python experiments/bench/text_digits.py [--out runs/bench_text] [--clips 2000] [--steps 600] [--per-digit 10]
+    python experiments/bench/text_digits.py [--out runs/bench_text] [--clips 2000] [--steps 4000] [--per-digit 10]
+        [--guidance 1 3 5 7 10] [--set KEY=VALUE ...]
 
 Re-running reuses the shards, the encoder and a finished training in --out; more --steps continue it.
 """
@@ -27,11 +28,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/bench_text")
     ap.add_argument("--clips", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=600, help="DiT steps (more resume a finished run)")
+    ap.add_argument("--steps", type=int, default=4000, help="DiT steps (more resume a finished run)")
     ap.add_argument("--vae-steps", type=int, default=300)
     ap.add_argument("--per-digit", type=int, default=10, help="clips generated per digit and setting")
     ap.add_argument("--sample-steps", type=int, default=25)
-    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0])
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0, 7.0, 10.0])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for the training")
     args = ap.parse_args()
     from digit_reader import DigitReader

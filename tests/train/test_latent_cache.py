@@ -6,9 +6,10 @@ import torch
 from vdp_ray.models import VAE3D
 from vdp_ray.train.latent_cache import LatentCache
 
-TINY_DIT = ["model.family=dit", "data.size=[16,16]", "data.frames=4", "data.channels=1", "vae.base_channels=8",
-            "vae.channel_mults=[1,2,2]", "vae.spatial_compression=4", "vae.temporal_compression=2",
-            "model.dit.hidden=32", "model.dit.depth=1", "model.dit.heads=2", "diffusion.masks.context_min=2", "diffusion.masks.context_max=2", "data.context_frames=2"]  # fmt: skip
+TINY_DIT = ["model.family=dit", "data.size=[16,16]", "data.frames=4", "data.channels=1", "data.context_frames=2",
+            "vae.base_channels=8", "vae.channel_mults=[1,2,2]", "vae.spatial_compression=4",
+            "vae.temporal_compression=2", "model.dit.hidden=32", "model.dit.depth=1", "model.dit.heads=2",
+            "diffusion.masks.context_min=2", "diffusion.masks.context_max=2"]  # fmt: skip
 
 
 class CountingVAE:
