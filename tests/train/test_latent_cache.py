@@ -42,7 +42,8 @@ def test_each_clip_is_encoded_once_and_gets_its_own_posterior():
     mean2, _ = cache.posterior(vae.encode, mixed)
     assert vae.encoded == 5  # only the two new ones went through the encoder
     assert cache.take_hit_rate() == 0.5 and cache.take_hit_rate() is None
-    torch.testing.assert_close(mean2[1], mean[2]) and torch.testing.assert_close(mean2[2], mean[0])
+    torch.testing.assert_close(mean2[1], mean[2])
+    torch.testing.assert_close(mean2[2], mean[0])
 
     flipped = a[:1].flip(-1)  # an augmented clip is another clip
     mean3, _ = cache.posterior(vae.encode, flipped)
