@@ -12,25 +12,25 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import load_config
+from .options import arg
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 DIGITS = (1, 2)  # digits per clip
 VAL_FRACTION = 0.05
-SAMPLING_KEYS = ("sampler", "sample_steps", "eta", "spacing", "guidance", "clip_x0")
 EVAL_RESERVE_MIN = 2.5  # minutes kept back from training for start-up, export and evaluation
 
 
 @dataclass
 class DemoOptions:
-    out: str = "runs/demo"
-    minutes: float = 15.0
-    clips: int = 4000
-    eval_clips: int = 128
-    overrides: list[str] = field(default_factory=list)
+    out: str = arg("runs/demo", "output folder; re-running resumes")
+    minutes: float = arg(15.0, "total time budget")
+    clips: int = arg(4000, "moving-digits clips to generate")
+    eval_clips: int = arg(128, "held-out clips to score")
+    overrides: list[str] = arg([], "dotted overrides of the demo config, e.g. train.max_steps=100", positional=True)
 
 
 def _say(text: str) -> None:
@@ -46,22 +46,14 @@ def _finished_export(cfg) -> Path | None:
         export = Export(path)
     except (FileNotFoundError, ValueError):
         return None
-    # sampling settings do not change the trained model: only what training depends on must match
-    sampling = dict.fromkeys(SAMPLING_KEYS)
-    same = (
-        export.cfg.model == cfg.model
-        and export.cfg.data == cfg.data
-        and replace(export.cfg.diffusion, **sampling) == replace(cfg.diffusion, **sampling)
-    )
+    same = export.cfg.trained_part() == cfg.trained_part()  # sampling settings do not change the trained model
     return path if same and export.meta.get("steps", 0) >= cfg.train.max_steps else None
 
 
 def run_demo(opts: DemoOptions) -> dict:
+    """Data, training and evaluation in ``opts.minutes``; returns metrics.json's content (and prints the table)."""
     from .config import ConfigError
-    from .data.shards import ShardOptions, read_manifest, shard
-    from .evaluate import EvalOptions, evaluate, table
-    from .models import build_denoiser, count_parameters
-    from .train import fit
+    from .raytools import init_ray
 
     start = time.time()
     out = Path(opts.out).resolve()
@@ -70,45 +62,51 @@ def run_demo(opts: DemoOptions) -> dict:
     cfg = load_config(DEMO_CONFIG, [*overrides, *opts.overrides])
     if opts.minutes <= EVAL_RESERVE_MIN:
         raise ConfigError(f"--minutes: {opts.minutes:g} leaves no time to train (keep > {EVAL_RESERVE_MIN:g})")
-    val_clips = round(opts.clips * VAL_FRACTION)
-    if val_clips < 1 or opts.eval_clips < 1:
+    if round(opts.clips * VAL_FRACTION) < 1 or opts.eval_clips < 1:
         raise ConfigError(f"--clips {opts.clips} / --eval-clips {opts.eval_clips}: too few clips for a held-out split")
-    d = cfg.data
-    from .raytools import init_ray
-
     # one Ray for every step; more logical CPUs than cores so data tasks run beside the training workers
     init_ray(num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.train.workers * cfg.train.cpus_per_worker) + 2))
 
-    # 1. data (kept when a previous run made the same)
+    val_count = _make_shards(cfg, opts, shards)
+    if not any(o.startswith("train.max_minutes=") for o in opts.overrides):  # the training fits the budget
+        left = opts.minutes - (time.time() - start) / 60 - EVAL_RESERVE_MIN
+        cfg = cfg.updated({"train.max_minutes": round(max(0.5, left), 2)})
+    export, training = _train(cfg)
+    metrics = _evaluate(cfg, opts, export, shards, out)
+    metrics["demo"] = _summary(cfg, opts, metrics, training, val_count)
+    metrics["demo"].update(total_minutes=round((time.time() - start) / 60, 2), config=str(out / "run" / "config.yaml"),
+                           export=str(export))  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _report(metrics, out, export)
+    return metrics
+
+
+def _make_shards(cfg, opts: DemoOptions, shards: Path) -> int:
+    """The demo's shards, kept when an earlier run made the same; returns the held-out clip count."""
+    from .data.shards import ShardOptions, read_manifest, shard
+
+    d = cfg.data
     want = {"frames": d.frames, "size": list(d.size), "clips": opts.clips, "digits": list(DIGITS)}
     stamp = shards / "demo.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         _say(f"shards: reusing {shards}")
     else:
         _say(f"shards: {opts.clips} moving-digits clips, {d.frames} frames of {d.size[0]}x{d.size[1]}, {DIGITS} digits")
-        shard(
-            ShardOptions(
-                out=str(shards),
-                synthetic="moving-digits",
-                num_clips=opts.clips,
-                frames=d.frames,
-                size=tuple(d.size),
-                digits=DIGITS,
-                split={"train": 1 - VAL_FRACTION, "val": VAL_FRACTION},
-                seed=0,
-            ),
-            log=_say,
-        )
+        shard(ShardOptions(out=str(shards), synthetic="moving-digits", num_clips=opts.clips, frames=d.frames,
+                           size=tuple(d.size), digits=DIGITS, split={"train": 1 - VAL_FRACTION, "val": VAL_FRACTION},
+                           seed=0), log=_say)  # fmt: skip
         stamp.write_text(json.dumps(want))
-    val_count = read_manifest(str(shards / "val"))["count"]
+    return read_manifest(str(shards / "val"))["count"]
 
-    # 2. training, capped so the whole demo fits the budget
-    if not any(o.startswith("train.max_minutes=") for o in opts.overrides):
-        left = opts.minutes - (time.time() - start) / 60 - EVAL_RESERVE_MIN
-        cfg.train.max_minutes = round(max(0.5, left), 2)
-    net = build_denoiser(cfg)
+
+def _train(cfg) -> tuple[Path, dict]:
+    """Train (or reuse an earlier run's finished export of the same model); the export and what happened."""
+    from .models import build_denoiser, count_parameters
+    from .train import fit
+
+    params = count_parameters(build_denoiser(cfg))
     _say(
-        f"training {cfg.model.family}/{cfg.model.preset} ({count_parameters(net) / 1e6:.2f}M parameters) for up to "
+        f"training {cfg.model.family}/{cfg.model.preset} ({params / 1e6:.2f}M parameters) for up to "
         f"{cfg.train.max_steps} steps or {cfg.train.max_minutes:g} min on {cfg.train.workers} Ray Train worker(s)"
     )
     train_start = time.time()
@@ -118,30 +116,31 @@ def run_demo(opts: DemoOptions) -> dict:
         _say(f"training: {export} already holds {cfg.train.max_steps} steps of this config; reusing it")
     else:
         export = fit(cfg)[cfg.train.stages[-1]]
-    train_minutes = (time.time() - train_start) / 60
     meta = json.loads((export / "meta.json").read_text())
+    minutes = round((time.time() - train_start) / 60, 2)
+    return export, {"steps": meta.get("steps"), "max_steps": cfg.train.max_steps, "minutes": minutes,
+                    "reused_export": reused, "workers": cfg.train.workers, "batch_per_worker": cfg.train.batch_size,
+                    "parameters": params}  # fmt: skip
 
-    # 3. held-out evaluation
-    k = d.context_frames
-    _say(f"evaluating {min(opts.eval_clips, val_count)} held-out clips: {k} given -> {d.frames - k} predicted")
-    metrics = evaluate(
-        EvalOptions(
-            checkpoint=str(export),
-            shards=str(shards / "val"),
-            context=k,
-            future=d.frames - k,
-            clips=opts.eval_clips,
-            sampler=cfg.diffusion.sampler,  # the demo config's sampling, even for a reused export
-            steps=cfg.diffusion.sample_steps,
-            guidance=cfg.diffusion.guidance,
-            workers=1,
-            cpus_per_worker=2,
-            seed=0,
-            out=str(out),
-        )
-    )
+
+def _evaluate(cfg, opts: DemoOptions, export: Path, shards: Path, out: Path) -> dict:
+    """`vdp evaluate` on the held-out split with the demo config's sampling (even for a reused export)."""
+    from .evaluate import EvalOptions, evaluate
+
+    k, frames = cfg.data.context_frames, cfg.data.frames
+    _say(f"evaluating up to {opts.eval_clips} held-out clips: {k} given -> {frames - k} predicted")
+    s = cfg.sampling
+    return evaluate(EvalOptions(checkpoint=str(export), shards=str(shards / "val"), context=k, future=frames - k,
+                                clips=opts.eval_clips, sampler=s.sampler, steps=s.steps, guidance=s.guidance, workers=1,
+                                cpus_per_worker=2, seed=0, out=str(out)))  # fmt: skip
+
+
+def _summary(cfg, opts: DemoOptions, metrics: dict, training: dict, val_count: int) -> dict:
+    """metrics.json's "demo" block: the data, the horizon, the model, the training and the target."""
+    d, k = cfg.data, cfg.data.context_frames
     best = metrics["baseline"][metrics["best_baseline"]["psnr"]]
-    metrics["demo"] = {
+    params = training.pop("parameters")
+    return {
         "data": {
             "kind": "moving digits (deterministic)",
             "digits_per_clip": list(DIGITS),
@@ -155,31 +154,26 @@ def run_demo(opts: DemoOptions) -> dict:
         "model": {
             "family": cfg.model.family,
             "preset": cfg.model.preset,
-            "parameters": count_parameters(net),
+            "parameters": params,
             "prediction_type": cfg.diffusion.prediction_type,
             "schedule": cfg.diffusion.schedule,
             "zero_terminal_snr": cfg.diffusion.zero_terminal_snr,
         },
-        "training": {
-            "steps": meta.get("steps"),
-            "max_steps": cfg.train.max_steps,
-            "minutes": round(train_minutes, 2),
-            "reused_export": reused,
-            "workers": cfg.train.workers,
-            "batch_per_worker": cfg.train.batch_size,
-        },
+        "training": training,
         "target": {
             "psnr_gain_db": 2.0,
             "psnr_met": metrics["psnr"] >= best["psnr"] + 2.0,
             "ssim_met": metrics["ssim_gain"] > 0,
         },
-        "total_minutes": round((time.time() - start) / 60, 2),
-        "config": str(out / "run" / "config.yaml"),
-        "export": str(export),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def _report(metrics: dict, out: Path, export: Path) -> None:
+    from .evaluate import table
+
     print(table(metrics))
-    tgt = metrics["demo"]["target"]
+    demo = metrics["demo"]
+    tgt = demo["target"]
     print(
         f"\ntarget (PSNR >= best baseline + 2 dB, SSIM above best baseline): "
         f"{'met' if tgt['psnr_met'] and tgt['ssim_met'] else 'NOT met'} "
@@ -187,5 +181,4 @@ def run_demo(opts: DemoOptions) -> dict:
     )
     print(f"{out}/metrics.json  {out}/prediction.gif  {out}/prediction.png  {out}/psnr_per_frame.png")
     print(f"export: {export}   TensorBoard: tensorboard --logdir {out / 'run' / 'tb'}")
-    print(f"total {metrics['demo']['total_minutes']:.1f} min (training {train_minutes:.1f} min)")
-    return metrics
+    print(f"total {demo['total_minutes']:.1f} min (training {demo['training']['minutes']:.1f} min)")

@@ -19,8 +19,12 @@ import numpy as np
 import torch
 
 from .metrics import BASELINES, baselines, psnr, ssim
+from .options import REQUIRED, arg
+from .pixels import clips_to_model, clips_to_uint8
+from .vocab import SAMPLERS
 
 KEEP_CLIPS = 4  # predictions kept for the GIF and the strip
+SAMPLING = "sampling (defaults: the export's sampling.* settings)"
 
 
 class EvaluationError(ValueError):
@@ -29,21 +33,25 @@ class EvaluationError(ValueError):
 
 @dataclass
 class EvalOptions:
-    checkpoint: str
-    shards: str
-    context: int | None = None  # default: the export's data.context_frames
-    future: int | None = None  # default: the rest of its window
-    clips: int = 64
-    samples: int = 1
-    sampler: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int = 0
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    batch_size: int = 16
-    out: str | None = None
-    device: str = "auto"
+    checkpoint: str = arg(REQUIRED, "an export folder (run.dir/export)")
+    shards: str = arg(REQUIRED, "held-out shards: a folder, a glob, a tar or a URI")
+    context: int | None = arg(None, "given frames (default: the export's data.context_frames)")
+    future: int | None = arg(None, "predicted frames (default: the rest of the model's window)")
+    clips: int = arg(64, "clips to score")
+    samples: int = arg(1, "draws per clip: metrics average them; with more than one, best-of-K is reported too",
+                       aliases=("--best-of",))  # fmt: skip
+    workers: int = arg(1, "Predictor actors")
+    cpus_per_worker: float = arg(2.0, "CPUs per actor (its threads; a GPU each when the cluster has them)")
+    batch_size: int = arg(16, "clips per batch")
+    out: str | None = arg(None, "output folder", cli_default="eval")
+    sampler: str | None = arg(None, "sampler (default: the export's)", choices=SAMPLERS, group=SAMPLING)
+    steps: int | None = arg(None, "sampling steps (e.g. 1000 for ddpm, 50 ddim, 20 dpm++)", group=SAMPLING)
+    guidance: float | None = arg(None, "classifier-free guidance on the context (1 = off)", group=SAMPLING)
+    seed: int = arg(0, "noise seed (same seed, same frames)", group=SAMPLING)
+    device: str = arg("auto", "auto (CUDA if present), cpu, cuda, cuda:1 ...", group=SAMPLING)
+
+    def sampling(self) -> dict:
+        return {"sampler": self.sampler, "steps": self.steps, "guidance": self.guidance}
 
 
 def score(pred: torch.Tensor, truth: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -74,13 +82,13 @@ class ClipScorer:
         self.sample_kw, self.seed = sample_kw, seed
 
     def __call__(self, batch: dict) -> dict:
-        clips = np.array(batch["clip"], np.float32)  # (B, C, T, H, W) in [-1, 1]; a writable copy
+        clips = torch.from_numpy(np.array(batch["clip"], np.float32))  # (B, C, T, H, W) in [-1, 1]; a writable copy
         k, f = self.context, self.future
-        u8 = np.round((clips + 1) * 127.5).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 4, 1)  # (B, T, H, W, C)
-        ctx, truth = torch.from_numpy(clips[:, :, :k]), torch.from_numpy(clips[:, :, k : k + f])
+        u8 = clips_to_uint8(clips)  # (B, T, H, W, C)
+        ctx, truth = clips[:, :, :k], clips[:, :, k : k + f]
         draws_p, draws_s, first = [], [], None
         text = {}
-        if self.p.text_encoder is not None:  # a text model is prompted with each clip's (first) caption
+        if self.p.text is not None:  # a text model is prompted with each clip's (first) caption
             captions = batch.get("caption", [""] * len(clips))
             text = {"prompt": [str(c) for c in captions]}
         t0 = time.perf_counter()
@@ -91,7 +99,7 @@ class ClipScorer:
             pred_u8 = self.p.predict(u8[:, :k], f, context=k, seed=seed, **self.sample_kw, **text)
             if first is None:
                 first = pred_u8
-            pred = torch.from_numpy(pred_u8).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+            pred = clips_to_model(pred_u8)
             p_, s_ = score(pred, truth)
             draws_p.append(p_)
             draws_s.append(s_)
@@ -122,40 +130,54 @@ def _clip_seed(seed: int, key: str, sample: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(key.encode()) * 31 + sample) % (2**63)
 
 
-def evaluate(opts: EvalOptions) -> dict:
-    """Run the protocol; returns the metrics dict (and writes metrics.json, curve and previews to opts.out)."""
-    from .data.pipeline import check_shards, clip_dataset, list_shards
-    from .predict import PredictError, Predictor
-    from .raytools import init_ray
+@dataclass(frozen=True)
+class Plan:
+    """An evaluation checked before any Ray work: the export, the protocol and the shards."""
 
-    # Everything checked before Ray starts.
+    predictor: object
+    context: int
+    future: int
+    settings: object  # the resolved SamplingConfig
+    paths: list[str]
+    data_cfg: object
+
+
+def plan(opts: EvalOptions) -> Plan:
+    """Every option checked (an EvaluationError names the flag) before Ray starts."""
+    from .data.pipeline import check_shards, list_shards
+    from .latent import LatentFrameError
+    from .predict import PredictError, Predictor
+
     p = Predictor.from_export(opts.checkpoint, device="cpu")
     k = p.cfg.data.context_frames if opts.context is None else opts.context
     f = (p.window - k) if opts.future is None else opts.future
-    for name, value in (
-        ("--context", k),
-        ("--future", f),
-        ("--clips", opts.clips),
-        ("--samples", opts.samples),
-        ("--workers", opts.workers),
-        ("--batch-size", opts.batch_size),
-    ):
+    for name, value in (("--context", k), ("--future", f), ("--clips", opts.clips), ("--samples", opts.samples),
+                        ("--workers", opts.workers), ("--batch-size", opts.batch_size)):  # fmt: skip
         if value <= 0:
             raise EvaluationError(f"{name}: must be a positive integer, got {value}")
-    sample_kw = {"sampler": opts.sampler, "steps": opts.steps, "guidance": opts.guidance}
     try:
-        p.sampling(**sample_kw)
+        settings = p.settings(**opts.sampling())
+        p.latent.latent_frames(k, "--context")
     except PredictError as e:
         raise EvaluationError(f"--{e}") from None
-    if k % p.tc:
-        raise EvaluationError(f"--context: {k} frames; this model needs a multiple of {p.tc}")
+    except LatentFrameError as e:
+        raise EvaluationError(str(e)) from None
     data_cfg = replace(p.cfg.data, frames=k + f, hflip=False, crop_scale=1.0)
     try:
         paths = list_shards(opts.shards)
         check_shards(paths, data_cfg)
     except Exception as exc:
         raise EvaluationError(f"--shards {opts.shards}: {exc}") from None
+    return Plan(p, k, f, settings, paths, data_cfg)
 
+
+def evaluate(opts: EvalOptions) -> dict:
+    """Run the protocol; returns the metrics dict (and writes metrics.json, curve and previews to opts.out)."""
+    from .data.pipeline import clip_dataset
+    from .progress import Progress
+    from .raytools import init_ray
+
+    pl = plan(opts)
     init_ray(num_cpus=max(2, math.ceil(opts.workers * opts.cpus_per_worker) + 1))
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -164,55 +186,36 @@ def evaluate(opts: EvalOptions) -> dict:
     # still run cpus_per_worker threads, the reservation is only Ray's bookkeeping.
     total = ray.cluster_resources().get("CPU", 1.0)
     reserve = min(opts.cpus_per_worker, max(0.25, (total - 1) / opts.workers))
-
-    DataContext.get_current().execution_options.preserve_order = True
+    DataContext.get_current().execution_options.preserve_order = True  # fixed batches: the same numbers each run
     gpu = torch.cuda.is_available() and opts.device != "cpu"
-    ds = clip_dataset(paths, data_cfg, train=False).limit(opts.clips)
-    ds = ds.map_batches(
-        ClipScorer,
-        fn_constructor_kwargs={
-            "checkpoint": str(opts.checkpoint),
-            "context": k,
-            "future": f,
-            "samples": opts.samples,
-            "sample_kw": sample_kw,
-            "seed": opts.seed,
-            "device": opts.device,
-            "threads": int(max(1, opts.cpus_per_worker)),
-        },
-        batch_size=opts.batch_size,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=opts.workers),
-        num_cpus=reserve,
-        num_gpus=1 if gpu else 0,
-    )
+    scorer = {"checkpoint": str(opts.checkpoint), "context": pl.context, "future": pl.future,
+              "samples": opts.samples, "sample_kw": opts.sampling(), "seed": opts.seed, "device": opts.device,
+              "threads": int(max(1, opts.cpus_per_worker))}  # fmt: skip
+    ds = clip_dataset(pl.paths, pl.data_cfg, train=False).limit(opts.clips)
+    ds = ds.map_batches(ClipScorer, fn_constructor_kwargs=scorer, batch_size=opts.batch_size, batch_format="numpy",
+                        compute=ActorPoolStrategy(size=opts.workers), num_cpus=reserve,
+                        num_gpus=1 if gpu else 0)  # fmt: skip
     rows: dict[str, list] = {}
     kept: list[tuple] = []
-    start, done = time.perf_counter(), 0
-    from .progress import Progress
-
-    bar = Progress(opts.clips, "clips evaluated")
+    start, bar = time.perf_counter(), Progress(opts.clips, "clips evaluated")
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         n = len(batch["key"])
         for key, v in batch.items():
-            if key.endswith("_u8"):
-                continue
-            rows.setdefault(key, []).append(np.asarray(v))
-        for i in range(n):
-            if len(kept) < KEEP_CLIPS:
-                kept.append((batch["context_u8"][i], batch["pred_u8"][i], batch["truth_u8"][i]))
-        done += n
+            if not key.endswith("_u8"):
+                rows.setdefault(key, []).append(np.asarray(v))
+        kept += [(batch["context_u8"][i], batch["pred_u8"][i], batch["truth_u8"][i])
+                 for i in range(min(n, KEEP_CLIPS - len(kept)))]  # fmt: skip
         bar.update(n)
-    if done == 0:
-        raise EvaluationError(f"--shards {opts.shards}: no clips with {k + f} frames to evaluate")
+    if not rows:
+        raise EvaluationError(f"--shards {opts.shards}: no clips with {pl.context + pl.future} frames to evaluate")
     cols = {key: np.concatenate(v) for key, v in rows.items()}
-    metrics = summarize(cols, p, opts, k, f, time.perf_counter() - start)
+    metrics = summarize(cols, pl, opts, time.perf_counter() - start)
     if opts.out:
         write_outputs(Path(opts.out), metrics, kept)
     return metrics
 
 
-def summarize(cols: dict, p, opts: EvalOptions, k: int, f: int, wall: float) -> dict:
+def summarize(cols: dict, pl: Plan, opts: EvalOptions, wall: float) -> dict:
     def stat(prefix: str) -> dict:
         ps, ss = cols[f"{prefix}psnr"], cols[f"{prefix}ssim"]
         ps = np.where(np.isinf(ps), 100.0, ps)  # identical frames: capped, not infinite
@@ -226,7 +229,7 @@ def summarize(cols: dict, p, opts: EvalOptions, k: int, f: int, wall: float) -> 
     base = {name: stat(f"{name}_") for name in BASELINES}
     best_p = max(base, key=lambda n: base[n]["psnr"])
     best_s = max(base, key=lambda n: base[n]["ssim"])
-    d = p.cfg.diffusion
+    p, k, f, s = pl.predictor, pl.context, pl.future, pl.settings
     metrics = {
         "psnr": model["psnr"],
         "ssim": model["ssim"],
@@ -240,15 +243,15 @@ def summarize(cols: dict, p, opts: EvalOptions, k: int, f: int, wall: float) -> 
             "future": f,
             "clips": len(cols["psnr"]),
             "samples_per_clip": opts.samples,
-            "sampler": opts.sampler or d.sampler,
-            "steps": opts.steps or d.sample_steps,
-            "guidance": d.guidance if opts.guidance is None else opts.guidance,
+            "sampler": s.sampler,
+            "steps": s.steps,
+            "guidance": s.guidance,
             "seed": opts.seed,
             "resolution": list(p.size),
             "channels": p.channels,
             "shards": str(opts.shards),
-            "prompts": "each clip's first caption (none: the null text)" if p.text_encoder is not None else None,
-            "text_guidance": p.cfg.text.guidance if p.text_encoder is not None else None,
+            "prompts": "each clip's first caption (none: the null text)" if p.text is not None else None,
+            "text_guidance": s.text_guidance if p.text is not None else None,
             "metric_notes": "mean over clips of per-frame PSNR (dB, peak 255) and SSIM (11x11 Gaussian, sigma 1.5) "
             "on predicted frames only; samples averaged per clip",
         },

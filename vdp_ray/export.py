@@ -44,8 +44,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def write_export(directory: str | Path, cfg: Config, stage: str, state: dict[str, torch.Tensor], meta: dict,
                  vae_export: str | Path | None = None, files: dict[str, str] | None = None) -> Path:  # fmt: skip
-    """Write an export atomically: into a sibling temp folder, then swapped in. ``files``: extra text files."""
+    """Write an export atomically: into a sibling temp folder, then swapped in. ``files``: extra text files. A
+    latent model's export carries its VAE export (``vae_export``, else the config's ``vae.export``)."""
     directory = Path(directory)
+    if vae_export is None and stage == "dit":
+        vae_export = cfg.vae.export
     tmp = directory.with_name(directory.name + ".writing")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -65,17 +68,31 @@ def write_export(directory: str | Path, cfg: Config, stage: str, state: dict[str
 def write_diffusers_vae_export(directory: str | Path, cfg: Config) -> Path:
     """A VAE export wrapping the local diffusers AutoencoderKL of ``cfg.vae.diffusers`` (its weights and
     config copied in), so DiT exports made on it carry it like one of our VAEs and load anywhere."""
-    from dataclasses import replace
-
     from .models.frame_vae import FrameVAE
 
     vae = FrameVAE.from_folder(cfg.vae.diffusers, cfg.data.channels)
     config = {k: v for k, v in dict(vae.ae.config).items() if not k.startswith("_") or k == "_class_name"}
     # geometry kept, no outside path; a VAE export's config names the vae stage like one we trained
-    plain = replace(cfg, vae=replace(cfg.vae, diffusers=None, export=None), train=replace(cfg.train, stages=["vae"]))
+    plain = cfg.updated({"vae.diffusers": None, "vae.export": None, "train.stages": ["vae"]})
     meta = {"steps": 0, "kind": "diffusers", "source": str(cfg.vae.diffusers), "scale_factor": cfg.vae.scale_factor}
     return write_export(directory, plain, "vae", vae.state_dict(), meta,
                         files={DIFFUSERS_CONFIG: json.dumps(config, indent=1, default=list)})  # fmt: skip
+
+
+# The VAE settings that define a latent space: a DiT trains in (and records) those of the VAE export it uses.
+VAE_GEOMETRY = ("preset", "base_channels", "channel_mults", "num_res_blocks", "mid_attention", "spatial_compression",
+                "temporal_compression", "latent_channels", "scale_factor")  # fmt: skip
+
+
+def with_vae(cfg: Config, vae_dir: str | Path, changes: dict | None = None) -> Config:
+    """``cfg`` set to train in the latent space of the VAE export ``vae_dir``: its geometry and measured scale
+    factor, read from the export once (on the driver) and frozen into the config every worker gets; ``changes``:
+    more dotted keys to set in the same step."""
+    vae = Export(vae_dir)
+    if vae.stage != "vae":
+        raise FileNotFoundError(f"{vae_dir}: a {vae.stage} export, not a VAE export")
+    geometry = {f"vae.{k}": getattr(vae.cfg.vae, k) for k in VAE_GEOMETRY}
+    return cfg.updated({**(changes or {}), "vae.export": str(vae_dir), **geometry})
 
 
 class Export:

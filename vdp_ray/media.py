@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.sources import IMAGE_EXTS, VIDEO_EXTS, SourceError, folder_frames, video_frames
+from .data.sources import SourceError, folder_frames, video_frames
+from .vocab import IMAGE_EXTS, VIDEO_EXTS
 
 VIEW_MIN = 128  # frames smaller than this are enlarged (whole multiples) for GIFs and strips
 

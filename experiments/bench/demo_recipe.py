@@ -1,6 +1,6 @@
 """Recipe search for the demo: train a denoiser from an experiment config in a plain loop (one process, no
 Ray) for a fixed wall-clock budget on in-memory moving digits, then predict held-out clips and score them
-against the baselines. The training step is vdp_ray's own (DiffusionTask.loss, the same masks and EMA),
+against the baselines. The training step is vdp_ray's own (DiffusionStage.loss, the same masks and EMA),
 so what wins here carries over to `vdp train` / `vdp demo`.
 
     python experiments/bench/demo_recipe.py experiments/demo.yaml --minutes 8 [key=value ...]
@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from vdp_ray.config import load_config
 from vdp_ray.data.moving_digits import moving_digits_clip
-from vdp_ray.diffusion import prediction_mask, sample
+from vdp_ray.diffusion import Condition, sample
 from vdp_ray.metrics import baselines, psnr, ssim
 from vdp_ray.train.ema import EMA
-from vdp_ray.train.tasks import DiffusionTask
+from vdp_ray.train.stages import DiffusionStage
 
 
 def clips(n: int, seed: int, frames: int, size, digits) -> torch.Tensor:
@@ -34,28 +35,15 @@ def clips(n: int, seed: int, frames: int, size, digits) -> torch.Tensor:
 
 
 def evaluate(model, task, test: torch.Tensor, k: int, steps_list, data_mean: float, batch: int = 32) -> dict:
-    d = task.cfg.diffusion
     res = {}
     for steps in steps_list:
+        settings = task.latent.sampling(replace(task.cfg.sampling, steps=steps))
         preds = []
         for i in range(0, len(test), batch):
             x = test[i : i + batch]
-            mask = prediction_mask(len(x), x.shape[2], k)
+            cond = Condition.first_frames(x[:, :, :k], x.shape[2])
             g = torch.Generator().manual_seed(i)
-            preds.append(
-                sample(
-                    model,
-                    task.diffusion,
-                    tuple(x.shape),
-                    sampler=d.sampler,
-                    steps=steps,
-                    context=x,
-                    frame_mask=mask,
-                    clip_x0=d.clip_x0,
-                    guidance=d.guidance,
-                    generator=g,
-                )
-            )
+            preds.append(sample(model, task.diffusion, tuple(x.shape), cond, settings, generator=g))
         pred = torch.cat(preds).clamp(-1, 1)[:, :, k:]
         truth = test[:, :, k:]
         res[f"ddim{steps}"] = (psnr(pred, truth).mean().item(), ssim(pred, truth).mean().item())
@@ -81,7 +69,7 @@ def main() -> None:
     d, tr = cfg.data, cfg.train
     train = clips(args.train_clips, 0, d.frames, tuple(d.size), tuple(args.digits))
     test = clips(args.test_clips, 12345, d.frames, tuple(d.size), tuple(args.digits))
-    task = DiffusionTask(cfg, torch.device("cpu"))
+    task = DiffusionStage(cfg, torch.device("cpu"))
     net = task.model.train()
     ema = EMA(net, tr.ema_decay)
     opt = torch.optim.AdamW(net.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
@@ -100,7 +88,7 @@ def main() -> None:
         if d.hflip:
             flip = torch.rand(batch) < 0.5
             x[flip] = x[flip].flip(-1)
-        loss, _ = task.loss(net, x)
+        loss = task.loss(net, x, None, torch.float32)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), tr.grad_clip or 1e9)

@@ -1,4 +1,4 @@
-"""Losing a node mid-run on a simulated two-node cluster (tests/cluster_sim.py): seconds from the node's
+"""Losing a node mid-run on a simulated two-node cluster (tests/support/cluster_sim.py): seconds from the node's
 removal to the next training step, for a fixed worker group (waits for a replacement node, which joins 5 s
 after the loss) and an elastic one (train.min_workers=1: goes on with one worker, grows back later).
 
@@ -21,7 +21,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shards", help="moving-digits shards (default: 32 clips made here)")
     args = ap.parse_args()
-    from media import digit_shards
+    from support.videos import digit_shards
 
     with tempfile.TemporaryDirectory(prefix="vdp-recovery-") as tmp:
         shards = args.shards or str(digit_shards(Path(tmp) / "digits", num_clips=32))
@@ -29,8 +29,9 @@ def main() -> None:
         rows = []
         for mode in ("fixed", "elastic"):
             run = Path(tmp) / mode
-            proc = subprocess.run([sys.executable, str(ROOT / "tests" / "cluster_sim.py"), "--lose-node", mode, shards,
-                                   str(run)], capture_output=True, text=True, env=env, timeout=1200)  # fmt: skip
+            sim = str(ROOT / "tests" / "support" / "cluster_sim.py")
+            proc = subprocess.run([sys.executable, sim, "--lose-node", mode, shards, str(run)], capture_output=True,
+                                  text=True, env=env, timeout=1200)  # fmt: skip
             if proc.returncode:
                 sys.exit(f"{mode}: failed\n{(proc.stdout + proc.stderr)[-3000:]}")
             result = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])

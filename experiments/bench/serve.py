@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 import httpx
 import numpy as np
-from media import zip_of
-from serving import free_port, wait_ready
+from support.serving import free_port, wait_ready
+from support.videos import zip_of
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-FORMATS = ("npy", "mp4")
+from ..vocab import CLIP_FORMATS
 
 
 def encode_clip(clip: np.ndarray, fmt: str, fps: float | None = None) -> bytes:
@@ -19,7 +19,7 @@ def encode_clip(clip: np.ndarray, fmt: str, fps: float | None = None) -> bytes:
         return buf.getvalue()
     if fmt == "mp4":
         return encode_mp4(clip, fps or 25.0)
-    raise ValueError(f"unknown clip format {fmt!r}; expected one of {FORMATS}")
+    raise ValueError(f"unknown clip format {fmt!r}; expected one of {CLIP_FORMATS}")
 
 
 def decode_clip(payload: bytes, fmt: str, channels: int | None = None) -> np.ndarray:
@@ -29,7 +29,7 @@ def decode_clip(payload: bytes, fmt: str, channels: int | None = None) -> np.nda
     if fmt == "mp4":
         clip = decode_mp4(payload)
         return clip[..., :1] if channels == 1 else clip
-    raise ValueError(f"unknown clip format {fmt!r}; expected one of {FORMATS}")
+    raise ValueError(f"unknown clip format {fmt!r}; expected one of {CLIP_FORMATS}")
 
 
 def encode_mp4(clip: np.ndarray, fps: float, crf: int = 18) -> bytes:

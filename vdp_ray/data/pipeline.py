@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..pixels import crop_and_resize, match_channels, to_model_range
 from .codec import decode_clip
 from .shards import MANIFEST, ShardError
 
@@ -57,6 +58,12 @@ def _list_uri(uri: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=False))
     scheme = uri.split("://", 1)[0]
     return sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith(".tar"))
+
+
+def run_split_folders(data_cfg) -> list[str]:
+    """The split folders a run reads (training first, then validation): where their caption tables live."""
+    specs = [data_cfg.train, *([data_cfg.val] if data_cfg.val else [])]
+    return [str(Path(list_shards(spec)[0]).parent) for spec in specs]
 
 
 def shard_manifest(spec: str | list[str]) -> dict | None:
@@ -134,12 +141,11 @@ def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, 
             raise ShardError(f"clip {keys[i]} has {clip.shape[0]} frames, data.frames is {frames}")
         offset = int(rng.integers(0, clip.shape[0] - frames + 1)) if train else 0
         x = torch.from_numpy(np.ascontiguousarray(clip[offset : offset + frames]))
-        x = x.permute(3, 0, 1, 2).float()  # (C, T, H, W)
-        x = _match_channels(x, channels)
-        x = _crop_resize(x, size, crop_scale, rng)
+        x = x.permute(3, 0, 1, 2).float()  # (C, T, H, W) pixel values
+        x = crop_and_resize(match_channels(x, channels, dim=0), size, crop_scale, rng)
         if hflip and rng.uniform() < 0.5:
             x = x.flip(-1)
-        clips.append(x / 127.5 - 1.0)
+        clips.append(to_model_range(x))
         captions.append(_pick_caption(batch.get("json"), i, rng))
     return {"clip": torch.stack(clips).numpy(), "key": np.asarray(keys), "caption": np.asarray(captions, dtype=object)}
 
@@ -154,33 +160,6 @@ def _pick_caption(metas, i: int, rng) -> str:
     if not captions:
         return ""
     return str(captions[int(rng.integers(len(captions)))] if rng is not None else captions[0])
-
-
-def _match_channels(x, channels: int):
-    if x.shape[0] == channels:
-        return x
-    if channels == 3:  # gray -> colour
-        return x.expand(3, *x.shape[1:]).clone()
-    weights = x.new_tensor([0.299, 0.587, 0.114])[:, None, None, None]  # ITU-R BT.601 luma
-    return (x * weights).sum(0, keepdim=True)
-
-
-def _crop_resize(x, size, crop_scale: float, rng):
-    """Optional random crop covering [crop_scale, 1] of the area (aspect kept), then resize to ``size``;
-    the same window for every frame."""
-    import torch.nn.functional as F
-
-    h, w = x.shape[-2:]
-    if rng is not None and crop_scale < 1.0:
-        scale = float(np.sqrt(rng.uniform(crop_scale, 1.0)))
-        ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
-        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        x = x[:, :, top : top + ch, left : left + cw]
-    if tuple(x.shape[-2:]) != tuple(size):
-        frames = x.permute(1, 0, 2, 3)  # (T, C, h, w): frames as a batch
-        frames = F.interpolate(frames, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-        x = frames.permute(1, 0, 2, 3).clamp(0, 255)
-    return x
 
 
 def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: bool = True,

@@ -1,4 +1,5 @@
 """`vdp shard`: sources -> WebDataset tar shards of clips, one clip per sample, with a manifest per split.
+What to shard is decided first, on the driver (``shard_plan.py``); then the work runs on Ray.
 
 Work is split in two phases so memory stays flat and the output is the same for the same input and seed:
 
@@ -17,131 +18,18 @@ import os
 import re
 import shutil
 import tarfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ..fsutil import atomic_write, swap_in
-from .captions import CaptionError, captions_for, load_captions
-from .codec import FORMATS, encode_clip
-from .sources import RESIZE_MODES, ClipSpec, Source, SourceError, discover, source_clips
+from .codec import encode_clip
+from .shard_plan import Plan, ShardError, ShardOptions, load_dataset_yaml, parse_split, plan
+from .sources import ClipSpec, Source, SourceError, source_clips
 
 MANIFEST = "manifest.json"
-SYNTHETIC = ("moving-digits",)
 SYNTHETIC_CHUNK = 64  # clips per Ray task when generating
-
-
-class ShardError(Exception):
-    """Bad options or a failed run; the message names the flag or file."""
-
-
-@dataclass
-class ShardOptions:
-    out: str
-    sources: list[str] = field(default_factory=list)
-    frames: int | None = None  # default 16, or context_frames + future_frames of a dataset.yaml
-    size: tuple[int, int] | None = None  # default (64, 64), or the dataset.yaml's frame_size
-    stride: int | None = None  # default: one clip span (no overlap)
-    interval: int | None = None  # default 1, or the dataset.yaml's frame_interval
-    split: dict[str, float] | None = None
-    dataset: str | None = None
-    shard_size: int = 256
-    resize: str = "crop"
-    grayscale: bool = False
-    seed: int = 0
-    strict: bool = False
-    format: str = "npy"
-    synthetic: str | None = None
-    num_clips: int = 1000
-    digits: tuple[int, int] = (1, 3)
-    stochastic: bool = False
-    captions: str | None = None  # a CSV / JSON / MSR-VTT caption file; sidecar .txt files are always read
-
-
-# ------------------------------------------------------------------------------------------ options
-def parse_split(text: str) -> dict[str, float]:
-    """'train=0.9,val=0.1' -> {'train': 0.9, 'val': 0.1}; a bare '0.9' means train=0.9,val=0.1."""
-    text = text.strip()
-    try:
-        if "=" not in text:
-            frac = float(text)
-            return {"train": frac, "val": round(1 - frac, 10)}
-        out = {}
-        for item in text.split(","):
-            name, _, value = item.partition("=")
-            out[name.strip()] = float(value)
-        return out
-    except ValueError:
-        raise ShardError(f"--split {text!r}: expected name=fraction pairs such as train=0.9,val=0.1") from None
-
-
-def _check(opts: ShardOptions) -> None:
-    if opts.frames is not None and opts.frames < 1:
-        raise ShardError(f"--frames must be >= 1, got {opts.frames}")
-    if opts.size is not None and (len(opts.size) != 2 or min(opts.size) < 2):
-        raise ShardError(f"--size needs two values >= 2 (height width), got {opts.size}")
-    for flag, value in (("--stride", opts.stride), ("--interval", opts.interval), ("--shard-size", opts.shard_size)):
-        if value is not None and value < 1:
-            raise ShardError(f"{flag} must be >= 1, got {value}")
-    if opts.resize not in RESIZE_MODES:
-        raise ShardError(f"--resize {opts.resize!r}: expected one of {RESIZE_MODES}")
-    if opts.format not in FORMATS:
-        raise ShardError(f"--format {opts.format!r}: expected one of {FORMATS}")
-    if opts.synthetic is not None and opts.synthetic not in SYNTHETIC:
-        raise ShardError(f"--synthetic {opts.synthetic!r}: expected one of {SYNTHETIC}")
-    if opts.synthetic is None and not opts.sources and not opts.dataset:
-        raise ShardError("nothing to shard: give --source PATH, --dataset dataset.yaml or --synthetic moving-digits")
-    if opts.split:
-        bad = [k for k, v in opts.split.items() if not re.fullmatch(r"[A-Za-z0-9_-]+", k) or not 0 <= v <= 1]
-        if bad or abs(sum(opts.split.values()) - 1) > 1e-6:
-            raise ShardError(f"--split {opts.split}: names are plain words and fractions in [0, 1] summing to 1")
-    if opts.synthetic and not 1 <= opts.digits[0] <= opts.digits[1] <= 5:
-        raise ShardError(f"--digits {opts.digits}: expected 1 <= min <= max <= 5")
-
-
-def load_dataset_yaml(path: str | Path) -> tuple[list[Source], dict]:
-    """Sources per split and the clip settings of a YOLO-style dataset.yaml (paths relative to the file)."""
-    from ..config import read_yaml_mapping
-
-    path = Path(path)
-    spec = read_yaml_mapping(path, ShardError, "--dataset file")
-    known = {
-        "path",
-        "train",
-        "val",
-        "test",
-        "context_frames",
-        "future_frames",
-        "frame_size",
-        "frame_interval",
-        "augment",
-    }
-    unknown = set(spec) - known
-    if unknown:
-        raise ShardError(f"{path}: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
-    root = path.parent / spec.get("path", ".")
-    sources, settings = [], {}
-    for split in ("train", "val", "test"):
-        if spec.get(split) is None:
-            continue
-        entries = spec[split] if isinstance(spec[split], list) else [spec[split]]
-        found, skipped = discover([root / str(e) for e in entries])
-        if skipped:
-            raise ShardError(f"{path}: {split}: {skipped[0]['path']}: {skipped[0]['reason']}")
-        sources += [Source(s.path, s.kind, split) for s in found]
-    if not sources:
-        raise ShardError(f"{path}: no train/val/test paths given")
-    if "context_frames" in spec or "future_frames" in spec:
-        settings["frames"] = int(spec.get("context_frames", 0)) + int(spec.get("future_frames", 0))
-    if "frame_size" in spec:
-        fs = spec["frame_size"]
-        settings["size"] = (int(fs), int(fs)) if isinstance(fs, (int, float)) else tuple(int(v) for v in fs)
-    if "frame_interval" in spec:
-        settings["interval"] = int(spec["frame_interval"])
-    if "augment" in spec:
-        settings["augment"] = spec["augment"]
-    return sources, settings
 
 
 # ------------------------------------------------------------------------------------------ tar helpers
@@ -222,78 +110,56 @@ def shard(opts: ShardOptions, log=print) -> dict:
     """Run `vdp shard`. Returns the top-level manifest (also written to OUT/manifest.json)."""
     import time
 
-    import ray
-
-    from ..progress import Progress
     from ..raytools import init_ray
 
-    _check(opts)
-    caption_table = None
-    if opts.captions:
-        if opts.synthetic:
-            raise ShardError("--captions: moving digits are captioned from their content; give no caption file")
-        try:
-            caption_table = load_captions(opts.captions)
-        except CaptionError as exc:
-            raise ShardError(str(exc)) from None
     started = time.monotonic()
-    settings: dict = {}
-    skipped: list[dict] = []
-    sources: list[Source] = []
-    if opts.synthetic:
-        frames, size, interval = opts.frames or 16, tuple(opts.size or (64, 64)), 1
-    else:
-        if opts.dataset:
-            if opts.sources:
-                raise ShardError("give either --dataset or --source, not both")
-            sources, settings = load_dataset_yaml(opts.dataset)
-        else:
-            sources, skipped = discover(opts.sources)
-            for item in skipped:
-                log(f"skipped {item['path']}: {item['reason']}")
-            if skipped and opts.strict:
-                raise ShardError(f"--strict: {skipped[0]['path']}: {skipped[0]['reason']}")
-            if not sources:
-                raise ShardError("no video files or frame folders found in " + ", ".join(map(str, opts.sources)))
-        frames = opts.frames or settings.get("frames") or 16
-        size = tuple(opts.size or settings.get("size") or (64, 64))
-        interval = opts.interval or settings.get("interval") or 1
-    stride = opts.stride or (frames - 1) * interval + 1
-    spec = ClipSpec(frames, size, stride, interval, opts.resize, opts.grayscale)
-    if opts.format == "mp4" and (size[0] % 2 or size[1] % 2):
-        raise ShardError(f"--format mp4 needs an even --size (yuv420p), got {size[0]} {size[1]}")
-
+    pl = plan(opts, log, _assign_splits)  # every check before any Ray work
     out = Path(opts.out)
     parts = out / ".parts"
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True)
     init_ray()
+    try:
+        reports = _run_tasks(opts, pl, parts, log)
+    except ShardError:
+        shutil.rmtree(parts, ignore_errors=True)
+        raise
+    per_split = _split_members(reports, opts.synthetic is not None)
+    summary = {"splits": {}, "skipped": pl.skipped, "options": asdict(opts), "created_by": _created_by()}
+    for split, members in per_split.items():
+        if not members:
+            continue
+        manifest = _write_split(out / split, members, opts, pl.spec, reports, pl.skipped, pl.augment, split)
+        summary["splits"][split] = {"count": manifest["count"], "shards": len(manifest["shards"])}
+    shutil.rmtree(parts, ignore_errors=True)
+    if not summary["splits"]:
+        raise ShardError("no clips were written: every source was skipped (see the reasons above)")
+    atomic_write(out / MANIFEST, json.dumps(summary, indent=2))
+    summary["elapsed_s"] = round(time.monotonic() - started, 2)
+    return summary
+
+
+def _run_tasks(opts: ShardOptions, pl: Plan, parts: Path, log) -> list[dict]:
+    """Phase 1: one Ray task per source (or chunk of synthetic clips) writes a part tar; their reports, in source
+    order. A source that fails is added to ``pl.skipped`` (or, with --strict, stops the run)."""
+    import ray
+
+    from ..progress import Progress
+
     if opts.synthetic:
         split_of = _assign_splits(opts.num_clips, opts.split, opts.seed)
         task = ray.remote(num_cpus=1)(_shard_synthetic)
-        opts_sized = ShardOptions(**{**asdict(opts), "frames": frames, "size": size})
-        refs = [
-            task.remote(first, min(SYNTHETIC_CHUNK, opts.num_clips - first), split_of, opts_sized,
-                        str(parts / f"{first:08d}.tar"))
-            for first in range(0, opts.num_clips, SYNTHETIC_CHUNK)
-        ]  # fmt: skip
-        what, total_units = "clips", opts.num_clips
+        sized = ShardOptions(**{**asdict(opts), "frames": pl.spec.frames, "size": pl.spec.size})
+        refs = [task.remote(first, min(SYNTHETIC_CHUNK, opts.num_clips - first), split_of, sized,
+                            str(parts / f"{first:08d}.tar"))
+                for first in range(0, opts.num_clips, SYNTHETIC_CHUNK)]  # fmt: skip
+        what, total = "clips", opts.num_clips
     else:
-        if not any(s.split for s in sources):
-            split_of = _assign_splits(len(sources), opts.split, opts.seed)
-            sources = [Source(s.path, s.kind, split_of[i]) for i, s in enumerate(sources)]
-        caption_lists = [captions_for(s.path, s.kind, caption_table) for s in sources]
-        if caption_table is not None:
-            missing = [s.path for s, c in zip(sources, caption_lists, strict=True) if not c]
-            if missing:
-                log(f"{len(missing)} of {len(sources)} source(s) have no captions (e.g. {missing[0]}): their clips "
-                    "train as unconditional (null text)")  # fmt: skip
         task = ray.remote(num_cpus=1)(_shard_source)
-        refs = [task.remote(i, s, spec, opts.format, str(parts / f"{i:06d}.tar"), caption_lists[i])
-                for i, s in enumerate(sources)]  # fmt: skip
-        what, total_units = "sources", len(sources)
-
-    progress = Progress(total_units, f"shard {what}")
+        refs = [task.remote(i, s, pl.spec, opts.format, str(parts / f"{i:06d}.tar"), pl.captions[i])
+                for i, s in enumerate(pl.sources)]  # fmt: skip
+        what, total = "sources", len(pl.sources)
+    progress = Progress(total, f"shard {what}")
     reports, pending, clips = [], list(refs), 0
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
@@ -302,30 +168,14 @@ def shard(opts: ShardOptions, log=print) -> dict:
         clips += len(report["keys"])
         if report.get("error"):
             item = {"path": report["path"], "reason": report["error"], "split": report.get("split")}
-            skipped.append(item)
+            pl.skipped.append(item)
             log(f"skipped {item['path']}: {item['reason']}")
             if opts.strict:
                 for ref in pending:
                     ray.cancel(ref)
-                shutil.rmtree(parts, ignore_errors=True)
                 raise ShardError(f"--strict: {item['path']}: {item['reason']}")
-        progress.update(len(report["keys"]) if opts.synthetic else 1, f"{clips} clips, {len(skipped)} skipped")
-    reports.sort(key=lambda r: r["index"])
-
-    augment = settings.get("augment")
-    per_split = _split_members(reports, opts.synthetic is not None)
-    summary = {"splits": {}, "skipped": skipped, "options": asdict(opts), "created_by": _created_by()}
-    for split, members in per_split.items():
-        if not members:
-            continue
-        manifest = _write_split(out / split, members, opts, spec, reports, skipped, augment, split)
-        summary["splits"][split] = {"count": manifest["count"], "shards": len(manifest["shards"])}
-    shutil.rmtree(parts, ignore_errors=True)
-    if not summary["splits"]:
-        raise ShardError("no clips were written: every source was skipped (see the reasons above)")
-    atomic_write(out / MANIFEST, json.dumps(summary, indent=2))
-    summary["elapsed_s"] = round(time.monotonic() - started, 2)
-    return summary
+        progress.update(len(report["keys"]) if opts.synthetic else 1, f"{clips} clips, {len(pl.skipped)} skipped")
+    return sorted(reports, key=lambda r: r["index"])
 
 
 def _assign_splits(n: int, split: dict[str, float] | None, seed: int) -> list[str]:
@@ -461,3 +311,6 @@ def read_manifest(directory: str | Path) -> dict:
     if missing:
         raise ShardError(f"{directory}: shard(s) listed in {MANIFEST} are missing: {missing[:3]}")
     return manifest
+
+
+__all__ = ["MANIFEST", "ShardError", "ShardOptions", "load_dataset_yaml", "parse_split", "read_manifest", "shard"]

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-RESIZE_MODES = ("crop", "pad", "stretch")
+from ..pixels import centre_crop_box
+from ..vocab import IMAGE_EXTS, RESIZE_MODES, VIDEO_EXTS
 
 
 class SourceError(Exception):
@@ -87,9 +86,7 @@ def fit_frame(frame: np.ndarray, spec: ClipSpec) -> np.ndarray:
     img = Image.fromarray(frame)
     w, h = img.size
     if spec.resize == "crop":
-        scale = max(tw / w, th / h)
-        cw, ch = round(tw / scale), round(th / scale)  # the source region with the target aspect
-        left, top = (w - cw) // 2, (h - ch) // 2
+        top, left, ch, cw = centre_crop_box(h, w, th, tw)  # the source region with the target aspect
         img = img.resize((tw, th), Image.Resampling.BICUBIC, box=(left, top, left + cw, top + ch))
     elif spec.resize == "pad":
         scale = min(tw / w, th / h)

@@ -1,8 +1,11 @@
-"""Diffusion core: schedules, prediction types, frame masks and samplers. Knows nothing of models or Ray."""
+"""Diffusion core: schedules, prediction types, frame masks, conditioning and samplers. Knows nothing of models or
+Ray; the only link to a network is the call ``model(x_t, t, frame_mask, **kwargs)``."""
 
+from ..vocab import MASK_TASKS as TASKS
+from ..vocab import PREDICTION_TYPES, SAMPLERS, SCHEDULES, SPACINGS
+from .conditioning import Condition, ConditionedDenoiser
 from .gaussian import GaussianDiffusion, expand_to
 from .masks import (
-    TASKS,
     FrameMasks,
     interpolation_mask,
     latent_frame_mask,
@@ -10,9 +13,9 @@ from .masks import (
     prediction_mask,
     sample_frame_masks,
 )
-from .objectives import PREDICTION_TYPES, convert, min_snr_weight, target_for, to_x0_eps
-from .samplers import SAMPLERS, SPACINGS, ConditionedDenoiser, make_sampler, sample, timestep_schedule
-from .schedules import SCHEDULES, make_alpha_bar
+from .objectives import convert, min_snr_weight, target_for, to_x0_eps
+from .samplers import make_sampler, sample, timestep_schedule
+from .schedules import make_alpha_bar
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -20,6 +23,7 @@ __all__ = [
     "SCHEDULES",
     "SPACINGS",
     "TASKS",
+    "Condition",
     "ConditionedDenoiser",
     "FrameMasks",
     "GaussianDiffusion",

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-TASKS = ("prediction", "generation", "interpolation", "random")
+from ..vocab import MASK_TASKS as TASKS
 
 
 class FrameMasks(NamedTuple):

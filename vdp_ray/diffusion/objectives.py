@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-PREDICTION_TYPES = ("eps", "v", "x0")
+from ..vocab import PREDICTION_TYPES
 
 # alpha_bar is clamped away from 0 and 1 only where a division would otherwise blow up (eps -> x0 at
 # SNR 0, x0 -> eps at SNR inf); the identities are exact everywhere else.

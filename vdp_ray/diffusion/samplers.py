@@ -2,7 +2,7 @@
 
 Contract (as in diffusers): ``sampler.set_timesteps(n)`` picks the steps, then ``sampler.step(x0, eps,
 i, x_t)`` maps x at ``timesteps[i]`` to x at the next step, given the denoiser's (x0, eps) estimates. The
-conditioning (given frames, guidance) lives in ``ConditionedDenoiser`` and never inside a sampler.
+conditioning (given frames, text, guidance) lives in ``conditioning.py`` and never inside a sampler.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ import math
 
 import torch
 
-from .gaussian import GaussianDiffusion, expand_to
-from .masks import nearest_given
-from .objectives import to_x0_eps
-
-SAMPLERS = ("ddpm", "ddim", "dpm++")
-SPACINGS = ("trailing", "leading", "linspace")
+from ..config.sampling import SamplingConfig
+from ..vocab import SAMPLERS, SPACINGS
+from .conditioning import Condition, ConditionedDenoiser
+from .gaussian import GaussianDiffusion
 
 
 def timestep_schedule(num_train: int, num_steps: int, spacing: str = "trailing") -> torch.Tensor:
@@ -169,143 +167,36 @@ def make_sampler(name: str, diffusion: GaussianDiffusion, spacing: str = "traili
     raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
 
 
-class ConditionedDenoiser:
-    """Turns a network into (x0, eps) estimates under a frame mask, with classifier-free guidance.
-
-    Given frames enter the conditional pass clean with timestep 0 (as in training); the unconditional
-    pass sees the plain noisy state with the null mask. Guidance combines the two outputs in the
-    network's own prediction space: out = uncond + g (cond - uncond) (Ho & Salimans 2022, eq. 6).
-    """
-
-    def __init__(
-        self,
-        model,
-        diffusion: GaussianDiffusion,
-        context=None,
-        frame_mask=None,
-        guidance=1.0,
-        clip_x0: float | None = None,
-        model_kwargs: dict | None = None,
-        text_guidance: float = 1.0,
-        null_kwargs: dict | None = None,
-    ):
-        self.model = model
-        self.diffusion = diffusion
-        self.context = context
-        self.frame_mask = frame_mask
-        self.guidance = guidance
-        self.clip_x0 = clip_x0
-        self.model_kwargs = model_kwargs or {}
-        self.text_guidance = text_guidance if null_kwargs else 1.0
-        self.null_kwargs = null_kwargs or {}
-
-    def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n, num_frames = x_t.shape[0], x_t.shape[2]
-        t_full = torch.full((n, num_frames), float(t), device=x_t.device, dtype=x_t.dtype)
-        ab = self.diffusion.alpha_bar_at(t_full.long(), x_t)
-        mask = self.frame_mask
-        has_context = mask is not None and bool(mask.any())
-        if has_context:
-            given = expand_to(mask, x_t)
-            x_in = torch.where(given, self.context, x_t)
-            t_cond = torch.where(mask, torch.zeros_like(t_full), t_full)
-            # a residual x0-model predicts the change from the nearest given frame (none: the null mask)
-            anchor = nearest_given(self.context.to(x_t.dtype), mask) if self.diffusion.residual else 0.0
-        else:
-            x_in, t_cond, mask, anchor = x_t, t_full, None, 0.0
-        g_ctx = self.guidance if has_context else 1.0
-        g_txt = self.text_guidance
-        # Branches (Brooks et al. 2023, eq. 3 for two conditions): full = context + text; ctx = context +
-        # null text; uncond = no context (+ the text when text guidance is off, else the null text).
-        branches = {"full": (x_in, t_cond, mask, self.model_kwargs)}
-        if g_txt != 1.0:
-            branches["ctx"] = (x_in, t_cond, mask, self.null_kwargs)
-        if g_ctx != 1.0:
-            branches["uncond"] = (x_t, t_full, None, self.null_kwargs if g_txt != 1.0 else self.model_kwargs)
-        outs = self._run(branches)
-        full = outs["full"] + anchor
-        if g_txt != 1.0 and g_ctx != 1.0:
-            ctx = outs["ctx"] + anchor
-            out = outs["uncond"] + g_ctx * (ctx - outs["uncond"]) + g_txt * (full - ctx)
-        elif g_txt != 1.0:
-            ctx = outs["ctx"] + anchor
-            out = ctx + g_txt * (full - ctx)
-        elif g_ctx != 1.0:
-            out = outs["uncond"] + g_ctx * (full - outs["uncond"])
-        else:
-            out = full
-        x0, eps = to_x0_eps(out, self.diffusion.prediction_type, x_t, ab)
-        if self.clip_x0 is not None:
-            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
-            eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt().clamp(min=1e-12)
-        if mask is not None and mask.any():
-            # Given frames: the clean context, with the noise that the state already carries for them.
-            given = expand_to(mask, x_t)
-            x0 = torch.where(given, self.context, x0)
-            eps = torch.where(given, (x_t - ab.sqrt() * self.context) / (1 - ab).sqrt().clamp(min=1e-12), eps)
-        return x0, eps
-
-    def _run(self, branches: dict) -> dict:
-        """All branches in one batched network call (a null mask is all False)."""
-        names = list(branches)
-        if len(names) == 1:
-            x, t, m, kw = branches[names[0]]
-            return {names[0]: self.model(x, t, m, **kw)}
-        n, frames = next(iter(branches.values()))[0].shape[:3:2]
-        xs, ts, ms, kws = zip(*branches.values(), strict=True)
-        none = torch.zeros(n, frames, dtype=torch.bool, device=xs[0].device)
-        masks = [none if m is None else m for m in ms]
-        kwargs = {k: torch.cat([kw[k] for kw in kws]) if torch.is_tensor(kws[0][k]) else kws[0][k] for k in kws[0]}
-        out = self.model(torch.cat(xs), torch.cat(ts), torch.cat(masks), **kwargs)
-        return dict(zip(names, out.chunk(len(names)), strict=True))
-
-
 @torch.no_grad()
 def sample(
     model,
     diffusion: GaussianDiffusion,
     shape: tuple[int, ...],
+    condition: Condition | None = None,
+    settings: SamplingConfig | None = None,
     *,
-    sampler: str = "ddim",
-    steps: int = 50,
-    eta: float = 0.0,
-    spacing: str = "trailing",
-    guidance: float = 1.0,
-    context: torch.Tensor | None = None,
-    frame_mask: torch.Tensor | None = None,
     init: torch.Tensor | None = None,
     strength: float = 1.0,
-    clip_x0: float | None = None,
     generator: torch.Generator | None = None,
     device=None,
     dtype=torch.float32,
-    model_kwargs: dict | None = None,
-    text_guidance: float = 1.0,
-    null_kwargs: dict | None = None,
     progress=None,
 ) -> torch.Tensor:
-    """Draw clips of ``shape`` (N, C, T, ...).
-
-    context + frame_mask: the given frames (returned unchanged). model_kwargs: the text (or other
-    conditioning) the network takes; null_kwargs: its null value, for guidance on it with ``text_guidance``
-    (guidance on the context is ``guidance``; both combine as in InstructPix2Pix). init + strength: SDEdit refinement,
-    noise ``init`` to ``strength`` of the schedule and denoise from there. progress: optional callable
-    (i, num_steps) for progress display.
+    """Draw clips of ``shape`` (N, C, T, ...) under ``condition`` (given frames come back unchanged) with
+    ``settings`` (sampler, steps, eta, spacing, guidance on the context and on the text, clip_x0; the section's
+    defaults when None). init + strength: SDEdit refinement, noise ``init`` to ``strength`` of the schedule and
+    denoise from there. progress: optional callable (i, num_steps) for progress display.
     """
-    if steps <= 0:
-        raise ValueError(f"sampling steps must be > 0, got {steps}")
+    s = settings or SamplingConfig(clip_x0=None)
+    cond = condition or Condition()
+    if s.steps <= 0:
+        raise ValueError(f"sampling steps must be > 0, got {s.steps}")
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"refinement strength must be in (0, 1], got {strength}")
-    if frame_mask is not None and context is None:
-        raise ValueError("a frame mask needs the context frames it marks as given")
-    device = device or (context.device if context is not None else None)
-    solver = make_sampler(sampler, diffusion, spacing, eta)
-    max_t = None
-    if init is not None:
-        max_t = round(strength * diffusion.num_timesteps) - 1
-    solver.set_timesteps(steps, max_t)
-    denoiser = ConditionedDenoiser(model, diffusion, context, frame_mask, guidance, clip_x0, model_kwargs,
-                                   text_guidance, null_kwargs)  # fmt: skip
+    device = device or (cond.given.device if cond.given is not None else None)
+    solver = make_sampler(s.sampler, diffusion, s.spacing, s.eta)
+    solver.set_timesteps(s.steps, None if init is None else round(strength * diffusion.num_timesteps) - 1)
+    denoiser = ConditionedDenoiser(model, diffusion, cond, s.guidance, s.text_guidance, s.clip_x0)
 
     noise = torch.randn(shape, generator=generator, dtype=dtype).to(device)
     if init is None:
@@ -317,6 +208,4 @@ def sample(
         x = solver.step(x0, eps, i, x, generator)
         if progress is not None:
             progress(i + 1, len(solver.timesteps))
-    if frame_mask is not None:
-        x = torch.where(expand_to(frame_mask, x), context.to(x.dtype), x)
-    return x
+    return cond.keep_given(x)

@@ -11,8 +11,6 @@ import math
 
 import torch
 
-SCHEDULES = ("linear", "cosine", "sigmoid")
-
 
 def linear_betas(num_steps: int) -> torch.Tensor:
     # Ho et al. 2020 use 1e-4 .. 0.02 for T=1000; scaling by 1000/T keeps the same total noise for other T

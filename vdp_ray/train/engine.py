@@ -1,8 +1,9 @@
-"""Our config -> a DeepSpeed config; precision chosen for the device at hand."""
+"""Our config -> a DeepSpeed config; precision chosen for the device at hand; each stage's own settings."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 log = logging.getLogger("vdp_ray.train")
 
@@ -22,10 +23,39 @@ def resolve_precision(requested: str, device_type: str) -> tuple[str, str | None
     return requested, None
 
 
+# Settings a stage may have of its own: stage -> {train.* key: the stage's key that replaces it when set}.
+# One table for the loop (``stage_settings``) and for sweeps (which train.* keys a VAE stage does not read).
+STAGE_KEYS = {"vae": {"train.lr": "vae.lr", "train.max_steps": "vae.max_steps", "train.batch_size": "vae.batch_size"}}
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    lr: float
+    max_steps: int
+    batch_size: int  # clips per worker per step
+
+
+def stage_settings(cfg, stage: str) -> StageSettings:
+    """The learning rate, steps and batch of ``stage``: its own keys where set (``STAGE_KEYS``), else train.*."""
+    own = STAGE_KEYS.get(stage, {})
+
+    def value(key: str):
+        replacement = own.get(key)
+        mine = _get(cfg, replacement) if replacement else None
+        return mine if mine is not None else _get(cfg, key)
+
+    return StageSettings(value("train.lr"), value("train.max_steps"), value("train.batch_size"))
+
+
+def _get(cfg, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
 def deepspeed_config(cfg, stage: str, world_size: int, precision: str) -> dict:
     t = cfg.train
-    lr = cfg.vae.lr if stage == "vae" and cfg.vae.lr else t.lr
-    steps, batch = stage_steps(cfg, stage), stage_batch(cfg, stage)
+    own = stage_settings(cfg, stage)
+    lr, steps, batch = own.lr, own.max_steps, own.batch_size
     ds = {
         "train_micro_batch_size_per_gpu": batch,
         "gradient_accumulation_steps": t.grad_accum,
@@ -62,15 +92,6 @@ def deepspeed_config(cfg, stage: str, world_size: int, precision: str) -> dict:
     elif precision == "bf16":
         ds["bf16"] = {"enabled": True}
     return ds
-
-
-def stage_steps(cfg, stage: str) -> int:
-    return cfg.vae.max_steps if stage == "vae" and cfg.vae.max_steps else cfg.train.max_steps
-
-
-def stage_batch(cfg, stage: str) -> int:
-    """Clips per worker per step: vae.batch_size in the VAE stage when set, else train.batch_size."""
-    return cfg.vae.batch_size if stage == "vae" and cfg.vae.batch_size else cfg.train.batch_size
 
 
 BUCKET = 200_000_000  # elements per gradient-reduce / all-gather bucket: big messages, bounded memory

@@ -14,30 +14,37 @@ import json
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 from ..config import Config, ConfigError
-from ..export import WEIGHTS, load_state_dict, write_diffusers_vae_export, write_export
-from .loop import EMA_FILE, STATE, STATUS, train_loop_per_worker
+from .checkpoint import export_checkpoint
+from .loop import train_loop_per_worker
+from .runlog import STATUS
 
 ELASTIC_START_TIMEOUT_S = 30.0
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train passes it from the driver to its controller
 
 
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # likewise passed on
+HEALTH_CHECK_S = 1.0  # Ray's default is 2 s: the end of a stage and a dead worker are noticed that much later
+
+
 @contextmanager
-def _start_timeout(seconds: float | None):
-    """Ray Train's worker-group start timeout for one fit() (an explicit environment setting wins). After a node
-    is lost, the cluster still counts its CPUs for a while: an elastic run first asks for the old size and only
-    tries a smaller one when this timeout passes."""
-    if seconds is None or START_TIMEOUT_ENV in os.environ:
-        yield
-        return
-    os.environ[START_TIMEOUT_ENV] = str(seconds)
+def _ray_train_env(start_timeout_s: float | None):
+    """Ray Train's settings for one fit(), as environment variables its controller reads (an explicit setting
+    wins): the worker-group start timeout (after a node is lost, the cluster still counts its CPUs for a while:
+    an elastic run first asks for the old size and only tries a smaller one when this timeout passes) and how
+    often the controller polls its workers."""
+    wanted = {HEALTH_CHECK_ENV: str(HEALTH_CHECK_S)}
+    if start_timeout_s is not None:
+        wanted[START_TIMEOUT_ENV] = str(start_timeout_s)
+    added = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(added)
     try:
         yield
     finally:
-        os.environ.pop(START_TIMEOUT_ENV, None)
+        for key in added:
+            os.environ.pop(key, None)
 
 
 class TrainingError(RuntimeError):
@@ -61,21 +68,22 @@ def check_inputs(cfg: Config) -> None:
     if cfg.vae.export and not (Path(cfg.vae.export) / "model.safetensors").is_file():
         raise ConfigError(f"vae.export: {cfg.vae.export} is not a VAE export (no model.safetensors)")
     if cfg.text.encoder:
-        check_text(cfg)
+        text_dim(cfg)
 
 
-def check_text(cfg: Config) -> None:
-    """The caption embeddings exist for every split the run reads, were made by text.encoder with
-    text.max_tokens, and fix model.dit.text_dim (set here when unset)."""
+def text_dim(cfg: Config) -> int:
+    """The width of the caption embeddings the run reads; they must exist for every split and be made by
+    text.encoder with text.max_tokens (refused before any Ray work otherwise)."""
+    from ..data.pipeline import run_split_folders
     from ..text import INDEX, TEXT_DIR, TextError, encoder_kind
-    from .tasks import text_folders
 
     try:
         encoder_kind(cfg.text.encoder)
     except TextError as exc:
         raise ConfigError(f"text.encoder: {exc}") from None
     wanted = str(Path(cfg.text.encoder).resolve())
-    for folder in text_folders(cfg):
+    dims = set()
+    for folder in run_split_folders(cfg.data):
         index = Path(folder) / TEXT_DIR / INDEX
         if not index.is_file():
             raise ConfigError(f"text.encoder: {folder} has no caption embeddings; run "
@@ -88,7 +96,23 @@ def check_text(cfg: Config) -> None:
         if cfg.model.dit.text_dim not in (None, meta["dim"]):
             raise ConfigError(f"model.dit.text_dim is {cfg.model.dit.text_dim} but the embeddings in {folder} are "
                               f"{meta['dim']} wide")  # fmt: skip
-        cfg.model.dit.text_dim = meta["dim"]
+        dims.add(meta["dim"])
+    if len(dims) > 1:
+        raise ConfigError(f"text.encoder: the splits' caption embeddings differ in width ({sorted(dims)})")
+    return dims.pop()
+
+
+def resolve_run(cfg: Config) -> Config:
+    """Everything outside the config file that decides the run, read once here on the driver and frozen into the
+    config every worker gets: the caption embeddings' width, and the geometry and scale factor of a given VAE
+    export. (A pretrained diffusers VAE's geometry was read when the config was built.)"""
+    from ..export import with_vae
+
+    if cfg.text.encoder:
+        cfg = cfg.updated({"model.dit.text_dim": text_dim(cfg)})
+    if cfg.vae.export:
+        cfg = with_vae(cfg, cfg.vae.export)
+    return cfg
 
 
 def fit(cfg: Config, callbacks: list | None = None) -> dict[str, Path]:
@@ -97,9 +121,12 @@ def fit(cfg: Config, callbacks: list | None = None) -> dict[str, Path]:
     ``callbacks`` (Ray Train ``UserCallback``s, e.g. Tune's report callback) watch the last stage only: the
     stage whose model is the result.
     """
+    from ..export import WEIGHTS, with_vae, write_diffusers_vae_export
     from ..raytools import init_ray
+    from .stages import STAGE_CLASSES
 
     check_inputs(cfg)
+    cfg = resolve_run(cfg)
     run_dir = Path(cfg.run.dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
@@ -110,15 +137,13 @@ def fit(cfg: Config, callbacks: list | None = None) -> dict[str, Path]:
         target = run_dir / "vae_export"
         if not (target / WEIGHTS).is_file():
             write_diffusers_vae_export(target, cfg)
-        cfg = replace(cfg, vae=replace(cfg.vae, diffusers=None, export=str(target)))
+        cfg = with_vae(cfg, target, {"vae.diffusers": None})
     exports: dict[str, Path] = {}
     for i, stage in enumerate(cfg.train.stages):
         last = i == len(cfg.train.stages) - 1
-        stage_cfg = cfg
-        if stage == "dit" and "vae" in exports:
-            stage_cfg = replace(cfg, vae=replace(cfg.vae, export=str(exports["vae"])))
         export_dir = run_dir / ("export" if last else f"{stage}_export")
-        exports[stage] = run_stage(stage_cfg, stage, run_dir, export_dir, callbacks if last else None)
+        exports[stage] = run_stage(cfg, stage, run_dir, export_dir, callbacks if last else None)
+        cfg = STAGE_CLASSES[stage].next_config(cfg, exports[stage])  # e.g. a VAE becomes the later stages' latent space
     return exports
 
 
@@ -158,7 +183,7 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path, callback
         datasets=datasets,
     )
     try:
-        with _start_timeout(t.start_timeout_s or (ELASTIC_START_TIMEOUT_S if t.min_workers else None)):
+        with _ray_train_env(t.start_timeout_s or (ELASTIC_START_TIMEOUT_S if t.min_workers else None)):
             result = trainer.fit()
     except Exception as exc:
         raise TrainingError(f"the {stage} stage failed: {exc}") from exc
@@ -169,28 +194,3 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path, callback
         raise TrainingError(f"the {stage} stage ended without a checkpoint")
     with result.checkpoint.as_directory() as directory:
         return export_checkpoint(directory, export_dir, cfg=cfg)
-
-
-def export_checkpoint(checkpoint_dir: str | Path, export_dir: str | Path, cfg: Config | None = None) -> Path:
-    """An export from a checkpoint folder of ours (any ZeRO stage): its EMA weights, no DeepSpeed needed."""
-    from ..config import load_config
-
-    checkpoint_dir = Path(checkpoint_dir)
-    for name in (EMA_FILE, STATE, "config.yaml"):
-        if not (checkpoint_dir / name).is_file():
-            raise TrainingError(f"{checkpoint_dir}: not a vdp_ray checkpoint (missing {name})")
-    state = json.loads((checkpoint_dir / STATE).read_text())
-    cfg = cfg or load_config(checkpoint_dir / "config.yaml")
-    stage = state["stage"]
-    scale = state.get("extra", {}).get("scale_factor")
-    vae_export = None
-    if stage == "vae":
-        cfg = replace(cfg, vae=replace(cfg.vae, scale_factor=scale))
-    elif stage == "dit":
-        from ..export import Export
-
-        vae = Export(cfg.vae.export)
-        cfg = replace(cfg, vae=replace(cfg.vae, scale_factor=vae.cfg.vae.scale_factor))
-        vae_export = vae.directory
-    meta = {"steps": state["step"], "epoch": state["epoch"], "scale_factor": cfg.vae.scale_factor}
-    return write_export(export_dir, cfg, stage, load_state_dict(checkpoint_dir / EMA_FILE), meta, vae_export)

@@ -1,148 +1,24 @@
-"""Text conditioning: a local `transformers` text encoder and the caption embeddings stored with the shards.
-
-    enc = TextEncoder("/models/clip-vit-large-patch14")      # a folder: config.json, weights, tokenizer
-    out = enc.encode(["a 3 moving left"])                     # tokens (N, L, D), mask (N, L), pooled (N, D)
-
-Nothing is ever downloaded: models load with ``local_files_only``. CLIP text models (pooled = the EOS token's
-projection-free hidden state, as CLIP defines it) and T5 encoders (pooled = the mean over real tokens) are
-supported. ``vdp encode-text`` embeds every distinct caption of a split once and stores them in
-``<split>/text/`` (``embeddings.safetensors`` + ``index.json``); training looks captions up there. Row 0 is
-always the empty caption: the null text that text dropout trains and text guidance contrasts with.
+"""`vdp encode-text`: the offline Ray Data job that embeds every distinct caption of a split once and stores the
+table training reads (``<split>/text/embeddings.safetensors`` + ``index.json``), and ``make_word_encoder``, a small
+local encoder for machines without a pretrained one. Nothing here runs at inference time (``text/encoder.py``).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-TEXT_DIR = "text"
-EMBEDDINGS = "embeddings.safetensors"
-INDEX = "index.json"
-NULL_TEXT = ""
-CLIP_TYPES = ("clip", "clip_text_model")
-T5_TYPES = ("t5", "mt5", "umt5")
+from ..data.pipeline import list_shards
+from ..data.shards import MANIFEST
+from ..options import OptionError
+from .encoder import EMBEDDINGS, INDEX, NULL_TEXT, TEXT_DIR, TextEncoder, TextError, encoder_kind
 
 
-class TextError(Exception):
-    """A text encoder or caption table that cannot be used; the message names the path and the fix."""
-
-
-def encoder_kind(path: str | Path) -> str:
-    """'clip' or 't5' from the folder's config.json, or a TextError naming what is missing."""
-    path = Path(path)
-    config = path / "config.json"
-    if not config.is_file():
-        raise TextError(f"text encoder {path}: no config.json (expected a local transformers model folder; "
-                        "nothing is downloaded)")  # fmt: skip
-    model_type = json.loads(config.read_text()).get("model_type")
-    if model_type in CLIP_TYPES:
-        return "clip"
-    if model_type in T5_TYPES:
-        return "t5"
-    raise TextError(f"text encoder {path}: model_type {model_type!r} is not supported; expected a CLIP text model "
-                    f"{CLIP_TYPES} or a T5 encoder {T5_TYPES}")  # fmt: skip
-
-
-class TextEncoder:
-    """A frozen text model from a local folder; ``encode`` gives token embeddings, their mask and a pooled vector."""
-
-    def __init__(self, path: str | Path, max_tokens: int = 77, device: str | torch.device = "cpu"):
-        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
-
-        self.path = Path(path)
-        self.kind = encoder_kind(self.path)
-        self.max_tokens = max_tokens
-        self.device = torch.device(device)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            cls = CLIPTextModel if self.kind == "clip" else T5EncoderModel
-            self.model = cls.from_pretrained(self.path, local_files_only=True).to(self.device).eval()
-        except (OSError, ValueError) as exc:
-            raise TextError(f"text encoder {self.path}: cannot load the model or its tokenizer: {exc}") from None
-        self.model.requires_grad_(False)
-        self.dim = int(self.model.config.hidden_size if self.kind == "clip" else self.model.config.d_model)
-
-    @torch.no_grad()
-    def encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(list(captions), padding="max_length", truncation=True, max_length=self.max_tokens,
-                               return_tensors="pt")  # fmt: skip
-        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-        out = self.model(input_ids=ids, attention_mask=mask)
-        tokens = out.last_hidden_state.float()
-        if self.kind == "clip" and getattr(out, "pooler_output", None) is not None:
-            pooled = out.pooler_output.float()
-        else:
-            weights = mask[..., None].float()
-            pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return {"tokens": tokens.cpu(), "mask": mask.bool().cpu(), "pooled": pooled.cpu()}
-
-
-@dataclass
-class TextTable:
-    """Caption -> (tokens, mask, pooled), as `vdp encode-text` stored them for one split."""
-
-    rows: dict[str, int]
-    tokens: torch.Tensor  # (N, L, D) float16
-    mask: torch.Tensor  # (N, L) bool
-    pooled: torch.Tensor  # (N, D) float16
-    meta: dict
-
-    @classmethod
-    def load(cls, split_dir: str | Path) -> TextTable:
-        from safetensors.torch import load_file
-
-        folder = Path(split_dir) / TEXT_DIR
-        if not (folder / INDEX).is_file() or not (folder / EMBEDDINGS).is_file():
-            raise TextError(f"{split_dir}: no caption embeddings ({TEXT_DIR}/{EMBEDDINGS}); run "
-                            f"`vdp encode-text {split_dir} --encoder PATH` first")  # fmt: skip
-        meta = json.loads((folder / INDEX).read_text())
-        tensors = load_file(str(folder / EMBEDDINGS))
-        rows = {c: i for i, c in enumerate(meta["captions"])}
-        return cls(rows, tensors["tokens"], tensors["mask"].bool(), tensors["pooled"], meta)
-
-    def lookup(self, captions: list[str], device=None, dtype=torch.float32) -> dict[str, torch.Tensor]:
-        """Embeddings of a batch of captions ("" = null text); a caption not in the table is an error."""
-        missing = [c for c in captions if c not in self.rows]
-        if missing:
-            raise TextError(f"caption {missing[0]!r} has no stored embedding (shards changed after "
-                            "`vdp encode-text`? run it again)")  # fmt: skip
-        idx = torch.tensor([self.rows[c] for c in captions])
-        return {
-            "text_tokens": self.tokens[idx].to(device, dtype),
-            "text_mask": self.mask[idx].to(device),
-            "text_pooled": self.pooled[idx].to(device, dtype),
-        }
-
-
-def null_like(text: dict[str, torch.Tensor], null: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The null text's embeddings (one row, as ``lookup([""])`` gives) repeated to the batch of ``text``."""
-    n = text["text_tokens"].shape[0]
-    return {k: v[:1].expand(n, *v.shape[1:]).to(text[k]) for k, v in null.items()}
-
-
-def drop_text(text: dict[str, torch.Tensor], null: dict[str, torch.Tensor], p: float, generator=None):
-    """Each sample's text replaced by the null text with probability p (classifier-free guidance training)."""
-    if p <= 0:
-        return text
-    n = text["text_tokens"].shape[0]
-    drop = torch.rand(n, generator=generator) < p
-    nulls = null_like(text, null)
-    out = {}
-    for k, v in text.items():
-        d = drop.to(v.device).view(n, *([1] * (v.ndim - 1)))
-        out[k] = torch.where(d, nulls[k], v)
-    return out
-
-
-# ------------------------------------------------------------------------------------------ vdp encode-text
 def split_folders(paths: list[str]) -> list[Path]:
     """Split folders (holding a manifest.json and shards) under the given shard roots or split folders."""
-    from .data.shards import MANIFEST
-
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -191,10 +67,12 @@ def encode_text(paths: list[str], encoder: str, *, max_tokens: int = 77, batch_s
     import ray
     from safetensors.torch import save_file
 
-    from .data.pipeline import list_shards
-    from .fsutil import atomic_write
-    from .raytools import init_ray
+    from ..fsutil import atomic_write
+    from ..raytools import init_ray
 
+    for name, value in (("max_tokens", max_tokens), ("batch_size", batch_size), ("workers", workers)):
+        if value < 1:
+            raise OptionError(name, f"must be >= 1, got {value}")
     if make_encoder and (Path(encoder) / "config.json").exists():
         raise TextError(f"--make-encoder: {encoder} already holds a model; give a new folder")
     if not make_encoder:

@@ -1,0 +1,232 @@
+"""The verbs that use a trained export: `vdp predict` (read frames, run one Predictor task, write the video and
+the strip), `vdp evaluate` and `vdp demo`. Parsers come from ``PredictOptions``, ``EvalOptions``, ``DemoOptions``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..options import REQUIRED, OptionError, arg, declare, from_args
+from ..vocab import SAMPLERS, TASKS, VIDEO_OUTPUTS
+
+SAMPLING = "sampling (defaults: the export's sampling.* settings)"
+
+
+@dataclass
+class PredictOptions:
+    checkpoint: str = arg(REQUIRED, "an export folder (run.dir/export)")
+    out: str = arg(REQUIRED, "output video: OUT.gif or OUT.mp4 (+ OUT.png, OUT.json)")
+    input: str | None = arg(None, "a video file (.mp4 .avi .mov .mkv .webm .gif) or a folder of frames")
+    task: str = arg("predict", "what to make", choices=TASKS)
+    context: int | None = arg(None, "given frames (default: the export's data.context_frames)")
+    future: int | None = arg(None, "frames to predict (default: the rest of the model's window)")
+    start: int = arg(0, "first input frame to use")
+    between: int | None = arg(None, "interpolate: frames to make between two input frames")
+    frames: int | None = arg(None, "generate / refine: clip length (default: the model's window)")
+    batch: int = arg(1, "generate: clips to make")
+    strength: float = arg(0.5, "refine: noise level in (0, 1]")
+    resize: bool = arg(False, "centre-crop and resize input to the model's frame size")
+    fps: float | None = arg(None, "output frame rate (default: the input's, else 4)")
+    prompt: str | None = arg(None, "text-conditioned models: what the clip shows (e.g. 'a 3 moving left')")
+    text_guidance: float | None = arg(None, "guidance scale on the prompt (default: the export's; 1 = off)")
+    sampler: str | None = arg(None, "ddpm, ddim, or dpm++ (the fast solver)", choices=SAMPLERS, group=SAMPLING)
+    steps: int | None = arg(None, "sampling steps (e.g. 1000 for ddpm, 50 ddim, 20 dpm++)", group=SAMPLING)
+    guidance: float | None = arg(None, "classifier-free guidance on the context (1 = off)", group=SAMPLING)
+    seed: int = arg(0, "noise seed (same seed, same frames)", group=SAMPLING)
+    device: str = arg("auto", "auto (CUDA if present), cpu, cuda, cuda:1 ...", group=SAMPLING)
+
+    def check(self) -> None:
+        if Path(self.out).suffix.lower() not in VIDEO_OUTPUTS:
+            raise OptionError("out", f"{self.out}: expected a .gif or .mp4 file name")
+        for name in ("steps", "context", "future", "between", "frames", "batch"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise OptionError(name, f"must be a positive integer, got {value}")
+        if self.start < 0:
+            raise OptionError("start", f"must be >= 0, got {self.start}")
+        if self.task != "generate" and not self.input:
+            raise OptionError("input", f"needed for --task {self.task} (a video file or a folder of frames)")
+
+
+def add_predict(p) -> None:
+    declare(
+        p,
+        PredictOptions,
+        run_predict,
+        "Predict the frames that follow a video's first --context frames (rolling out past the model's window when "
+        "--future is longer), or --task generate / interpolate / refine. Writes OUT (.gif or .mp4: the given frames "
+        "then the made ones) and OUT's stem + .png (a strip with the truth below when the input has it).",
+    )
+
+
+def run_predict(args) -> int:
+    from ..media import MediaError
+    from ..predict import PredictError
+
+    try:
+        lines = predict(from_args(PredictOptions, args))
+    except (PredictError, MediaError) as exc:
+        print(f"vdp predict: error: {exc}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    return 0
+
+
+def predict(o: PredictOptions) -> list[str]:
+    """`vdp predict`: returns the lines to print; raises PredictError / MediaError naming the problem."""
+    from ..media import read_frames
+    from ..pixels import fit_frames, is_grey
+    from ..predict import PredictError, Predictor
+    from ..progress import Progress
+
+    o.check()
+    p = Predictor.from_export(o.checkpoint, device=o.device)
+    kw = {"sampler": o.sampler, "steps": o.steps, "guidance": o.guidance, "seed": o.seed}
+    if o.prompt is not None or o.text_guidance is not None:
+        if p.text is None:
+            raise PredictError(f"--prompt: {o.checkpoint} was trained without text (no text.encoder)")
+        kw.update(prompt=o.prompt, text_guidance=o.text_guidance)
+    settings = p.settings(sampler=o.sampler, steps=o.steps, guidance=o.guidance, text_guidance=o.text_guidance)
+
+    def load(count: int | None) -> tuple[np.ndarray, float | None]:
+        frames, fps = read_frames(o.input, o.start, count)
+        if (frames.shape[1:3] != p.size or frames.shape[-1] != p.channels) and o.resize:
+            frames = fit_frames(frames, p.size, p.channels)
+        elif frames.shape[-1] != p.channels and p.channels == 1 and is_grey(frames):
+            frames = frames[..., :1]  # grey stored as RGB (e.g. our own GIF/MP4 outputs): lossless
+        return frames, fps
+
+    def progress_for(windows: int | None) -> None:
+        """Sampling steps as periodic lines (with ETA) on stderr: a 1000-step DDPM roll-out takes a while."""
+        bar = Progress(windows * settings.steps if windows else None, "sampling steps")
+        kw["progress"] = lambda i, n: bar.update(1)
+
+    t0 = time.perf_counter()
+    made, given, truth, shown, fps, frames = _run_task(o, p, kw, load, progress_for)
+    seconds = time.perf_counter() - t0
+    _write(o, p, made, given, truth, shown, fps, frames)
+    record = {"task": o.task, "input": o.input, "start": o.start, "made_frames": int(made.shape[-4]),
+              "model": p.model_id, "seconds": round(seconds, 2), "sampler": settings.sampler, "steps": settings.steps,
+              "guidance": settings.guidance, "seed": o.seed}  # fmt: skip
+    if p.text is not None:
+        record.update(prompt=o.prompt or "", text_guidance=settings.text_guidance)
+    out = Path(o.out)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    return [f"{o.task}: {record['made_frames']} frame(s) in {seconds:.1f}s -> {out} (strip {out.with_suffix('.png')})"]
+
+
+def _run_task(o: PredictOptions, p, kw: dict, load, progress_for) -> tuple:
+    """(made, given, truth, shown, fps, input frames) of one task."""
+    from ..predict import PredictError
+
+    if o.task == "predict":
+        k = o.context or p.cfg.data.context_frames
+        n = o.future or max(1, p.window - min(k, p.max_context))
+        progress_for(p.windows(n, p.context_for(k)))
+        frames, fps = load(k + n)
+        if len(frames) < k:
+            raise PredictError(f"--input {o.input}: {len(frames)} frame(s) from --start {o.start}; --context {k} "
+                               f"needs {k}")  # fmt: skip
+        context, truth = frames[:k], (frames[k:] if len(frames) > k else None)
+        made = p.predict(context, n, **kw)
+        return made, context, truth, np.concatenate([context, made]), fps, frames
+    if o.task == "generate":
+        length = o.frames or p.window
+        progress_for(1 + max(0, p.windows(length - p.window, p.max_context)))
+        made = p.generate(length, batch=o.batch, **kw)
+        shown = np.concatenate(list(made), axis=2) if made.ndim == 5 else made  # clips side by side
+        return made, None, None, shown, None, None
+    if o.task == "interpolate":
+        between = o.between or (p.window - 2 * p.tc)
+        span = between + 2 * p.tc
+        frames, fps = load(span)
+        if len(frames) < span:
+            raise PredictError(f"--input {o.input}: {len(frames)} frame(s) from --start {o.start}; --between "
+                               f"{between} needs {span} (first, {between} between, last)")  # fmt: skip
+        progress_for(1)
+        first, last = frames[: p.tc], frames[-p.tc :]
+        made = p.interpolate(first if p.tc > 1 else first[0], last if p.tc > 1 else last[0], between, **kw)
+        return made, first, frames[p.tc : -p.tc], np.concatenate([first, made, last]), fps, frames
+    frames, fps = load(o.frames or p.window)  # refine
+    progress_for(None)
+    made = p.refine(frames, o.strength, **kw)
+    return made, None, frames, made, fps, frames
+
+
+def _write(o: PredictOptions, p, made, given, truth, shown, fps, frames) -> None:
+    """OUT.gif|mp4 (what was given, then what was made) and OUT.png (the strip, with the truth below)."""
+    from ..media import side_by_side, strip, write_png, write_video
+
+    out = Path(o.out)
+    write_video(out, shown, fps=o.fps or fps or 4.0)
+    png = out.with_suffix(".png")
+    if o.task == "predict":
+        write_png(png, side_by_side(given, made, truth))
+    elif o.task == "generate":
+        write_png(png, strip([(f"clip {i}", c) for i, c in enumerate(made if made.ndim == 5 else [made])]))
+    else:
+        below = np.concatenate([given, truth, frames[-p.tc :]]) if given is not None else truth
+        write_png(png, strip([("made", shown), ("input", below)]))
+
+
+def add_evaluate(p) -> None:
+    from ..evaluate import EvalOptions
+
+    declare(
+        p,
+        EvalOptions,
+        run_evaluate,
+        "Score predicted frames only, per future frame and averaged, against three baselines on the same clips; "
+        "clips stream through Ray Data into Predictor actors. Writes OUT/metrics.json (stamped with the protocol), "
+        "OUT/psnr_per_frame.png, OUT/prediction.gif and OUT/prediction.png.",
+    )
+
+
+def run_evaluate(args) -> int:
+    from ..evaluate import EvalOptions, EvaluationError, evaluate, table
+    from ..predict import PredictError
+
+    opts = from_args(EvalOptions, args)
+    try:
+        metrics = evaluate(opts)
+    except (EvaluationError, PredictError) as exc:
+        print(f"vdp evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(table(metrics))
+    print(f"metrics in {opts.out}/metrics.json; curve psnr_per_frame.png; previews prediction.gif / .png")
+    return 0
+
+
+def add_demo(p) -> None:
+    from ..demo import DemoOptions
+
+    declare(
+        p,
+        DemoOptions,
+        run_demo,
+        "The whole path on synthetic data, no input needed: makes moving-digits shards, trains the demo model on an "
+        "embedded Ray within a time budget, predicts held-out clips and scores them against the baselines. Writes "
+        "OUT/metrics.json, OUT/prediction.gif and OUT/prediction.png.",
+    )
+
+
+def run_demo(args) -> int:
+    from ..demo import DemoOptions
+    from ..demo import run_demo as demo
+    from ..train import TrainingError
+
+    try:
+        demo(from_args(DemoOptions, args))
+    except TrainingError as exc:
+        print(f"vdp demo: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+PARSERS = {"predict": add_predict, "evaluate": add_evaluate, "demo": add_demo}

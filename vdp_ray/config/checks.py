@@ -1,0 +1,128 @@
+"""Relations between config sections, checked once when a config is built; each error names the keys involved.
+
+Field types and ranges are checked by the fields themselves (``fields.py``); what lives here is what no single
+field can know: frame counts against compression factors, sizes against downsampling, stages against families.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..vocab import STAGES
+from .fields import ConfigError
+
+
+def validate(cfg) -> None:
+    _check_training(cfg)
+    _check_diffusion(cfg)
+    if cfg.model.family == "unet3d":
+        _check_unet(cfg)
+    if cfg.model.family == "dit" or "vae" in cfg.train.stages:
+        _check_vae_geometry(cfg)
+    if cfg.model.family == "dit":
+        _check_dit(cfg)
+
+
+def _check_training(cfg) -> None:
+    m, v, tr = cfg.model, cfg.vae, cfg.train
+    stages = tr.stages or ()
+    if tr.min_workers is not None and tr.min_workers > tr.workers:
+        raise ConfigError(f"train.min_workers ({tr.min_workers}) must not exceed train.workers ({tr.workers})")
+    if cfg.text.encoder and m.family != "dit":
+        raise ConfigError("text.encoder: text conditioning is built into the DiT; set model.family: dit")
+    for s in stages:
+        if s not in STAGES:
+            raise ConfigError(f"train.stages: unknown stage {s!r}; expected a list of {', '.join(map(repr, STAGES))}")
+    if "unet3d" in stages and m.family != "unet3d":
+        raise ConfigError("train.stages: the 'unet3d' stage needs model.family: unet3d")
+    if "dit" in stages:
+        if m.family != "dit":
+            raise ConfigError("train.stages: the 'dit' stage needs model.family: dit")
+        if "vae" not in stages[: stages.index("dit")] and not v.export and not v.diffusers:
+            raise ConfigError("train.stages: the 'dit' stage needs a VAE: put 'vae' before it, or set vae.export "
+                              "or vae.diffusers")  # fmt: skip
+
+
+def _check_diffusion(cfg) -> None:
+    d, df = cfg.data, cfg.diffusion
+    frames = d.frames
+    if df.residual and df.prediction_type != "x0":
+        raise ConfigError(
+            f"diffusion.residual: needs diffusion.prediction_type x0, got {df.prediction_type!r} "
+            "(the residual is measured in x0 space)"
+        )
+    if df.prediction_type == "eps" and df.zero_terminal_snr:
+        raise ConfigError(
+            "diffusion.zero_terminal_snr: needs diffusion.prediction_type v or x0 (eps carries no "
+            "information about the clip at SNR 0, Lin et al. 2024)"
+        )
+    mk = df.masks
+    if sum(mk.probs().values()) <= 0:
+        raise ConfigError(
+            "diffusion.masks: the task probabilities (prediction, generation, interpolation, random) are all 0"
+        )
+    if mk.context_min > mk.context_max:
+        raise ConfigError(f"diffusion.masks.context_min ({mk.context_min}) must be <= context_max ({mk.context_max})")
+    if mk.context_max >= frames:
+        raise ConfigError(f"diffusion.masks.context_max ({mk.context_max}) must be < data.frames ({frames})")
+    if d.context_frames >= frames:
+        raise ConfigError(f"data.context_frames ({d.context_frames}) must be < data.frames ({frames})")
+
+
+def _check_unet(cfg) -> None:
+    u = cfg.model.unet3d
+    h, w = cfg.data.size
+    down = u.patch * 2 ** (len(u.channel_mults) - 1)
+    if h % down or w % down:
+        raise ConfigError(
+            f"data.size {h}x{w} must be divisible by the U-Net's downsampling {down} "
+            f"(model.unet3d.patch * 2^(len(model.unet3d.channel_mults) - 1))"
+        )
+    bad = [lvl for lvl in u.attn_levels if lvl >= len(u.channel_mults)]
+    if bad:
+        raise ConfigError(f"model.unet3d.attn_levels {bad} out of range: levels are 0..{len(u.channel_mults) - 1}")
+
+
+def _check_vae_geometry(cfg) -> None:
+    v, frames, (h, w) = cfg.vae, cfg.data.frames, cfg.data.size
+    need = int(math.log2(v.spatial_compression)) + 1
+    if len(v.channel_mults) != need:
+        raise ConfigError(
+            f"vae.channel_mults needs {need} entries for vae.spatial_compression={v.spatial_compression} "
+            f"(log2 + 1), got {list(v.channel_mults)}"
+        )
+    tc, sc = v.temporal_compression, v.spatial_compression
+    if frames % tc:
+        raise ConfigError(f"data.frames ({frames}) must be divisible by vae.temporal_compression ({tc})")
+    if h % sc or w % sc:
+        raise ConfigError(f"data.size {h}x{w} must be divisible by vae.spatial_compression ({sc})")
+
+
+def _check_dit(cfg) -> None:
+    d, dt, v, mk = cfg.data, cfg.model.dit, cfg.vae, cfg.diffusion.masks
+    if dt.hidden % dt.heads:
+        raise ConfigError(f"model.dit.hidden ({dt.hidden}) must be divisible by model.dit.heads ({dt.heads})")
+    tc, sc = v.temporal_compression, v.spatial_compression
+    lt, lh, lw = d.frames // tc, d.size[0] // sc, d.size[1] // sc
+    if lh % dt.patch or lw % dt.patch or lt % dt.patch_t:
+        raise ConfigError(
+            f"latent grid {lt}x{lh}x{lw} (data.frames/vae.temporal_compression x data.size/"
+            f"vae.spatial_compression) must be divisible by model.dit.patch_t x patch "
+            f"({dt.patch_t}x{dt.patch}x{dt.patch})"
+        )
+    if lt > dt.max_frames or lh > dt.max_size[0] or lw > dt.max_size[1]:
+        raise ConfigError(
+            f"latent grid {lt}x{lh}x{lw} exceeds model.dit.max_frames ({dt.max_frames}) / "
+            f"model.dit.max_size ({list(dt.max_size)})"
+        )
+    # given frames must map to whole latent frames (DESIGN: temporal compression and masks must agree)
+    for key in ("context_min", "context_max"):
+        if getattr(mk, key) % tc:
+            raise ConfigError(
+                f"diffusion.masks.{key} ({getattr(mk, key)}) must be a multiple of "
+                f"vae.temporal_compression ({tc}): given frames must fill whole latent frames"
+            )
+    if d.context_frames % tc:
+        raise ConfigError(
+            f"data.context_frames ({d.context_frames}) must be a multiple of vae.temporal_compression ({tc})"
+        )

@@ -1,0 +1,128 @@
+"""From files and command lines to plain values: YAML experiment files, ``key.sub=value`` overrides, the elastic
+``train.workers: [min, max]`` shorthand, and the older names of keys that moved (so exports written before a
+move still load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .fields import ConfigError, describe
+
+# Keys that moved to another section: old name -> new name. An export's config.yaml written before the move
+# still loads; giving both names is an error.
+MOVED = {
+    "diffusion.sampler": "sampling.sampler",
+    "diffusion.sample_steps": "sampling.steps",
+    "diffusion.eta": "sampling.eta",
+    "diffusion.spacing": "sampling.spacing",
+    "diffusion.guidance": "sampling.guidance",
+    "diffusion.clip_x0": "sampling.clip_x0",
+    "text.guidance": "sampling.text_guidance",
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()):
+    """Load a YAML experiment file (or the defaults when None) and apply ``key.sub=value`` overrides."""
+    from .schema import Config
+
+    values = read_yaml_mapping(path, ConfigError, "config file") if path is not None else {}
+    for item in overrides:
+        apply_override(values, item)
+    try:
+        return Config.from_dict(values)
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> dict:
+    """A YAML file holding a mapping; every failure raises ``error`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise error(f"{path}: expected a mapping of keys at the top level, got {type(values).__name__}")
+    return values
+
+
+def parse_value(raw: str):
+    """A command-line value parsed as YAML (``[64, 64]``, ``true``, ``null``, ``1e-4``); kept as text when it is
+    not YAML; empty = None."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_override(values: dict, item: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``[64, 64]``, ``true``, ``null``)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip().lstrip("-")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected key.path=value, e.g. train.lr=1e-4")
+    set_key(values, key, parse_value(raw), what=f"override {item!r}")
+
+
+def set_key(values: dict, key: str, value, what: str | None = None) -> None:
+    """``values[a][b][c] = value`` for ``key`` 'a.b.c', creating sections on the way."""
+    node = values
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what or key}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def normalise(values: dict) -> dict:
+    """Plain values in today's key layout: moved keys under their new names, the elastic shorthand expanded."""
+    return _elastic_shorthand(_moved_keys(values))
+
+
+def describe_keys(prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every leaf key, for `vdp keys` and docs."""
+    from .schema import Config
+
+    return describe(Config, prefix)
+
+
+# ------------------------------------------------------------------------------------ internals
+def _moved_keys(values: dict) -> dict:
+    if not isinstance(values, dict):
+        return values
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}  # a copy, one level deep
+    for old, new in MOVED.items():
+        old_section, old_key = old.split(".")
+        section = out.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        new_section, new_key = new.split(".")
+        target = out.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            continue  # the builder names the bad section
+        if new_key in target:
+            raise ConfigError(f"{old} and {new} both set: {old} is the older name of {new}; keep only {new}")
+        target[new_key] = section.pop(old_key)
+    return out
+
+
+def _elastic_shorthand(values: dict) -> dict:
+    """train.workers: [min, max] (Ray Train's elastic range) means train.min_workers=min, train.workers=max."""
+    train = values.get("train") if isinstance(values, dict) else None
+    if not isinstance(train, dict) or not isinstance(train.get("workers"), (list, tuple)):
+        return values
+    span = train["workers"]
+    if len(span) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) for n in span):
+        raise ConfigError(f"train.workers: expected a worker count or an elastic range [min, max], got {span!r}")
+    if span[0] > span[1]:
+        raise ConfigError(f"train.workers: an elastic range is [min, max] with min <= max, got {span!r}")
+    if train.get("min_workers") is not None:
+        raise ConfigError("train.workers is an elastic range [min, max]: leave train.min_workers unset")
+    return {**values, "train": {**train, "workers": span[1], "min_workers": span[0]}}

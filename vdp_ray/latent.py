@@ -1,0 +1,127 @@
+"""The space a denoiser works in: a frozen VAE's latents (scaled), or the pixels themselves.
+
+Training, the Predictor, exports, `vdp evaluate`, `vdp predict` and the server all go through one
+``LatentSpace``: the scale factor, the VAE's compression and the arithmetic of given frames against latent
+frames are defined here and nowhere else.
+
+    space = LatentSpace.of_export(export, device)      # an export's own latent space (pixels for a U-Net)
+    z = space.encode(clips)                            # (N, C, T, H, W) in [-1, 1] -> latents * scale
+    x = space.decode(z)                                # and back
+    space.latent_frames(4)                             # given pixel frames -> whole latent frames (or an error)
+
+A VAE that compresses time by ``f`` turns every ``f`` pixel frames into one latent frame: a number of given frames
+must fill whole latent frames (DESIGN: temporal compression and masks must agree). That arithmetic is plain
+integer math (``latent_frames`` / ``whole_frames``), usable where no model is loaded (the HTTP ingress); torch is
+imported where tensors are made.
+"""
+
+from __future__ import annotations
+
+from .config.sampling import SettingError
+
+
+class LatentFrameError(SettingError):
+    """A number of frames that does not fill whole latent frames; ``field`` names it, the message says what would."""
+
+
+def latent_frames(frames: int, tc: int, what: str = "frames") -> int:
+    """Whole latent frames holding ``frames`` pixel frames under temporal compression ``tc``; a partial latent
+    frame is refused, naming ``what``."""
+    if frames % tc:
+        raise LatentFrameError(what, f"{frames} frame(s) do not fill whole latent frames; this model's VAE "
+                                     f"compresses time by {tc}, so give a multiple of {tc}")  # fmt: skip
+    return frames // tc
+
+
+def whole_frames(frames: int, tc: int) -> int:
+    """``frames`` rounded down to whole latent frames (in pixel frames)."""
+    return frames // tc * tc
+
+
+class LatentSpace:
+    """``vae``: a frozen VAE module (``encode(x)`` -> posterior with ``sample()/mode()/mean/std``, ``decode(z)``), or
+    None for pixels. ``vae_cfg``: its config section (compression, latent channels, scale factor)."""
+
+    def __init__(self, vae, vae_cfg, frame_size: tuple[int, int], channels: int, cache=None):
+        self.vae = vae
+        self.size, self.channels = tuple(frame_size), channels
+        self.cache = cache  # training only: the frozen encoder's posterior per clip (train/latent_cache.py)
+        if vae is None:
+            self.scale, self.tc, self.sc, self.latent_channels = 1.0, 1, 1, channels
+        else:
+            # latents are scaled to unit variance (Rombach et al. 2022, sec. 4.3.2); the factor is measured at
+            # the end of VAE training and travels in the config
+            self.scale = float(vae_cfg.scale_factor or 1.0)
+            self.tc, self.sc = vae_cfg.temporal_compression, vae_cfg.spatial_compression
+            self.latent_channels = vae_cfg.latent_channels
+
+    @classmethod
+    def of_config(cls, cfg, vae=None, cache=None) -> LatentSpace:
+        """The latent space a config trains in: ``vae`` (frozen here) for a DiT, pixels otherwise."""
+        if vae is not None:
+            vae = vae.eval().requires_grad_(False)
+        return cls(vae, cfg.vae, cfg.data.size, cfg.data.channels, cache)
+
+    @classmethod
+    def of_export(cls, export, device=None) -> LatentSpace:
+        """An export's latent space: the VAE export it carries (``vae/``), on ``device``; pixels without one."""
+        vae_export = export.vae()
+        if export.cfg.model.family == "dit" and vae_export is None:
+            raise FileNotFoundError(f"{export.directory}: a dit export without its vae/ folder")
+        vae = vae_export.model().to(device) if vae_export is not None else None
+        return cls.of_config(export.cfg, vae)
+
+    # ----------------------------------------------------------------------------------------- facts
+    @property
+    def is_pixels(self) -> bool:
+        return self.vae is None
+
+    def latent_shape(self, n: int, frames: int) -> tuple[int, ...]:
+        """The shape of ``n`` clips of ``frames`` pixel frames in this space."""
+        h, w = self.size
+        return (n, self.latent_channels, self.latent_frames(frames), h // self.sc, w // self.sc)
+
+    def latent_frames(self, frames: int, what: str = "frames") -> int:
+        """Whole latent frames holding ``frames`` pixel frames; a partial latent frame is refused."""
+        return latent_frames(frames, self.tc, what)
+
+    def whole(self, frames: int) -> int:
+        """``frames`` rounded down to whole latent frames (pixel frames)."""
+        return whole_frames(frames, self.tc)
+
+    def latent_context(self, frames: int, window: int) -> int:
+        """Latent frames given when ``frames`` pixel frames are given in a window of ``window`` pixel frames: at
+        least one, and at least one latent frame left to make."""
+        return min(max(1, frames // self.tc), window // self.tc - 1)
+
+    def sampling(self, settings):
+        """``settings`` for this space: x0 is clamped to the pixel range only in pixel space (latents are not
+        bounded like pixels)."""
+        from dataclasses import replace
+
+        return settings if self.is_pixels or settings.clip_x0 is None else replace(settings, clip_x0=None)
+
+    # ------------------------------------------------------------------------------------------ maps
+    def encode(self, clips, sample: bool = False):
+        """Clips (N, C, T, H, W) in [-1, 1] -> scaled latents: the posterior's mode, or a sample of it (training:
+        from the cache when there is one, a fresh sample at every use)."""
+        import torch
+
+        if self.vae is None:
+            return clips
+        with torch.no_grad():
+            if not sample:
+                return self.vae.encode(clips).mode() * self.scale
+            if self.cache is None:
+                return self.vae.encode(clips).sample() * self.scale
+            mean, std = self.cache.posterior(self.vae.encode, clips)
+            return (mean + std * torch.randn(mean.shape, dtype=mean.dtype).to(mean.device)) * self.scale
+
+    def decode(self, latents):
+        """Scaled latents -> clips (float32, not clamped)."""
+        import torch
+
+        if self.vae is None:
+            return latents
+        with torch.no_grad():
+            return self.vae.decode(latents / self.scale).float()

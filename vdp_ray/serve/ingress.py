@@ -1,0 +1,277 @@
+"""The ingress deployment: FastAPI routes that read uploads within the byte limit, check every field, hand the
+work to the model deployment and encode its answer; the browser page at ``/``. Clients get a 4xx naming the field
+for anything wrong with what they sent."""
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+
+from ..latent import LatentFrameError, latent_frames
+from ..vocab import SAMPLERS
+from .api import FORMATS, ApiError, Limits, Params, parse_params
+from .model import Job
+from .options import ServeOptions
+from .responses import encode
+from .uploads import decode_clip, decode_json_frames, fit_to_model
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _fastapi_app() -> FastAPI:
+    return FastAPI(
+        title="vdp_ray",
+        version="1",
+        description="Video diffusion: predict the future of a clip, generate, interpolate, refine. Upload a "
+        "clip as multipart (field `file`: mp4, webm, gif, or a zip of PNG/JPEG frames) or send JSON "
+        "(`frames`: base64 PNG/JPEG). Every error is JSON `{error: {field, message, status}}` with a 4xx.",
+    )
+
+
+fastapi_app = _fastapi_app()
+
+
+@fastapi_app.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError):
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _request_body_doc(task: str) -> dict:
+    fields = {
+        "predict": {"context": "integer", "future": "integer"},
+        "generate": {"frames": "integer", "batch": "integer"},
+        "interpolate": {"between": "integer"},
+        "refine": {"strength": "number"},
+    }[task]
+    common = {"sampler": "string", "steps": "integer", "guidance": "number", "seed": "integer",
+              "format": "string", "resize": "boolean", "fps": "number", "prompt": "string",
+              "text_guidance": "number"}  # fmt: skip
+    props = {k: {"type": v} for k, v in {**fields, **common}.items()}
+    props["format"]["enum"] = list(FORMATS)
+    props["sampler"] = {"type": "string", "enum": list(SAMPLERS)}
+    upload = {} if task == "generate" else {"file": {"type": "string", "format": "binary"}}
+    frames = {} if task == "generate" else {"frames": {"type": "array", "items": {"type": "string"}}}
+    return {
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "properties": {**upload, **props}}},
+                "application/json": {"schema": {"type": "object", "properties": {**frames, **props}}},
+            }
+        }
+    }
+
+
+async def _parse_form(request, body: bytes):
+    """The multipart form of a body already read (within the limit): replayed to Starlette's parser."""
+    from starlette.requests import Request
+
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        return await Request(request.scope, receive).form(max_files=4, max_fields=64)
+    except Exception as exc:  # a malformed multipart body, whatever the parser's complaint
+        raise ApiError(400, "body", f"malformed multipart/form-data: {str(exc)[:200]}") from None
+
+
+def _wants_clip(task: str, given, field: str, status: int, missing: str) -> bool:
+    """Whether the task takes the clip that was (or was not) sent; refuses a clip generate cannot use and a
+    missing one the other tasks need."""
+    if task == "generate":
+        if given is not None:
+            raise ApiError(422, field, "generate takes no clip")
+        return False
+    if given is None:
+        raise ApiError(status, field, missing)
+    return True
+
+
+def _whole(frames: int, tc: int, field: str) -> None:
+    """A number of frames must fill whole latent frames (``latent.latent_frames``), else 422 naming the field."""
+    try:
+        latent_frames(frames, tc, field)
+    except LatentFrameError as exc:
+        raise ApiError(422, exc.field, exc.message) from None
+
+
+# Everything the deployments use is defined above them: Serve serializes a deployment class when it is
+# decorated.
+@serve.deployment(name="Api", max_ongoing_requests=256)
+@serve.ingress(fastapi_app)
+class Api:
+    def __init__(self, model, options: dict):
+        self.model = model
+        self.options = ServeOptions(**{**options, "limits": Limits(**options["limits"])})
+        self.key = self.options.api_key()
+        self.info: dict | None = None
+
+    async def model_info(self) -> dict:
+        if self.info is None:
+            self.info = await self.model.info.remote()
+        return self.info
+
+    # -------------------------------------------------------------------------------------- routes
+    @fastapi_app.get("/", include_in_schema=False)
+    async def page(self):
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    @fastapi_app.get("/healthz", summary="Readiness: 200 once the model answers, 503 otherwise")
+    async def healthz(self):
+        try:
+            info = await asyncio.wait_for(self.model_info(), timeout=10)
+        except Exception as exc:  # not ready: the client should retry
+            return JSONResponse({"status": "starting", "detail": type(exc).__name__}, status_code=503)
+        return {"status": "ok", "model_id": info["model_id"]}
+
+    @fastapi_app.get("/v1/model", summary="What the export is: family, frames, resolution, steps, defaults")
+    async def model_meta(self, request: Request):
+        self._authorize(request)
+        return await self.model_info()
+
+    @fastapi_app.post("/v1/predict", summary="The future of a clip", openapi_extra=_request_body_doc("predict"))
+    async def predict(self, request: Request):
+        return await self._handle("predict", request)
+
+    @fastapi_app.post("/v1/generate", summary="New clips from nothing", openapi_extra=_request_body_doc("generate"))
+    async def generate(self, request: Request):
+        return await self._handle("generate", request)
+
+    @fastapi_app.post("/v1/interpolate", summary="Frames between the first and the last of a clip",
+                      openapi_extra=_request_body_doc("interpolate"))  # fmt: skip
+    async def interpolate(self, request: Request):
+        return await self._handle("interpolate", request)
+
+    @fastapi_app.post("/v1/refine", summary="A noisy clip, refined (SDEdit)", openapi_extra=_request_body_doc("refine"))
+    async def refine(self, request: Request):
+        return await self._handle("refine", request)
+
+    # ------------------------------------------------------------------------------------ handling
+    def _authorize(self, request) -> None:
+        if self.key is None:
+            return
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization") or ""
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not given:
+            raise ApiError(401, "api_key", "missing: send the key as 'Authorization: Bearer KEY' or 'X-API-Key'")
+        if not hmac.compare_digest(given.encode(), self.key.encode()):
+            raise ApiError(401, "api_key", "wrong key")
+
+    async def _handle(self, task: str, request: Request):
+        try:
+            self._authorize(request)
+            info = await self.model_info()
+            raw, clip = await self._read(request, task)
+            params = parse_params(task, raw, self.options.limits, info)
+            frames, given, truth = self._frames_for(task, params, clip, info)
+            start = time.perf_counter()
+            try:
+                out = await asyncio.wait_for(self.model.remote(Job(params, frames)), timeout=self.options.timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(504, "timeout", f"the model did not answer within {self.options.timeout_s:g} s; "
+                               "ask for fewer steps or frames, or retry") from None  # fmt: skip
+            if isinstance(out, Exception):
+                raise out
+            timing = {"total_s": round(time.perf_counter() - start, 4), "compute_s": round(out["compute_s"], 4),
+                      "queue_s": round(out["queue_s"], 4), "batch": out["batch"]}  # fmt: skip
+            meta = {"model_id": info["model_id"], "task": task, "timing": timing,
+                    "params": {k: v for k, v in asdict(params).items() if v is not None}}  # fmt: skip
+            body = await asyncio.to_thread(encode, out["frames"], given, truth, params.format, params.fps, meta)
+            headers = {"X-Model-Id": info["model_id"], "X-Timing": json.dumps(timing)}
+            return Response(body, media_type=FORMATS[params.format], headers=headers)
+        except ApiError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+
+    async def _read(self, request, task: str) -> tuple[dict, np.ndarray | None]:
+        """Parameters (query string, form fields or JSON) and the uploaded clip, reading at most the byte
+        limit: a larger body is cut off with 413 while it streams in."""
+        limit = self.options.limits.max_upload_bytes
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise ApiError(400, "content-length", f"not a number: {length[:20]!r}")
+            if int(length) > limit:
+                raise ApiError(413, "body", f"{int(length)} bytes; the server takes at most {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body", f"more than {limit} bytes; the server takes at most {limit}")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        params = dict(request.query_params)
+        kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        limits = self.options.limits
+        if not body:
+            if task != "generate":
+                raise ApiError(400, "file", "no clip: upload one (multipart field 'file') or send JSON 'frames'")
+            return params, None
+        if kind == "application/json":
+            try:
+                doc = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise ApiError(400, "body", "not valid JSON") from None
+            if not isinstance(doc, dict):
+                raise ApiError(422, "body", f"expected a JSON object, got {type(doc).__name__}")
+            frames = doc.pop("frames", None)
+            params.update(doc)
+            if not _wants_clip(task, frames, "frames", 422, "missing: a list of base64 PNG/JPEG frames"):
+                return params, None
+            return params, await asyncio.to_thread(decode_json_frames, frames, limits)
+        if kind == "multipart/form-data":
+            form = await _parse_form(request, body)
+            upload = None
+            for name, value in form.multi_items():
+                if hasattr(value, "read"):
+                    if name != "file" or upload is not None:
+                        raise ApiError(422, name, "one upload, in the field 'file'")
+                    upload = await value.read()
+                else:
+                    params[name] = value
+            if not _wants_clip(task, upload, "file", 400, "no clip: upload one in the multipart field 'file'"):
+                return params, None
+            return params, await asyncio.to_thread(decode_clip, upload, limits)
+        if kind in ("", "application/x-www-form-urlencoded") and task == "generate":
+            return params, None
+        raise ApiError(415, "content-type", f"{kind or 'none'}: send multipart/form-data (field 'file') or "
+                       "application/json (field 'frames')")  # fmt: skip
+
+    def _frames_for(self, task: str, params: Params, clip, info: dict):
+        """The frames the model works on, the given frames shown beside the result, and the true future
+        (predict, when the upload is longer than the context)."""
+        if task == "generate":
+            return None, None, None
+        clip = fit_to_model(clip, info, params.resize)
+        tc = info.get("temporal_compression", 1)
+        if task == "predict":
+            context = params.context or min(len(clip), info["max_context"])
+            if context > len(clip):
+                raise ApiError(422, "context", f"{context} frames asked for, but the clip has {len(clip)}")
+            _whole(context, tc, "context")
+            params.context = context
+            truth = clip[context : context + params.future] if len(clip) > context else None
+            return clip[:context], clip[:context], truth
+        if task == "interpolate":
+            if len(clip) < 2 * tc:
+                raise ApiError(422, "file", f"{len(clip)} frame(s); interpolation needs the first and the last "
+                               f"({2 * tc} frames for this model)")  # fmt: skip
+            ends = np.concatenate([clip[:tc], clip[-tc:]])
+            return ends, None, None
+        if len(clip) > info["frames"]:
+            raise ApiError(422, "file", f"{len(clip)} frames; refine takes up to {info['frames']}")
+        _whole(len(clip), tc, "file")
+        return clip, None, None

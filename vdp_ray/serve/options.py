@@ -1,0 +1,58 @@
+"""What `vdp serve` is asked for: the export, where to listen, how to scale, and the limits of one request. The
+same dataclass is the command line (``options.arg``) and what ``app_builder`` takes from a Serve config file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..options import REQUIRED, OptionError, arg
+from .api import Limits
+
+
+def parse_autoscale(text: str) -> tuple[int, int]:
+    lo, _, hi = str(text).partition(":")
+    if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi)):
+        raise ValueError(f"expected MIN:MAX with 0 < MIN <= MAX, got {text!r}")
+    return int(lo), int(hi)
+
+
+def _ms(text: str) -> float:
+    return float(text) / 1000
+
+
+@dataclass
+class ServeOptions:
+    export: str = arg(REQUIRED, "an export folder (runs/x/export)", flag="--checkpoint")
+    host: str = arg("127.0.0.1", "address to bind (0.0.0.0 = all)")
+    port: int = arg(8000, "port")
+    replicas: int = arg(1, "model replicas", exclusive="scale")
+    autoscale: tuple[int, int] | None = arg(None, "autoscale model replicas between MIN and MAX", metavar="MIN:MAX",
+                                            parse=parse_autoscale, exclusive="scale")  # fmt: skip
+    api_key_env: str | None = arg(None, "require the key held in this environment variable", metavar="NAME")
+    device: str = arg("auto", "auto (CUDA when a replica has a GPU), cpu, cuda")
+    cpus_per_replica: float = arg(1.0, "CPUs per model replica")
+    gpus_per_replica: float = arg(0.0, "GPUs per model replica")
+    max_batch_size: int = arg(8, "requests per batched call (1 = no batching)")
+    batch_wait_s: float = arg(0.1, "wait to fill a batch, in ms", flag="--batch-wait-ms", parse=_ms,
+                              show=lambda s: f"{s * 1000:g} ms")  # fmt: skip
+    timeout_s: float = arg(120.0, "per-request time limit, in s", flag="--timeout")
+    limits: Limits = field(default_factory=Limits)
+
+    def check(self) -> None:
+        """Refuse what cannot serve, naming the option (before Ray starts)."""
+        for name in ("replicas", "max_batch_size", "port"):
+            if getattr(self, name) < 1:
+                raise OptionError(name, "must be at least 1")
+        if self.limits.max_frames < 1:
+            raise OptionError("max_frames", "must be at least 1")
+        if self.autoscale is not None:
+            parse_autoscale(f"{self.autoscale[0]}:{self.autoscale[1]}")
+
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ValueError(f"--api-key-env {self.api_key_env}: that environment variable is not set or empty")
+        return key

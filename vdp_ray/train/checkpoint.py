@@ -1,0 +1,134 @@
+"""The checkpoint format, in one place: what a rank saves, how a run resumes, and how an export is made from it.
+
+A checkpoint folder (one per `train.checkpoint_every` steps, merged by Ray Train from every rank's files):
+
+    ds/                   DeepSpeed's files (model, optimizer and scheduler state, one shard per rank)
+    ema.safetensors       the EMA weights (rank 0): what an export ships
+    rng_rank<N>.pt        rank N's random state (tensors only, loaded with weights_only=True)
+    trainer_state.json    stage, step, epoch, EMA updates, the stage's extra results, the world size
+    config.yaml           the resolved config of the stage
+
+Every rank saves into its own temporary folder and then calls ``ray.train.report`` with it (a barrier); Ray
+moves the files into the run's storage, so a checkpoint is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..config import Config
+from ..export import load_state_dict, save_state_dict, write_export
+
+DS_TAG = "ds"  # DeepSpeed's tag inside each checkpoint folder
+STATE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
+CONFIG = "config.yaml"
+
+
+class CheckpointError(RuntimeError):
+    """A folder that is not a checkpoint of ours; the message names what is missing."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a stage is: what a checkpoint records and a resume continues from."""
+
+    step: int
+    epoch: int
+    extra: dict  # the stage's own results so far (the VAE's latent scale factor)
+
+
+def save(engine, ema, cfg: Config, stage: str, progress: Progress, metrics: dict, rank: int) -> None:
+    """Every rank saves its DeepSpeed shard into its own folder; Ray merges them into one checkpoint."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    tmp = Path(tempfile.mkdtemp(prefix="vdp-ckpt-"))
+    try:
+        engine.save_checkpoint(str(tmp), tag=DS_TAG)
+        torch.save({"torch": torch.get_rng_state()}, tmp / f"rng_rank{rank}.pt")
+        if rank == 0:
+            save_state_dict(ema.state_dict(), tmp / EMA_FILE)
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            state = {"stage": stage, "step": progress.step, "epoch": progress.epoch, "ema_updates": ema.updates,
+                     "extra": progress.extra, "world_size": world}  # fmt: skip
+            (tmp / STATE).write_text(json.dumps(state))
+            cfg.save(tmp / CONFIG)
+        ray.train.report({"step": progress.step, **metrics}, checkpoint=Checkpoint.from_directory(str(tmp)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def restore(engine, ema, cfg: Config, world: int, rank: int, log) -> Progress | None:
+    """Resume from Ray Train's latest checkpoint of this run, if there is one: engine, EMA, this rank's random
+    state, step, epoch and the stage's extra results. None for a fresh start."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return None
+    with checkpoint.as_directory() as directory:
+        directory = Path(directory)
+        state = json.loads((directory / STATE).read_text())
+        step, epoch = state["step"], state["epoch"]
+        _load_engine(engine, directory, state, cfg, world, step, log)
+        ema.load(load_state_dict(directory / EMA_FILE), state["ema_updates"])
+        rng = directory / f"rng_rank{rank}.pt"
+        if rng.is_file():
+            torch.set_rng_state(torch.load(rng, weights_only=True)["torch"])
+        return Progress(step, epoch, state.get("extra", {}))
+
+
+def _load_engine(engine, directory: Path, state: dict, cfg: Config, world: int, step: int, log) -> None:
+    """Resume the DeepSpeed engine. ZeRO partitions the optimizer state per worker and DeepSpeed cannot
+    re-partition it for another worker count: then the model weights are loaded (consolidated from the
+    shards for ZeRO-3), the optimizer starts fresh and the LR schedule is moved to ``step``; step, epoch, EMA
+    and RNG continue as in any resume. Said in one log line."""
+    saved = state.get("world_size") or len(list(directory.glob("rng_rank*.pt")))
+    if saved == world or cfg.train.zero_stage == 0:
+        engine.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True)
+        return
+    log.line(
+        f"checkpoint of step {step} was written by {saved} worker(s), resuming on {world}: ZeRO's optimizer state "
+        "is partitioned per worker and cannot be re-partitioned, so training continues from the checkpoint's "
+        "model weights with a fresh optimizer (step, LR schedule, EMA and data continue)"
+    )
+    if cfg.train.zero_stage == 3:
+        import deepspeed
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=DS_TAG)
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
+            if not dist.is_initialized() or dist.get_rank() == 0:
+                engine.module.load_state_dict(weights, strict=True)
+    else:
+        engine.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True, load_module_only=True,
+                               load_optimizer_states=False, load_lr_scheduler_states=False)  # fmt: skip
+        if hasattr(engine.optimizer, "refresh_fp32_params"):  # the optimizer's fp32 copy of the loaded weights
+            engine.optimizer.refresh_fp32_params()
+    if engine.lr_scheduler is not None:
+        engine.lr_scheduler.step(step - 1)  # the schedule's position after `step` optimizer steps
+
+
+def export_checkpoint(checkpoint_dir: str | Path, export_dir: str | Path, cfg: Config | None = None) -> Path:
+    """An export from a checkpoint folder of ours (any ZeRO stage): its EMA weights, no DeepSpeed needed. The
+    stage decides what the export's config records (the VAE its measured scale factor)."""
+    from ..config import load_config
+    from .stages import STAGE_CLASSES
+
+    checkpoint_dir = Path(checkpoint_dir)
+    for name in (EMA_FILE, STATE, CONFIG):
+        if not (checkpoint_dir / name).is_file():
+            raise CheckpointError(f"{checkpoint_dir}: not a vdp_ray checkpoint (missing {name})")
+    state = json.loads((checkpoint_dir / STATE).read_text())
+    stage = state["stage"]
+    cfg = STAGE_CLASSES[stage].exported_config(cfg or load_config(checkpoint_dir / CONFIG), state.get("extra", {}))
+    meta = {"steps": state["step"], "epoch": state["epoch"], "scale_factor": cfg.vae.scale_factor}
+    return write_export(export_dir, cfg, stage, load_state_dict(checkpoint_dir / EMA_FILE), meta)

@@ -1,0 +1,57 @@
+"""The few collectives the loop needs, each a decision every rank must take the same way at the same step.
+
+They run on the device the caller names: NCCL (GPU) collectives refuse CPU tensors. Without a process group
+(one worker, or a test) each is the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def _group() -> bool:
+    return dist.is_initialized()
+
+
+def all_finite(loss: torch.Tensor) -> bool:
+    """True when the loss is finite on every rank: one non-finite loss anywhere stops them all at the same step."""
+    flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
+    if _group():
+        dist.all_reduce(flag)
+    return flag.item() == 0
+
+
+def rank0_decides(flag: bool, device) -> bool:
+    """Rank 0's answer for everyone (e.g. its clock says the time is up): all ranks stop at the same step."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    if _group():
+        dist.broadcast(t, src=0)
+    return t.item() > 0
+
+
+def mean_across(value: float, device) -> float:
+    """The mean of a number over all ranks (float64 on the wire)."""
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    if _group():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.item()
+
+
+def broadcast_from_rank0(obj):
+    """Rank 0's Python object on every rank (e.g. the metrics only rank 0 computed)."""
+    if not _group():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj, world: int) -> list:
+    """Every rank's Python object, in rank order."""
+    if not _group():
+        return [obj]
+    everyone = [None] * world
+    dist.all_gather_object(everyone, obj)
+    return everyone
