@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo test test-all test-cluster test-fast lint format bench clean
 
 setup: $(STAMP)
 
@@ -18,11 +18,19 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/vdp demo --out runs/demo
 
+# Test tiers (markers in pyproject.toml): `make test` is the README's command, everything but the `cluster`
+# tier, under 12 minutes on two cores; `make test-all` adds the tests that start Ray processes of their own.
 test: setup
+	$(BIN)/python -m pytest -m "not cluster"
+
+test-all: setup
 	$(BIN)/python -m pytest
 
+test-cluster: setup
+	$(BIN)/python -m pytest -m cluster
+
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" -x -q
+	$(BIN)/python -m pytest -m "not ray and not train and not cluster" -x -q
 
 lint: setup
 	$(BIN)/ruff check .

@@ -82,7 +82,54 @@ def test_presets_fill_unset_fields_and_explicit_values_win():
     )
     assert cfg.model.dit.hidden == 384 and cfg.model.dit.heads == 6
     assert cfg.model.dit.depth == 3
-    assert cfg.train.stages == ["vae", "dit"]  # no VAE export given: train one first
+    assert cfg.train.stages == ("vae", "dit")  # no VAE export given: train one first
+
+
+def test_a_config_is_frozen_and_derived_configs_are_validated_again():
+    cfg = load_config(None, ["train.lr=3e-4"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.lr = 1.0
+    more = cfg.updated({"train.lr": 1e-3, "sampling.steps": 7})
+    assert (more.train.lr, more.sampling.steps, cfg.train.lr) == (1e-3, 7, 3e-4)
+    assert more.trained_part() == cfg.trained_part(), "training and sampling settings are not the trained model"
+    assert cfg.updated({"diffusion.prediction_type": "x0"}).trained_part() != cfg.trained_part()
+    with pytest.raises(ConfigError, match=r"sampling\.steps: 0 is out of range"):
+        cfg.updated({"sampling.steps": 0})
+
+
+def test_sampling_keys_of_older_exports_still_load_under_their_new_names(tmp_path):
+    old = tmp_path / "config.yaml"  # an export's config.yaml from before the sampling section existed
+    old.write_text("diffusion: {sampler: dpm++, sample_steps: 12, guidance: 1.5, eta: 0.2, clip_x0: null}\n"
+                   "text: {guidance: 3.0}\n")  # fmt: skip
+    cfg = load_config(old)
+    s = cfg.sampling
+    assert (s.sampler, s.steps, s.guidance, s.eta, s.clip_x0, s.text_guidance) == ("dpm++", 12, 1.5, 0.2, None, 3.0)
+    assert "sample_steps" not in cfg.to_yaml() and "steps: 12" in cfg.to_yaml()
+    assert load_config(None, ["diffusion.sample_steps=9"]).sampling.steps == 9  # an old override, too
+    with pytest.raises(ConfigError, match=r"diffusion\.sample_steps and sampling\.steps both set"):
+        load_config(None, ["diffusion.sample_steps=9", "sampling.steps=3"])
+
+
+def test_a_requests_sampling_settings_are_checked_once_naming_the_setting():
+    from vdp_ray.config import SamplingConfig, SettingError, check_prompts, resolve_sampling
+
+    base = SamplingConfig(steps=20)
+    assert resolve_sampling(base, 1000, steps=5, guidance=None).steps == 5
+    assert resolve_sampling(base, 1000, guidance=2).guidance == 2.0
+    for changes, field, words in [({"steps": 0}, "steps", "[1, 1000]"), ({"steps": 1001}, "steps", "got 1001"),
+                                  ({"sampler": "euler"}, "sampler", "unknown 'euler'"),
+                                  ({"guidance": 51}, "guidance", "[0, 50]"), ({"eta": 2}, "eta", "[0, 1]"),
+                                  ({"text_guidance": -1}, "text_guidance", "[0, 50]"),
+                                  ({"strength": 1}, "strength", "not a sampling setting")]:  # fmt: skip
+        with pytest.raises(SettingError) as err:
+            resolve_sampling(base, 1000, **changes)
+        assert err.value.field == field and words in err.value.message, (changes, err.value)
+    assert check_prompts(True, "a 3", None, 2) == ["a 3", "a 3"] and check_prompts(False, None, None, 2) is None
+    for args, field in [((False, "a 3", None, 1), "prompt"), ((False, None, 2.0, 1), "text_guidance"),
+                        ((True, ["a", "b"], None, 3), "prompt"), ((True, "x" * 2001, None, 1), "prompt")]:  # fmt: skip
+        with pytest.raises(SettingError) as err:
+            check_prompts(*args)
+        assert err.value.field == field
 
 
 def test_an_elastic_worker_range_sets_min_and_max_workers():

@@ -4,10 +4,9 @@ reuses the data and the finished training."""
 import json
 
 import pytest
+from PIL import Image
 
 from vdp_ray.cli import main
-
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 SHORT = [
     "--clips",
@@ -21,28 +20,40 @@ SHORT = [
     "train.checkpoint_every=4",
     "train.log_every=2",
     "train.warmup_steps=1",
-    "diffusion.sample_steps=2",
+    "sampling.steps=2",
 ]
 
 
+@pytest.mark.cluster  # `vdp demo` as a user runs it: its own embedded Ray, shards to metrics
 def test_demo_runs_the_whole_path(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), *SHORT]) == 0
     printed = capsys.readouterr()
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("psnr", "ssim"):
-        assert isinstance(m[key], float)
-        for name in ("copy_last", "context_mean", "blank"):
-            assert isinstance(m["baseline"][name][key], float)
+    base = m["baseline"]
+    assert set(base) == {"copy_last", "context_mean", "blank"}
+    for stats in (m, *base.values()):
+        assert 3 < stats["psnr"] < 100 and -1 <= stats["ssim"] <= 1
+        assert len(stats["per_frame"]["psnr"]) == 4, "one value per predicted frame"
+    # the reported best baseline and the gain follow from the numbers next to them
+    best = max(base, key=lambda n: base[n]["psnr"])
+    assert m["best_baseline"]["psnr"] == best
+    assert m["psnr_gain"] == pytest.approx(m["psnr"] - base[best]["psnr"], abs=2e-3)
+    assert base["copy_last"]["psnr"] != base["blank"]["psnr"], "the baselines are computed, not copied"
     d = m["demo"]
     assert d["training"]["steps"] == 4
     assert d["data"]["resolution"] == [32, 32] and d["horizon"] == {"context": 4, "future": 4}
     assert d["model"]["preset"] == "demo" and d["model"]["parameters"] > 0
     assert m["protocol"]["clips"] == 4 and m["protocol"]["steps"] == 2
-    for name in ("prediction.gif", "prediction.png", "psnr_per_frame.png"):
-        assert (out / name).stat().st_size > 0
+    # the pictures: an animated GIF of the 8 frames, the strip and the per-frame plot as PNGs
+    with Image.open(out / "prediction.gif") as gif:
+        assert gif.n_frames == 8
+    for name in ("prediction.png", "psnr_per_frame.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and min(image.size) >= 32
     assert "| model |" in printed.out and "target (PSNR >= best baseline + 2 dB" in printed.out
-    assert (out / "run" / "tb" / "unet3d").is_dir()
+    assert f"{m['psnr']:.2f}" in printed.out
+    assert list((out / "run" / "tb" / "unet3d").glob("events.*"))
 
     # again: the shards and the finished training are reused, the numbers are the same
     assert main(["demo", "--out", str(out), *SHORT]) == 0

@@ -57,7 +57,9 @@ def test_seed_experiments_build_at_full_size(repo_root, name):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
 def test_samplers_drive_a_real_model_with_context_and_guidance(repo_root, sampler):
-    from vdp_ray.diffusion import GaussianDiffusion, prediction_mask, sample
+    from dataclasses import replace
+
+    from vdp_ray.diffusion import Condition, GaussianDiffusion, prediction_mask, sample
 
     cfg = load_config(repo_root / "experiments" / "tiny_unet.yaml")
     model = build_denoiser(cfg).eval()
@@ -67,19 +69,86 @@ def test_samplers_drive_a_real_model_with_context_and_guidance(repo_root, sample
     c, t, (h, w) = cfg.data.channels, cfg.data.frames, cfg.data.size
     context = torch.rand(2, c, t, h, w) * 2 - 1
     mask = prediction_mask(2, t, cfg.data.context_frames)
-    out = sample(
-        model,
-        diffusion,
-        context.shape,
-        sampler=sampler,
-        steps=3,
-        guidance=2.0,
-        context=context,
-        frame_mask=mask,
-        clip_x0=cfg.diffusion.clip_x0,
-        generator=torch.Generator().manual_seed(0),
-    )
+    settings = replace(cfg.sampling, sampler=sampler, steps=3, guidance=2.0)
+    out = sample(model, diffusion, context.shape, Condition(context, mask), settings,
+                 generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out.shape == context.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
     k = cfg.data.context_frames
     assert torch.equal(out[:, :, :k], context[:, :, :k])
     assert out[:, :, k:].abs().max() <= 1.0 + 1e-6, "the last step returns the clipped x0 estimate"
+
+
+PACKAGE = __import__("pathlib").Path(__file__).resolve().parents[1] / "vdp_ray"
+MAX_MODULE_LINES = 400
+
+
+def test_no_package_module_grows_past_its_limit():
+    """Modules split where they have seams (docs/ARCHITECTURE.md): none above MAX_MODULE_LINES lines."""
+    sizes = {p.relative_to(PACKAGE).as_posix(): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert not {k: v for k, v in sizes.items() if v > MAX_MODULE_LINES}
+
+
+def test_the_package_has_no_import_cycles():
+    """Module-level imports between vdp_ray modules form no cycle (lazy imports inside functions are allowed)."""
+    import ast
+
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = graph.setdefault(name, set())
+        for node in ast.parse(path.read_text()).body:  # top level only
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")
+                target = ".".join([*base[: len(base) - node.level + 1], *([node.module] if node.module else [])])
+                for alias in node.names:  # a submodule, or a name the target module defines
+                    sub = f"{target}.{alias.name}"
+                    deps.add(sub if sub in modules else target)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in modules)
+    for name in graph:
+        graph[name] = {d for d in graph[name] if d in modules and d != name}
+
+    def cycle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for dep in graph[node]:
+                if dep == start:
+                    return [*path, start]
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, [*path, dep]))
+        return None
+
+    cycles = [c for c in map(cycle_from, graph) if c]
+    assert not cycles, cycles[0]
+
+
+def test_every_vocabulary_is_defined_once():
+    """vocab.py is the one place a vocabulary lives: no other module assigns a name it defines."""
+    import ast
+
+    from vdp_ray import vocab
+
+    names = {n for n in dir(vocab) if n.isupper()}
+    redefined = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "vocab.py":
+            continue
+        for node in ast.parse(path.read_text()).body:
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
+            redefined += [f"{path.name}: {t.id}" for t in targets if isinstance(t, ast.Name) and t.id in names]
+    assert not redefined
+    from vdp_ray.train.stages import STAGE_CLASSES
+
+    assert set(STAGE_CLASSES) == set(vocab.STAGES), "every stage name has its class, and only those"

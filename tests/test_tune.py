@@ -1,6 +1,7 @@
-"""`vdp tune` for real: a sweep of four tiny trials on a local Ray (each a Ray Train + DeepSpeed run), ASHA
-early stopping, an interruption with SIGINT and a resume that runs only the missing trials, and every
-output (results.csv / results.md, best.yaml accepted by `vdp train --dry-run`, the best export, the plot)."""
+"""`vdp tune` for real: a sweep of four tiny trials (each a Ray Train + DeepSpeed run) with ASHA early stopping
+and every output (results.csv / results.md, best.yaml accepted by `vdp train --dry-run`, the best export, the
+plot), in-process on the session's Ray; and, as the CLI on a Ray of its own, an interruption with SIGINT and
+a resume that runs only the missing trials."""
 
 import csv
 import json
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from media import digit_shards
 
 from vdp_ray.cli import main
 from vdp_ray.export import Export
@@ -23,11 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 GOOD_LR, BAD_LR = 2e-3, 1e-7  # a learning rate that learns in 10 steps, and one that cannot
 TRIAL = {"max_steps": 10, "val_every": 5, "preview_every": 10, "checkpoint_every": 5, "log_every": 5,
          "warmup_steps": 2, "workers": 1, "batch_size": 4, "val_batches": 1}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return digit_shards(tmp_path_factory.mktemp("digits"), num_clips=32)
 
 
 def sweep_file(tmp_path: Path, digits: Path, **changes) -> Path:
@@ -42,7 +37,7 @@ def sweep_file(tmp_path: Path, digits: Path, **changes) -> Path:
             "data.train": str(digits / "train"),
             "data.val": str(digits / "val"),
             **{f"train.{k}": v for k, v in TRIAL.items()},
-            "diffusion.sample_steps": 4,
+            "sampling.steps": 4,
         },
         "scheduler": {"asha": {"grace_period": 5, "reduction_factor": 2}},
         "max_concurrent_trials": 2,
@@ -62,13 +57,68 @@ def trial_logs(folder: Path) -> dict[str, str]:
     return {p.parts[-3]: p.read_text() for p in sorted(folder.glob("trials/*/logs/unet3d.jsonl"))}
 
 
-@pytest.mark.slow
-def test_sweep_early_stops_survives_an_interruption_and_writes_a_winner(digits, tmp_path):
+def by_lr(rows: list[dict]) -> dict[float, list[dict]]:
+    out: dict[float, list[dict]] = {GOOD_LR: [], BAD_LR: []}
+    for r in rows:
+        out[float(r["train.lr"])].append(r)
+    return out
+
+
+def check_asha(rows: list[dict]) -> list[dict]:
+    """The good learning rate runs to the end; ASHA stops the bad one at the first rung, at step 5 of 10. The
+    two good trials race each other: the one reaching the rung second is cut there too when the other's record
+    is better (ASHA keeps the top half), so at least one of them, not necessarily both, runs to the end.
+    Returns the good trials that finished."""
+    lrs = by_lr(rows)
+    done_good = [r for r in lrs[GOOD_LR] if r["status"] == "done"]
+    assert done_good and all(int(r["steps"]) == 10 for r in done_good), rows
+    assert all(r["status"] == "done" or int(r["steps"]) == 5 for r in lrs[GOOD_LR]), rows
+    stopped = [r for r in lrs[BAD_LR] if r["status"] == "stopped early"]
+    assert stopped and all(int(r["steps"]) == 5 for r in stopped), rows
+    assert all(float(r["val/loss"]) > max(float(g["val/loss"]) for g in lrs[GOOD_LR]) for r in lrs[BAD_LR])
+    return done_good
+
+
+@pytest.mark.train
+def test_sweep_early_stops_and_writes_a_winner(digits, tmp_path):
+    """Two trials one after the other (the good learning rate first, so it sets ASHA's rung): the bad one is
+    stopped at the rung. The CLI test below runs the full grid, two at a time."""
+    path = sweep_file(tmp_path, digits, space={"train.lr": {"choice": [GOOD_LR, BAD_LR]}}, max_concurrent_trials=1)
+    out = tmp_path / "sweep"
+    result = sweep(load_sweep(path), progress=False)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 2 and len({r["run_dir"] for r in rows}) == 2
+    assert {r.trial for r in result.rows} == {r["trial"] for r in rows}
+    done_good = check_asha(rows)
+
+    # the winner: best.yaml (the base config with the winning values) trains as is; its export is copied
+    best_row = min(done_good, key=lambda r: float(r["val/loss"]))
+    assert result.best is not None and result.best.trial == best_row["trial"]
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["train"]["lr"] == GOOD_LR and best["train"]["max_steps"] == 300  # the base's budget, not the trial's
+    assert main(["train", str(out / "best.yaml"), "--dry-run"]) == 0
+    export = Export(out / "best_export")
+    assert export.meta["steps"] == 10 and export.cfg.train.lr == GOOD_LR
+    assert "**best**" in (out / "results.md").read_text() and best_row["trial"] in (out / "results.md").read_text()
+    assert (out / "metric.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every trial ran under its own Ray Train run name (a repeated name would silently resume another)
+    assert len({p.name for p in out.glob("trials/*/ray/*")}) == 2
+
+    # a finished sweep re-run trains nothing new; a changed sweep in the same folder is refused
+    before = trial_logs(out)
+    again = sweep(load_sweep(path), progress=False)
+    assert trial_logs(out) == before and again.best.trial == result.best.trial
+    with pytest.raises(SweepError, match="holds a different sweep"):
+        sweep(load_sweep(path, ["train.max_steps=12"]), progress=False)
+
+
+@pytest.mark.cluster
+def test_an_interrupted_sweep_resumes_only_its_missing_trials(digits, tmp_path):
+    """`vdp tune` as a user runs it (its own Ray): Ctrl-C once two trials have ended, then the same command."""
     path = sweep_file(tmp_path, digits)
     out = tmp_path / "sweep"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    # 1. start, and interrupt (Ctrl-C) once two trials have ended
     proc = vdp("tune", str(path), env=env)
     lines, ended = [], 0
     deadline = time.time() + 600
@@ -87,7 +137,7 @@ def test_sweep_early_stops_survives_an_interruption_and_writes_a_winner(digits, 
     before = trial_logs(out)
     assert len(before) >= 2
 
-    # 2. the same command resumes: finished trials are not run again, the missing ones are
+    # the same command resumes: finished trials are not run again, the missing ones are
     proc = vdp("tune", str(path), env=env)
     second, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, second[-3000:]
@@ -98,40 +148,11 @@ def test_sweep_early_stops_survives_an_interruption_and_writes_a_winner(digits, 
         steps = [json.loads(x)["step"] for x in text.splitlines()]
         if steps and steps[-1] == 10:  # finished before the interruption (a just-started trial has no steps yet)
             assert after[trial] == text, f"{trial} ran again after the resume"
-
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 4 and len({r["run_dir"] for r in rows}) == 4
-    by_lr = {float(r["train.lr"]): [] for r in rows}
-    for r in rows:
-        by_lr[float(r["train.lr"])].append(r)
-    # the good learning rate runs to the end; ASHA (its records restored after the interruption) stops the
-    # bad one at the first rung, at step 5 of 10. The two good trials race each other: the one reaching the
-    # rung second is cut there too when the other's record is better (ASHA keeps the top half), so at least
-    # one of them, not necessarily both, runs to the end.
-    done_good = [r for r in by_lr[GOOD_LR] if r["status"] == "done"]
-    assert done_good and all(int(r["steps"]) == 10 for r in done_good), rows
-    assert all(r["status"] == "done" or int(r["steps"]) == 5 for r in by_lr[GOOD_LR]), rows
-    stopped = [r for r in by_lr[BAD_LR] if r["status"] == "stopped early"]
-    assert stopped and all(int(r["steps"]) == 5 for r in stopped), rows
-    assert all(float(r["val/loss"]) > max(float(g["val/loss"]) for g in by_lr[GOOD_LR]) for r in by_lr[BAD_LR])
-
-    # 3. the winner: best.yaml (the base config with the winning values) trains as is; its export is copied
-    best_row = min(done_good, key=lambda r: float(r["val/loss"]))
-    best = yaml.safe_load((out / "best.yaml").read_text())
-    assert best["train"]["lr"] == GOOD_LR and best["diffusion"]["schedule"] == best_row["diffusion.schedule"]
-    assert best["train"]["max_steps"] == 300  # the base's budget, not the sweep's shortened one
-    assert main(["train", str(out / "best.yaml"), "--dry-run"]) == 0
-    export = Export(out / "best_export")
-    assert export.meta["steps"] == 10 and export.cfg.diffusion.schedule == best_row["diffusion.schedule"]
-    assert "**best**" in (out / "results.md").read_text() and best_row["trial"] in (out / "results.md").read_text()
-    assert (out / "metric.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # every trial ran under its own Ray Train run name (a repeated name would silently resume another)
-    names = {p.name for p in out.glob("trials/*/ray/*")}
-    assert len(names) == 4
-
-    # 4. a finished sweep re-run does nothing new; a changed sweep in the same folder is refused
-    with pytest.raises(SweepError, match="holds a different sweep"):
-        sweep(load_sweep(path, ["train.max_steps=12"]), progress=False)
+    best_row = min(check_asha(rows), key=lambda r: float(r["val/loss"]))  # ASHA's records survived the interruption
+    assert yaml.safe_load((out / "best.yaml").read_text())["diffusion"]["schedule"] == best_row["diffusion.schedule"]
+    assert Export(out / "best_export").cfg.diffusion.schedule == best_row["diffusion.schedule"]
 
 
 def test_dry_run_lists_the_trials(digits, tmp_path, capsys):

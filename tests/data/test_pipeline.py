@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from media import moving_square_frames, read_shard_samples, write_video
+from support.videos import moving_square_frames, read_shard_samples, write_video
 
 from vdp_ray.config import load_config
 from vdp_ray.data.pipeline import check_shards, clip_dataset, epochs, list_shards

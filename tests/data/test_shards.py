@@ -1,13 +1,11 @@
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from media import moving_square_frames, read_shard_samples, write_frame_folder, write_video
+from support.videos import moving_square_frames, read_shard_samples, write_frame_folder, write_video
 
 from vdp_ray.data.shards import ShardError, ShardOptions, parse_split, read_manifest, shard
 
@@ -178,17 +176,15 @@ def test_bad_options_are_named(tmp_path, kwargs, message):
         shard(ShardOptions(out=str(tmp_path / "o"), **kwargs), log=quiet)
 
 
-def test_cli_reports_and_strict_exit_code(tmp_path):
+def test_cli_reports_and_strict_exit_code(tmp_path, capsys):
+    """`vdp shard` through the CLI's own entry point, in this process (on the session's Ray)."""
+    from vdp_ray.cli import main
+
     src = make_messy_source(tmp_path / "src")
-    vdp = str(Path(sys.executable).with_name("vdp"))
-    base = [vdp, "shard", "--source", str(src), "--out", str(tmp_path / "out"), "--frames", "4", "--size", "24", "32"]
-
-    def run(*extra):
-        return subprocess.run([*base, *extra], capture_output=True, text=True, timeout=180)
-
-    ok = run()
-    assert ok.returncode == 0, ok.stderr
-    assert "wrote train 3 clips in 1 shard(s)" in ok.stdout and "skipped 3 source(s)" in ok.stdout
-    assert "short.avi: too short" in ok.stdout
-    strict = run("--strict")
-    assert strict.returncode == 1 and "--strict" in strict.stderr
+    base = ["shard", "--source", str(src), "--out", str(tmp_path / "out"), "--frames", "4", "--size", "24", "32"]
+    assert main(base) == 0
+    printed = capsys.readouterr()
+    assert "wrote train 3 clips in 1 shard(s)" in printed.out and "skipped 3 source(s)" in printed.out
+    assert "short.avi: too short" in printed.out and "skipped" in printed.err  # the summary, and the live log
+    assert main([*base, "--strict"]) == 1
+    assert "--strict" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from media import moving_square_frames, write_frame_folder, write_video
+from support.videos import moving_square_frames, write_frame_folder, write_video
 
 from vdp_ray.data.codec import decode_clip, encode_clip
 from vdp_ray.data.sources import (

@@ -2,12 +2,17 @@ import math
 
 import pytest
 import torch
-from oracles import GaussianOracle
+from support.oracles import GaussianOracle
 
-from vdp_ray.diffusion import GaussianDiffusion, prediction_mask, sample, timestep_schedule
+from vdp_ray.config import SamplingConfig
+from vdp_ray.diffusion import Condition, GaussianDiffusion, prediction_mask, sample, timestep_schedule
 
 MU, S = 0.5, 0.3
 SHAPE = (2000, 1, 4, 4, 4)  # 128k elements: std estimates good to ~0.2%
+
+
+def settings(**kw) -> SamplingConfig:
+    return SamplingConfig(clip_x0=None, **kw)
 
 
 def test_timestep_spacings():
@@ -46,9 +51,8 @@ CASES = [  # sampler, steps, relative tolerance on the std (first-order samplers
 def test_oracle_denoiser_recovers_the_data_distribution(sampler, steps, tol, schedule, ptype, zero_snr):
     d = GaussianDiffusion(schedule, 1000, ptype, zero_snr)
     oracle = GaussianOracle(d, MU, S)
-    x = sample(
-        oracle, d, SHAPE, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0), dtype=torch.float64
-    )
+    x = sample(oracle, d, SHAPE, settings=settings(sampler=sampler, steps=steps),
+               generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # fmt: skip
     assert x.mean().item() == pytest.approx(MU, abs=0.01)
     assert x.std().item() == pytest.approx(expected_std(d, steps), rel=tol)
     assert oracle.calls == steps
@@ -62,8 +66,7 @@ def test_samplers_converge_as_steps_grow():
             GaussianOracle(d, MU, S),
             d,
             SHAPE,
-            sampler="ddim",
-            steps=steps,
+            settings=settings(sampler="ddim", steps=steps),
             generator=torch.Generator().manual_seed(0),
             dtype=torch.float64,
         )
@@ -78,8 +81,7 @@ def test_ddpm_is_ddim_with_eta_one():
         GaussianOracle(d, MU, S),
         d,
         (8, 1, 3, 2, 2),
-        sampler="ddpm",
-        steps=25,
+        settings=settings(sampler="ddpm", steps=25),
         generator=torch.Generator().manual_seed(1),
         dtype=torch.float64,
     )
@@ -87,9 +89,7 @@ def test_ddpm_is_ddim_with_eta_one():
         GaussianOracle(d, MU, S),
         d,
         (8, 1, 3, 2, 2),
-        sampler="ddim",
-        eta=1.0,
-        steps=25,
+        settings=settings(sampler="ddim", eta=1.0, steps=25),
         generator=torch.Generator().manual_seed(1),
         dtype=torch.float64,
     )
@@ -105,10 +105,8 @@ def test_given_frames_come_back_unchanged_and_seeds_reproduce(sampler):
         GaussianOracle(d, MU, S),
         d,
         context.shape,
-        sampler=sampler,
-        steps=10,
-        context=context,
-        frame_mask=mask,
+        Condition(context, mask),
+        settings(sampler=sampler, steps=10),
         generator=torch.Generator().manual_seed(seed),
     )
     x = run(0)
@@ -135,7 +133,7 @@ def test_conditioning_and_guidance_wiring():
     context = torch.full((2, 1, 4, 2, 2), 0.25)
     mask = prediction_mask(2, 4, 1)
     net = Recorder()
-    sample(net, d, context.shape, steps=3, context=context, frame_mask=mask)
+    sample(net, d, context.shape, Condition(context, mask), settings(steps=3))
     assert len(net.calls) == 3, "guidance 1: one call per step"
     x_in, t_in, m_in = net.calls[0]
     assert torch.equal(x_in[:, :, 0], context[:, :, 0]), "given frames enter clean"
@@ -143,7 +141,7 @@ def test_conditioning_and_guidance_wiring():
     assert torch.equal(m_in, mask)
 
     net = Recorder()
-    sample(net, d, context.shape, steps=3, context=context, frame_mask=mask, guidance=3.0)
+    sample(net, d, context.shape, Condition(context, mask), settings(steps=3, guidance=3.0))
     assert len(net.calls) == 3, "both branches in one batched call"
     x_in, t_in, m_in = net.calls[0]
     assert x_in.shape[0] == 4
@@ -162,7 +160,7 @@ def test_guidance_extrapolates_from_unconditional():
 
     ctx = torch.zeros(1, 1, 3, 1, 1)
     mask = torch.tensor([[True, False, False]])
-    x0, _ = ConditionedDenoiser(net, d, ctx, mask, guidance=2.5)(torch.zeros(1, 1, 3, 1, 1), 500)
+    x0, _ = ConditionedDenoiser(net, d, Condition(ctx, mask), guidance=2.5)(torch.zeros(1, 1, 3, 1, 1), 500)
     assert torch.allclose(x0[:, :, 1:], torch.full_like(x0[:, :, 1:], 2.5))  # 0 + 2.5 (1 - 0)
 
 
@@ -170,10 +168,10 @@ def test_refine_keeps_low_strength_close_to_the_input():
     d = GaussianDiffusion("cosine", 1000, "v")
     init = torch.full((500, 1, 2, 2, 2), 0.8)
     oracle = GaussianOracle(d, MU, S)
-    light = sample(
-        oracle, d, init.shape, init=init, strength=0.05, steps=10, generator=torch.Generator().manual_seed(0)
-    )
-    heavy = sample(oracle, d, init.shape, init=init, strength=1.0, steps=10, generator=torch.Generator().manual_seed(0))
+    light = sample(oracle, d, init.shape, settings=settings(steps=10), init=init, strength=0.05,
+                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    heavy = sample(oracle, d, init.shape, settings=settings(steps=10), init=init, strength=1.0,
+                   generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert (light - init).abs().mean() < 0.1 < (heavy - init).abs().mean()
     assert oracle.calls < 20  # light refinement runs only the steps below its strength
 
@@ -181,16 +179,16 @@ def test_refine_keeps_low_strength_close_to_the_input():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(steps=0), "sampling steps must be > 0"),
-        (dict(sampler="euler"), "unknown sampler 'euler'"),
-        (dict(init=torch.zeros(1, 1, 2, 1, 1), strength=0.0), "strength must be in"),
-        (dict(frame_mask=torch.ones(1, 2, dtype=torch.bool)), "needs the context frames"),
+        (lambda: dict(settings=settings(steps=0)), "sampling steps must be > 0"),
+        (lambda: dict(settings=settings(sampler="euler")), "unknown sampler 'euler'"),
+        (lambda: dict(init=torch.zeros(1, 1, 2, 1, 1), strength=0.0), "strength must be in"),
+        (lambda: dict(condition=Condition(mask=torch.ones(1, 2, dtype=torch.bool))), "needs the context frames"),
     ],
 )
 def test_bad_sampling_arguments(kwargs, message):
     d = GaussianDiffusion("cosine", 1000, "v")
     with pytest.raises(ValueError, match=message):
-        sample(GaussianOracle(d, MU, S), d, (1, 1, 2, 1, 1), **kwargs)
+        sample(GaussianOracle(d, MU, S), d, (1, 1, 2, 1, 1), **kwargs())
 
 
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
@@ -213,8 +211,8 @@ def test_residual_x0_model_gets_its_anchor_back(guidance):
     mask = prediction_mask(2, 5, 2)
     loss = diffusion.training_losses(model, truth, mask, generator=g)["loss"]
     assert loss.item() < 1e-12
-    out = sample(model, diffusion, tuple(truth.shape), sampler="ddim", steps=4, context=truth, frame_mask=mask,
-                 guidance=guidance, generator=g)  # fmt: skip
+    out = sample(model, diffusion, tuple(truth.shape), Condition(truth, mask),
+                 settings(sampler="ddim", steps=4, guidance=guidance), generator=g)  # fmt: skip
     assert torch.allclose(out, truth, atol=1e-5)
     with pytest.raises(ValueError, match="residual objective needs prediction_type x0"):
         GaussianDiffusion("cosine", 100, "v", residual=True)

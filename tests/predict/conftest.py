@@ -1,8 +1,8 @@
-"""Tiny exports with fresh random weights for the predictor tests (tests/exports.py makes them)."""
+"""Tiny exports with fresh random weights for the predictor tests (tests/support/exports.py makes them)."""
 
 import pytest
-from exports import dit_export as make_dit
-from exports import unet_export as make_unet
+from support.exports import dit_export as make_dit
+from support.exports import unet_export as make_unet
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from vdp_ray.media import read_frames
 
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory):
-    import media  # tests/media.py
+    from support import videos as media
 
     from vdp_ray.data.moving_digits import moving_digits_clip
 

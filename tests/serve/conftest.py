@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from exports import unet_export
-from serving import free_port, wait_ready
+from support.exports import unet_export
+from support.serving import free_port, wait_ready
 
 KEY_ENV, KEY = "VDP_TEST_API_KEY", "s3cret-key"
 

@@ -8,10 +8,7 @@ import json
 import random
 
 import numpy as np
-import pytest
-from media import gray_frames, moving_square_frames, npz, png, write_video, zip_of
-
-pytestmark = pytest.mark.slow
+from support.videos import gray_frames, moving_square_frames, npz, png, write_video, zip_of
 
 
 def post(client, server, task, files=None, data=None, params=None, headers=None, **kw):

@@ -1,14 +1,18 @@
 """The shipped Serve config (cluster/serve.yaml) validates against Ray Serve's own schema and builds the same
 application `vdp serve` runs; the request-side checks hold without a server."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from media import gray_frames, png, zip_of
+from support.videos import gray_frames, png, zip_of
 
-from vdp_ray.serve.api import ApiError, Limits, decode_clip, decode_json_frames, encode, parse_params
+from vdp_ray.serve.api import ApiError, Limits, parse_params
+from vdp_ray.serve.responses import encode
+from vdp_ray.serve.uploads import decode_clip, decode_json_frames
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = {"frames": 6, "size": [16, 16], "channels": 1, "max_context": 3, "temporal_compression": 1}
@@ -59,3 +63,12 @@ def test_clips_decode_from_zips_images_and_json_and_encode_back():
     with np.load(io.BytesIO(body), allow_pickle=False) as z:
         assert z["frames"].shape == (3, 16, 16, 1) and z["truth"].shape == (2, 16, 16, 1)
     assert encode(frames[3:6], frames[:3], frames[3:5], "gif", 4.0, {})[:6] == b"GIF89a"
+
+
+def test_vdp_serve_refuses_bad_options_before_starting(tmp_path):
+    """The real command in a subprocess: refused with exit 2 and the option named, before Ray starts."""
+    run = [sys.executable, "-m", "vdp_ray.cli", "serve"]
+    proc = subprocess.run([*run, "--checkpoint", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "missing" in proc.stderr
+    proc = subprocess.run([*run, "--checkpoint", str(tmp_path), "--autoscale", "3:1"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--autoscale" in proc.stderr

@@ -5,7 +5,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from media import gray_frames
+from support.videos import gray_frames
 
 from vdp_ray.data.captions import CaptionError, captions_for, describe_digits, direction, load_captions
 from vdp_ray.data.moving_digits import moving_digits_clip
@@ -80,7 +80,6 @@ def test_moving_digit_captions_name_the_digits_and_their_directions():
     assert checked >= 5
 
 
-@pytest.mark.slow
 def test_shards_carry_captions_from_sidecars_and_a_mapping_and_digits_are_captioned(tmp_path, ray_local):
     import av
 

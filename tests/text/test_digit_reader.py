@@ -2,7 +2,7 @@
 scikit-learn's digits, it must read real moving-digit clips nearly perfectly before it can judge generated ones."""
 
 import numpy as np
-from digit_reader import DigitReader
+from support.digit_reader import DigitReader
 
 from vdp_ray.data.moving_digits import moving_digits_clip
 

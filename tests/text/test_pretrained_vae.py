@@ -32,7 +32,7 @@ def test_the_autoencoder_folder_decides_the_latent_geometry(autoencoder):
     cfg = load_config(ROOT / "experiments" / "tiny_dit.yaml", [f"vae.diffusers={autoencoder}"])
     v = cfg.vae
     assert (v.latent_channels, v.spatial_compression, v.temporal_compression, v.scale_factor) == (4, 4, 1, 0.5)
-    assert cfg.train.stages == ["dit"]  # tiny_dit.yaml lists [vae, dit]: the pretrained VAE is not trained
+    assert cfg.train.stages == ("dit",)  # tiny_dit.yaml lists [vae, dit]: the pretrained VAE is not trained
 
 
 def test_frames_go_through_the_2d_autoencoder_one_by_one(autoencoder):
@@ -67,23 +67,19 @@ def test_an_autoencoder_that_compresses_2x_is_refused(tmp_path):
         load_config(ROOT / "experiments" / "tiny_dit.yaml", [f"vae.diffusers={folder}"])
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("ray_local")
-def test_a_dit_trains_on_the_pretrained_latent_space_and_its_export_stands_alone(autoencoder, tmp_path):
-    from media import digit_shards
-
+@pytest.mark.train
+def test_a_dit_trains_on_the_pretrained_latent_space_and_its_export_stands_alone(autoencoder, digits, tmp_path):
     from vdp_ray.export import Export
     from vdp_ray.predict import Predictor
     from vdp_ray.train import fit
 
-    shards = digit_shards(tmp_path / "digits", num_clips=24)
     own = shutil.copytree(autoencoder, tmp_path / "sdvae")
     run = tmp_path / "run"
     cfg = load_config(ROOT / "experiments" / "tiny_dit.yaml", [
-        f"data.train={shards / 'train'}", f"data.val={shards / 'val'}", f"run.dir={run}", "run.name=sdvae",
+        f"data.train={digits / 'train'}", f"data.val={digits / 'val'}", f"run.dir={run}", "run.name=sdvae",
         f"vae.diffusers={own}", "train.workers=1", "train.cpus_per_worker=1", "train.batch_size=4",
         "train.max_steps=6", "train.log_every=3", "train.val_every=6", "train.checkpoint_every=6",
-        "train.preview_every=6", "train.val_batches=1", "train.warmup_steps=1", "diffusion.sample_steps=2",
+        "train.preview_every=6", "train.val_batches=1", "train.warmup_steps=1", "sampling.steps=2",
     ])  # fmt: skip
     exports = fit(cfg)
     assert set(exports) == {"dit"}

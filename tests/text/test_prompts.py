@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from exports import dit_export, text_dit_export
+from support.exports import dit_export, text_dit_export
 
 from vdp_ray.cli import main
 from vdp_ray.predict import PredictError, Predictor
@@ -80,14 +80,9 @@ def test_the_http_prompt_field_is_checked_against_the_model():
     assert err.value.field == "text_guidance"
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("ray_local")
-def test_vdp_evaluate_prompts_a_text_model_with_each_clips_caption(text_export, tmp_path):
-    from media import digit_shards
-
-    shards = digit_shards(tmp_path / "digits", num_clips=8)
+def test_vdp_evaluate_prompts_a_text_model_with_each_clips_caption(text_export, digits, tmp_path):
     out = tmp_path / "eval"
-    code = main(["evaluate", "--checkpoint", str(text_export), "--shards", str(shards / "val"), "--clips", "2",
+    code = main(["evaluate", "--checkpoint", str(text_export), "--shards", str(digits / "val"), "--clips", "2",
                  "--batch-size", "2", "--steps", "2", "--cpus-per-worker", "1", "--out", str(out)])  # fmt: skip
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -97,7 +92,7 @@ def test_vdp_evaluate_prompts_a_text_model_with_each_clips_caption(text_export, 
 
 def test_a_served_batch_gives_each_request_its_own_prompt(text_export):
     from vdp_ray.serve.api import Params
-    from vdp_ray.serve.app import Job, Model
+    from vdp_ray.serve.model import Job, Model
 
     replica = Model.func_or_class.__new__(Model.func_or_class)  # the deployment's class, without Serve
     replica.predictor = p = Predictor.from_export(text_export, device="cpu")

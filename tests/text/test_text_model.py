@@ -6,8 +6,7 @@ import json
 import pytest
 import torch
 
-from vdp_ray.diffusion import GaussianDiffusion
-from vdp_ray.diffusion.samplers import ConditionedDenoiser
+from vdp_ray.diffusion import Condition, ConditionedDenoiser, GaussianDiffusion
 from vdp_ray.models.dit import DiT
 from vdp_ray.text import TextEncoder, TextError, drop_text, encoder_kind, make_word_encoder
 
@@ -121,8 +120,7 @@ def test_guidance_on_context_and_text_combines_the_branches_as_documented(g_ctx,
     text = {"text_tokens": torch.zeros(n, 2, 1), "text_mask": torch.ones(n, 2, dtype=torch.bool),
             "text_pooled": torch.full((n, 1), 10.0)}  # fmt: skip
     null = {**text, "text_pooled": torch.zeros(n, 1)}
-    den = ConditionedDenoiser(_Probe(), diffusion, context=x, frame_mask=mask, guidance=g_ctx, model_kwargs=text,
-                              text_guidance=g_txt, null_kwargs=null)  # fmt: skip
+    den = ConditionedDenoiser(_Probe(), diffusion, Condition(x, mask, text, null), guidance=g_ctx, text_guidance=g_txt)
     x0, _ = den(torch.randn_like(x), 50)
     full, ctx_only, uncond = 11.0, 1.0, (0.0 if g_txt != 1.0 else 10.0)
     if g_txt != 1.0 and g_ctx != 1.0:
@@ -134,7 +132,7 @@ def test_guidance_on_context_and_text_combines_the_branches_as_documented(g_ctx,
     assert torch.allclose(x0[:, :, 1:], torch.full_like(x0[:, :, 1:], expected))
     assert torch.equal(x0[:, :, :1], x[:, :, :1])  # given frames come back as they were
     # without context frames, only text guidance applies: null + g (caption - null)
-    den = ConditionedDenoiser(_Probe(), diffusion, guidance=g_ctx, model_kwargs=text, text_guidance=g_txt,
-                              null_kwargs=null)  # fmt: skip
+    den = ConditionedDenoiser(_Probe(), diffusion, Condition(model_kwargs=text, null_kwargs=null), guidance=g_ctx,
+                              text_guidance=g_txt)  # fmt: skip
     x0, _ = den(torch.randn_like(x), 50)
     assert torch.allclose(x0, torch.full_like(x0, 0.0 + g_txt * 10.0))

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from vdp_ray.data.shards import ShardOptions, shard
 from vdp_ray.export import Export
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.cluster  # a Ray head of its own
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -65,14 +64,11 @@ def ray_head():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.mark.usefixtures("ray_local")  # only for making the shards; the job runs on the head above
-def test_ray_job_submit_trains_and_exports(ray_head, tmp_path):
+def test_ray_job_submit_trains_and_exports(ray_head, digits, tmp_path):
     address, env = ray_head
-    shard(ShardOptions(out=str(tmp_path / "digits"), synthetic="moving-digits", num_clips=24, frames=8,
-                       size=(32, 32)), log=lambda *_: None)  # fmt: skip
     run = tmp_path / "job_run"
     entry = [sys.executable, "-m", "vdp_ray.cli", "train", str(ROOT / "experiments" / "tiny_unet.yaml"),
-             f"data.train={tmp_path / 'digits' / 'train'}", "data.val=null", f"run.dir={run}", "train.max_steps=6",
+             f"data.train={digits / 'train'}", "data.val=null", f"run.dir={run}", "train.max_steps=6",
              "train.batch_size=4", "train.checkpoint_every=3", "train.log_every=3", "train.val_every=3"]  # fmt: skip
     submit = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", "vdp-test-job", "--no-wait",

@@ -50,27 +50,46 @@ def test_each_clip_is_encoded_once_and_gets_its_own_posterior():
     assert vae.encoded == 6 and not torch.allclose(mean3[0], mean[0])
 
 
-def test_the_task_draws_fresh_latents_from_cached_posteriors():
+def test_the_latent_space_draws_fresh_latents_from_cached_posteriors():
     from vdp_ray.config import load_config
-    from vdp_ray.train.tasks import DiffusionTask
+    from vdp_ray.latent import LatentSpace
 
-    cfg = load_config(None, TINY_DIT)
+    cfg = load_config(None, [*TINY_DIT, "vae.scale_factor=0.8"])
     vae = VAE3D(in_channels=1, base_channels=8, channel_mults=(1, 2, 2), spatial_compression=4, temporal_compression=2,
                 latent_channels=cfg.vae.latent_channels)  # fmt: skip
-    task = DiffusionTask(cfg, torch.device("cpu"), vae)
-    assert task.cache is not None
+    space = LatentSpace.of_config(cfg, vae, LatentCache(16))
     x = clips(2, 3)
-    z1, z2 = task.encode(x), task.encode(x)
-    assert task.cache.take_hit_rate() == 0.5  # the second call was served from the cache
+    z1, z2 = space.encode(x, sample=True), space.encode(x, sample=True)
+    assert space.cache.take_hit_rate() == 0.5  # the second call was served from the cache
     assert not torch.allclose(z1, z2)  # ...but drew a new sample
     with torch.no_grad():
         q = vae.encode(x)
+    assert space.scale == 0.8
     for z in (z1, z2):  # both are draws from q(z|x): standardised, they look like N(0, 1)
-        r = (z / task.scale - q.mean) / q.std
+        r = (z / space.scale - q.mean) / q.std
         assert r.mean().abs() < 0.3 and 0.75 < r.std() < 1.25
+    torch.testing.assert_close(space.encode(x), q.mode() * 0.8)  # not sampling: the posterior's mode, scaled
 
-    off = DiffusionTask(load_config(None, [*TINY_DIT, "train.latent_cache_mb=0"]), torch.device("cpu"), vae)
-    assert off.cache is None and off.encode(x).shape == z1.shape
+
+def test_the_dit_stage_caches_its_vae_posteriors_unless_told_not_to(tmp_path):
+    from vdp_ray.config import load_config
+    from vdp_ray.export import write_export
+    from vdp_ray.models import build_vae
+    from vdp_ray.train.stages import DiffusionStage
+
+    cfg = load_config(None, TINY_DIT)
+    vae = write_export(tmp_path / "vae", cfg, "vae", build_vae(cfg).state_dict(), {"steps": 1})
+    cfg = cfg.updated({"vae.export": str(vae), "train.stages": ["dit"]})
+    on = DiffusionStage(cfg, torch.device("cpu"))
+    off = DiffusionStage(cfg.updated({"train.latent_cache_mb": 0}), torch.device("cpu"))
+    assert on.latent.cache is not None and off.latent.cache is None
+    x = clips(2, 3)
+    for stage in (on, off):
+        loss = stage.loss(stage.model, x, ["", ""], torch.float32)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+    assert on.step_metrics() == {"latent_cache_hits": 0.0} and off.step_metrics() == {}
+    on.loss(on.model, x, ["", ""], torch.float32)
+    assert on.step_metrics() == {"latent_cache_hits": 1.0}
 
 
 def test_a_full_cache_stops_adding_but_still_answers():

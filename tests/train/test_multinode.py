@@ -11,22 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from media import digit_shards
 
 from vdp_ray.export import Export, load_state_dict
 
-pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
+SIM = Path(__file__).resolve().parents[1] / "support" / "cluster_sim.py"
+pytestmark = pytest.mark.cluster  # simulated nodes: Ray processes of their own
 
 
-def test_elastic_training_shrinks_when_a_node_is_lost_and_grows_back_when_one_joins(tmp_path):
+def test_elastic_training_shrinks_when_a_node_is_lost_and_grows_back_when_one_joins(digits, tmp_path):
     """train.workers=[1, 2]: the second node is removed at step 8; training restarts from the last checkpoint on
     the one node left, goes on with one worker, and returns to two when a replacement node joins."""
-    shards = digit_shards(tmp_path / "digits", num_clips=32)
+    shards = digits
     run = tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(ROOT / "tests" / "cluster_sim.py"), "--lose-node", "elastic", str(shards), str(run),
-           "train.max_steps=32"]  # fmt: skip
+    cmd = [sys.executable, str(SIM), "--lose-node", "elastic", str(shards), str(run), "train.max_steps=32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     result = json.loads(re.findall(r'\{"export".*', proc.stdout)[-1])
@@ -55,14 +53,14 @@ def test_elastic_training_shrinks_when_a_node_is_lost_and_grows_back_when_one_jo
     assert all(torch.equal(model.state_dict()[k], v) for k, v in load_state_dict(last / "ema.safetensors").items())
 
 
-def test_training_spreads_over_two_nodes_and_merges_their_checkpoint_shards(tmp_path):
+def test_training_spreads_over_two_nodes_and_merges_their_checkpoint_shards(digits, tmp_path):
     """Two Ray nodes like real hosts: each in its own network namespace with its own address on a veth link,
     joined with `ray start --address` (needs root / CAP_NET_ADMIN); where namespaces are not allowed, two raylets
     on loopback (ray.cluster_utils). One worker per node (strict_spread), the run folder on storage both see."""
-    shards = digit_shards(tmp_path / "digits", num_clips=32)
+    shards = digits
     run = tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    sim = [sys.executable, str(ROOT / "tests" / "cluster_sim.py")]
+    sim = [sys.executable, str(SIM)]
     netns = os.geteuid() == 0 and shutil.which("ip") is not None
     proc = subprocess.run([*sim, *(["--netns"] if netns else []), str(shards), str(run)], capture_output=True,
                           text=True, env=env, timeout=900)  # fmt: skip

@@ -2,9 +2,9 @@
 training run on it with one worker per node. Run as a child process by tests/train/test_multinode.py, so the
 test session's own Ray stays as it is:
 
-    python tests/cluster_sim.py SHARDS RUN_DIR [overrides...]
-    python tests/cluster_sim.py --lose-node fixed|elastic SHARDS RUN_DIR [overrides...]
-    python tests/cluster_sim.py --netns SHARDS RUN_DIR [overrides...]   # as root; exit 77 where not allowed
+    python tests/support/cluster_sim.py SHARDS RUN_DIR [overrides...]
+    python tests/support/cluster_sim.py --lose-node fixed|elastic SHARDS RUN_DIR [overrides...]
+    python tests/support/cluster_sim.py --netns SHARDS RUN_DIR [overrides...]   # as root; exit 77 where not allowed
 
 Prints one JSON line: the export folder, the cluster's node ids; with --lose-node also when the second node
 was removed mid-run, when a replacement joined, and when training stepped again.
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _logged_steps(run_dir: str) -> list[dict]:

@@ -1,0 +1,42 @@
+"""Runs shared by the training tests: each costs a Ray Train start-up (about 20 s on two cores) and a few dozen
+steps, so one run feeds every test that only reads it, and a test that trains on from it copies its folder."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.runs import train_config
+
+
+@dataclass(frozen=True)
+class Run:
+    dir: Path
+    exports: dict[str, Path]
+
+
+@pytest.fixture(scope="session")
+def unet_run(digits, tmp_path_factory) -> Run:
+    """tiny_unet, 20 steps on 2 workers with ZeRO-1, fp16 requested as on a GPU (this CPU falls back to fp32),
+    checkpoints at 10 and 20. Read-only: copy run.dir to train on from it."""
+    from vdp_ray.train import fit
+
+    run = tmp_path_factory.mktemp("runs") / "unet"
+    cfg = train_config("tiny_unet", digits, run, "train.max_steps=20", "train.lr=1e-3", "train.precision=fp16",
+                       "train.zero_stage=1")  # fmt: skip
+    return Run(run, fit(cfg))
+
+
+@pytest.fixture(scope="session")
+def latent_run(digits, tmp_path_factory) -> Run:
+    """tiny_dit's two stages in one fit, as `vdp train experiments/tiny_dit.yaml` runs them: the VAE (12 steps),
+    its latent scale factor, then the DiT in its latents (20 steps); ZeRO-3 in bf16 on 2 workers (ZeRO 0-2 and
+    fp32 are checked in-process in test_engine.py). Rank 0 is killed (SIGKILL) once, at the DiT's step 16: the
+    group restarts from its step-14 checkpoint."""
+    from vdp_ray.train import fit
+
+    run = tmp_path_factory.mktemp("runs") / "latent"
+    cfg = train_config("tiny_dit", digits, run, "train.max_steps=20", "vae.max_steps=12", "train.lr=1e-3",
+                       "vae.lr=2e-3", "train.zero_stage=3", "train.precision=bf16", "train.val_every=10",
+                       "train.preview_every=20", "train.log_every=1", "train.checkpoint_every=7", "train.fault=kill",
+                       "train.fault_step=16", "train.max_failures=1")  # fmt: skip
+    return Run(run, fit(cfg))
