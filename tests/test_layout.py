@@ -3,6 +3,7 @@ of models or Ray, and importing the package has no side effects."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,7 +79,7 @@ def test_samplers_drive_a_real_model_with_context_and_guidance(repo_root, sample
     assert out[:, :, k:].abs().max() <= 1.0 + 1e-6, "the last step returns the clipped x0 estimate"
 
 
-PACKAGE = __import__("pathlib").Path(__file__).resolve().parents[1] / "vdp_ray"
+PACKAGE = Path(__file__).resolve().parents[1] / "vdp_ray"
 MAX_MODULE_LINES = 400
 
 

@@ -71,9 +71,9 @@ def run_demo(opts: DemoOptions) -> dict:
     if not any(o.startswith("train.max_minutes=") for o in opts.overrides):  # the training fits the budget
         left = opts.minutes - (time.time() - start) / 60 - EVAL_RESERVE_MIN
         cfg = cfg.updated({"train.max_minutes": round(max(0.5, left), 2)})
-    export, training = _train(cfg)
+    export, training, params = _train(cfg)
     metrics = _evaluate(cfg, opts, export, shards, out)
-    metrics["demo"] = _summary(cfg, opts, metrics, training, val_count)
+    metrics["demo"] = _summary(cfg, opts, metrics, training, params, val_count)
     metrics["demo"].update(total_minutes=round((time.time() - start) / 60, 2), config=str(out / "run" / "config.yaml"),
                            export=str(export))  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -99,8 +99,9 @@ def _make_shards(cfg, opts: DemoOptions, shards: Path) -> int:
     return read_manifest(str(shards / "val"))["count"]
 
 
-def _train(cfg) -> tuple[Path, dict]:
-    """Train (or reuse an earlier run's finished export of the same model); the export and what happened."""
+def _train(cfg) -> tuple[Path, dict, int]:
+    """Train (or reuse an earlier run's finished export of the same model); the export, what happened, and the
+    model's parameter count."""
     from .models import build_denoiser, count_parameters
     from .train import fit
 
@@ -119,8 +120,8 @@ def _train(cfg) -> tuple[Path, dict]:
     meta = json.loads((export / "meta.json").read_text())
     minutes = round((time.time() - train_start) / 60, 2)
     return export, {"steps": meta.get("steps"), "max_steps": cfg.train.max_steps, "minutes": minutes,
-                    "reused_export": reused, "workers": cfg.train.workers, "batch_per_worker": cfg.train.batch_size,
-                    "parameters": params}  # fmt: skip
+                    "reused_export": reused, "workers": cfg.train.workers,
+                    "batch_per_worker": cfg.train.batch_size}, params  # fmt: skip
 
 
 def _evaluate(cfg, opts: DemoOptions, export: Path, shards: Path, out: Path) -> dict:
@@ -135,11 +136,10 @@ def _evaluate(cfg, opts: DemoOptions, export: Path, shards: Path, out: Path) -> 
                                 cpus_per_worker=2, seed=0, out=str(out)))  # fmt: skip
 
 
-def _summary(cfg, opts: DemoOptions, metrics: dict, training: dict, val_count: int) -> dict:
+def _summary(cfg, opts: DemoOptions, metrics: dict, training: dict, params: int, val_count: int) -> dict:
     """metrics.json's "demo" block: the data, the horizon, the model, the training and the target."""
     d, k = cfg.data, cfg.data.context_frames
     best = metrics["baseline"][metrics["best_baseline"]["psnr"]]
-    params = training.pop("parameters")
     return {
         "data": {
             "kind": "moving digits (deterministic)",

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..options import REQUIRED, arg
 from ..vocab import CLIP_FORMATS, RESIZE_MODES, SYNTHETIC
 from .captions import CaptionError, captions_for, load_captions
@@ -147,9 +149,9 @@ class Plan:
     augment: dict | None = None
 
 
-def plan(opts: ShardOptions, log, assign_splits) -> Plan:
-    """Check the options, find the sources (``log`` says what is skipped), assign splits by source with
-    ``assign_splits(n, split, seed)`` and read the captions."""
+def plan(opts: ShardOptions, log) -> Plan:
+    """Check the options, find the sources (``log`` says what is skipped), assign splits by source and read the
+    captions."""
     check(opts)
     caption_table = None
     if opts.captions:
@@ -196,3 +198,28 @@ def _clip_spec(opts: ShardOptions, frames: int, size: tuple, interval: int) -> C
     if opts.format == "mp4" and (size[0] % 2 or size[1] % 2):
         raise ShardError(f"--format mp4 needs an even --size (yuv420p), got {size[0]} {size[1]}")
     return ClipSpec(frames, size, stride, interval, opts.resize, opts.grayscale)
+
+
+def assign_splits(n: int, split: dict[str, float] | None, seed: int) -> list[str]:
+    """Split n sources (or synthetic clips) by a seeded permutation; every named split with a nonzero
+    fraction gets at least one item when there are enough items."""
+    split = split or {"train": 1.0}
+    names = list(split)
+    counts = [int(np.floor(split[k] * n)) for k in names]
+    for i in np.argsort([-(split[k] * n - counts[j]) for j, k in enumerate(names)]):  # largest remainders first
+        if sum(counts) >= n:
+            break
+        counts[i] += 1
+    for i, k in enumerate(names):  # a tiny split still gets one source rather than silently none
+        if split[k] > 0 and counts[i] == 0 and n > len(names):
+            donor = int(np.argmax(counts))
+            counts[donor] -= 1
+            counts[i] += 1
+    order = np.random.default_rng(seed).permutation(n)
+    out = [""] * n
+    pos = 0
+    for name, count in zip(names, counts, strict=True):
+        for idx in order[pos : pos + count]:
+            out[idx] = name
+        pos += count
+    return out

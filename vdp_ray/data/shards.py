@@ -25,7 +25,7 @@ import numpy as np
 
 from ..fsutil import atomic_write, swap_in
 from .codec import encode_clip
-from .shard_plan import Plan, ShardError, ShardOptions, load_dataset_yaml, parse_split, plan
+from .shard_plan import Plan, ShardError, ShardOptions, assign_splits, load_dataset_yaml, parse_split, plan
 from .sources import ClipSpec, Source, SourceError, source_clips
 
 MANIFEST = "manifest.json"
@@ -113,7 +113,7 @@ def shard(opts: ShardOptions, log=print) -> dict:
     from ..raytools import init_ray
 
     started = time.monotonic()
-    pl = plan(opts, log, _assign_splits)  # every check before any Ray work
+    pl = plan(opts, log)  # every check before any Ray work
     out = Path(opts.out)
     parts = out / ".parts"
     shutil.rmtree(parts, ignore_errors=True)
@@ -147,7 +147,7 @@ def _run_tasks(opts: ShardOptions, pl: Plan, parts: Path, log) -> list[dict]:
     from ..progress import Progress
 
     if opts.synthetic:
-        split_of = _assign_splits(opts.num_clips, opts.split, opts.seed)
+        split_of = assign_splits(opts.num_clips, opts.split, opts.seed)
         task = ray.remote(num_cpus=1)(_shard_synthetic)
         sized = ShardOptions(**{**asdict(opts), "frames": pl.spec.frames, "size": pl.spec.size})
         refs = [task.remote(first, min(SYNTHETIC_CHUNK, opts.num_clips - first), split_of, sized,
@@ -176,31 +176,6 @@ def _run_tasks(opts: ShardOptions, pl: Plan, parts: Path, log) -> list[dict]:
                 raise ShardError(f"--strict: {item['path']}: {item['reason']}")
         progress.update(len(report["keys"]) if opts.synthetic else 1, f"{clips} clips, {len(pl.skipped)} skipped")
     return sorted(reports, key=lambda r: r["index"])
-
-
-def _assign_splits(n: int, split: dict[str, float] | None, seed: int) -> list[str]:
-    """Split n sources (or synthetic clips) by a seeded permutation; every named split with a nonzero
-    fraction gets at least one item when there are enough items."""
-    split = split or {"train": 1.0}
-    names = list(split)
-    counts = [int(np.floor(split[k] * n)) for k in names]
-    for i in np.argsort([-(split[k] * n - counts[j]) for j, k in enumerate(names)]):  # largest remainders first
-        if sum(counts) >= n:
-            break
-        counts[i] += 1
-    for i, k in enumerate(names):  # a tiny split still gets one source rather than silently none
-        if split[k] > 0 and counts[i] == 0 and n > len(names):
-            donor = int(np.argmax(counts))
-            counts[donor] -= 1
-            counts[i] += 1
-    order = np.random.default_rng(seed).permutation(n)
-    out = [""] * n
-    pos = 0
-    for name, count in zip(names, counts, strict=True):
-        for idx in order[pos : pos + count]:
-            out[idx] = name
-        pos += count
-    return out
 
 
 def _split_members(reports: list[dict], synthetic: bool) -> dict[str, list[tuple[str, str]]]:
