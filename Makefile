@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all test-cluster test-fast lint format bench clean
+.PHONY: setup demo test test-all test-cluster test-fast gpu-check lint format bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ test-cluster: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not ray and not train and not cluster" -x -q
+
+# The whole GPU path on one CUDA GPU in about ten minutes (fp16/bf16 training with ZeRO-2, a kill and resume, the
+# Predictor in every precision, vdp evaluate and vdp serve on the GPU, clips/s and MFU). Exits 2 without CUDA.
+gpu-check: setup
+	$(BIN)/python experiments/bench/gpu_check.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -56,15 +56,34 @@ def test_images_and_ray_versions_agree():
     ray_version = pinned("ray")
     assert ray_version.startswith("2.60")
     docker = (CLUSTER / "Dockerfile").read_text()
-    assert f'"ray[train,tune,data,serve,default]=={ray_version}"' in docker
-    assert f'"deepspeed=={pinned("deepspeed")}"' in docker
-    assert re.search(r"^FROM pytorch/pytorch:\S+-cuda\S+-devel$", docker, re.M)  # CUDA torch, with g++/nvcc
+    # the package with its declared dependencies at the pins, never --no-deps beside a hand-written list
+    assert re.search(r"^RUN pip install -c constraints\.txt \.(\s|$)", docker, re.M) and "--no-deps" not in docker
+    assert "COPY pyproject.toml constraints.txt" in docker and "python cluster/check_image.py" in docker
+    # a CUDA base (with g++/nvcc for DeepSpeed's ops) of the CUDA the pinned torch is built for
+    import torch
+
+    base = re.search(r"^FROM nvidia/cuda:(\d+\.\d+)\.\d+-cudnn-devel-\S+$", docker, re.M)
+    assert base and pinned("torch") == torch.__version__.split("+")[0]
+    if torch.version.cuda:  # this checkout's torch is the pinned wheel, a CUDA build
+        assert torch.version.cuda.startswith(base.group(1)), (torch.version.cuda, base.group(1))
     images = set(re.findall(r"image: (\S+)", "\n".join(p.read_text() for p in MANIFESTS)))
     assert len(images) == 1, images  # one image everywhere
     for path in (CLUSTER / "kuberay").glob("*.yaml"):
         text = path.read_text()
         assert re.search(rf"rayVersion: \"?{re.escape(ray_version)}\"?", text), path
         assert "apiVersion: ray.io/v1" in text, path
+
+
+def test_the_image_check_finds_every_declared_dependency_here_and_a_wrong_cuda():
+    """cluster/check_image.py, the image's last build step, on this environment (installed from pyproject.toml
+    the same way): nothing missing; and it refuses a torch built for another CUDA."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_image", CLUSTER / "check_image.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    assert check.problems() == []
+    assert any("built for CUDA" in p for p in check.problems(cuda="9.9"))
 
 
 def test_job_entrypoints_are_real_commands_on_real_configs():

@@ -246,3 +246,13 @@ def test_describe_keys_covers_every_leaf():
 
     assert keys == leaves(Config)
     assert all(row[3] for row in describe_keys()), "every key has help text"
+
+
+def test_a_storage_uri_for_run_dir_is_refused_before_any_work():
+    """run.dir is written with local file APIs on every node: an s3:// path would become a local folder named
+    's3:' on each of them. A file:// URI is refused too, with the path to write instead."""
+    with pytest.raises(ConfigError, match=r"run\.dir: s3://bucket/runs/a is a s3:// URI, .* mountpoint-s3"):
+        load_config(None, ["run.dir=s3://bucket/runs/a"])
+    with pytest.raises(ConfigError, match=r"write the path itself \(/tmp/runs/a\)"):
+        load_config(None, ["run.dir=file:///tmp/runs/a"])
+    assert load_config(None, ["run.dir=/mnt/shared/runs/a"]).run.dir == "/mnt/shared/runs/a"

@@ -41,6 +41,7 @@ def test_a_good_sweep_loads_and_builds_trial_configs(tmp_path, repo_root):
         ({"num_samples": 0}, "num_samples: expected a positive integer"),
         ({"base": "nope.yaml"}, "base: config file not found: nope.yaml"),
         ({"bogus": 1}, "unknown key(s) ['bogus']"),
+        ({"dir": "gs://bucket/sweeps/a"}, "dir: gs://bucket/sweeps/a is a gs:// URI"),
         ({"overrides": {"data.val": None}, "metric": "val/psnr"}, "needs validation shards (data.val)"),
     ],
 )

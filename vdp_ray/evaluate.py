@@ -20,8 +20,8 @@ import torch
 
 from .metrics import BASELINES, baselines, psnr, ssim
 from .options import REQUIRED, arg
-from .pixels import clips_to_model, clips_to_uint8
-from .vocab import SAMPLERS
+from .pixels import clips_to_model, clips_to_uint8, to_model_range
+from .vocab import INFERENCE_PRECISIONS, SAMPLERS
 
 KEEP_CLIPS = 4  # predictions kept for the GIF and the strip
 SAMPLING = "sampling (defaults: the export's sampling.* settings)"
@@ -48,7 +48,9 @@ class EvalOptions:
     steps: int | None = arg(None, "sampling steps (e.g. 1000 for ddpm, 50 ddim, 20 dpm++)", group=SAMPLING)
     guidance: float | None = arg(None, "classifier-free guidance on the context (1 = off)", group=SAMPLING)
     seed: int = arg(0, "noise seed (same seed, same frames)", group=SAMPLING)
-    device: str = arg("auto", "auto (CUDA if present), cpu, cuda, cuda:1 ...", group=SAMPLING)
+    device: str = arg("auto", "auto (a GPU per actor when the Ray cluster has GPUs), cpu, cuda", group=SAMPLING)
+    precision: str = arg("auto", "auto (the export's training precision on GPUs, fp32 on CPUs), fp16, bf16, fp32",
+                         choices=INFERENCE_PRECISIONS, group=SAMPLING)  # fmt: skip
 
     def sampling(self) -> dict:
         return {"sampler": self.sampler, "steps": self.steps, "guidance": self.guidance}
@@ -70,19 +72,20 @@ class ClipScorer:
         samples: int,
         sample_kw: dict,
         seed: int,
-        device: str = "auto",
+        device: str = "cpu",
         threads: int = 1,
+        precision: str = "auto",
     ):
         from .predict import Predictor
 
-        if threads and not torch.cuda.is_available():
+        if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.p = Predictor.from_export(checkpoint, device=device)
+        self.p = Predictor.from_export(checkpoint, device=device, precision=precision)
         self.context, self.future, self.samples = context, future, samples
         self.sample_kw, self.seed = sample_kw, seed
 
     def __call__(self, batch: dict) -> dict:
-        clips = torch.from_numpy(np.array(batch["clip"], np.float32))  # (B, C, T, H, W) in [-1, 1]; a writable copy
+        clips = to_model_range(np.array(batch["clip"]))  # uint8 (B, C, T, H, W) -> float in [-1, 1]
         k, f = self.context, self.future
         u8 = clips_to_uint8(clips)  # (B, T, H, W, C)
         ctx, truth = clips[:, :, :k], clips[:, :, k : k + f]
@@ -175,7 +178,7 @@ def evaluate(opts: EvalOptions) -> dict:
     """Run the protocol; returns the metrics dict (and writes metrics.json, curve and previews to opts.out)."""
     from .data.pipeline import clip_dataset
     from .progress import Progress
-    from .raytools import init_ray
+    from .raytools import PlacementError, cluster_has_gpus, gpu_placement, init_ray
 
     pl = plan(opts)
     init_ray(num_cpus=max(2, math.ceil(opts.workers * opts.cpus_per_worker) + 1))
@@ -187,14 +190,17 @@ def evaluate(opts: EvalOptions) -> dict:
     total = ray.cluster_resources().get("CPU", 1.0)
     reserve = min(opts.cpus_per_worker, max(0.25, (total - 1) / opts.workers))
     DataContext.get_current().execution_options.preserve_order = True  # fixed batches: the same numbers each run
-    gpu = torch.cuda.is_available() and opts.device != "cpu"
+    try:  # decided from the cluster (the driver may be a head node without a GPU), and reserved where used
+        device, gpus = gpu_placement(opts.device, None, cluster_has_gpus)
+    except PlacementError as exc:
+        raise EvaluationError(str(exc)) from None
     scorer = {"checkpoint": str(opts.checkpoint), "context": pl.context, "future": pl.future,
-              "samples": opts.samples, "sample_kw": opts.sampling(), "seed": opts.seed, "device": opts.device,
-              "threads": int(max(1, opts.cpus_per_worker))}  # fmt: skip
+              "samples": opts.samples, "sample_kw": opts.sampling(), "seed": opts.seed, "device": device,
+              "threads": int(max(1, opts.cpus_per_worker)), "precision": opts.precision}  # fmt: skip
     ds = clip_dataset(pl.paths, pl.data_cfg, train=False).limit(opts.clips)
     ds = ds.map_batches(ClipScorer, fn_constructor_kwargs=scorer, batch_size=opts.batch_size, batch_format="numpy",
                         compute=ActorPoolStrategy(size=opts.workers), num_cpus=reserve,
-                        num_gpus=1 if gpu else 0)  # fmt: skip
+                        num_gpus=gpus)  # fmt: skip
     rows: dict[str, list] = {}
     kept: list[tuple] = []
     start, bar = time.perf_counter(), Progress(opts.clips, "clips evaluated")
@@ -210,6 +216,7 @@ def evaluate(opts: EvalOptions) -> dict:
         raise EvaluationError(f"--shards {opts.shards}: no clips with {pl.context + pl.future} frames to evaluate")
     cols = {key: np.concatenate(v) for key, v in rows.items()}
     metrics = summarize(cols, pl, opts, time.perf_counter() - start)
+    metrics["protocol"].update({"device": device, "gpus_per_actor": gpus, "precision": opts.precision})
     if opts.out:
         write_outputs(Path(opts.out), metrics, kept)
     return metrics

@@ -17,6 +17,8 @@ imported where tensors are made.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .config.sampling import SettingError
 
 
@@ -36,6 +38,22 @@ def latent_frames(frames: int, tc: int, what: str = "frames") -> int:
 def whole_frames(frames: int, tc: int) -> int:
     """``frames`` rounded down to whole latent frames (in pixel frames)."""
     return frames // tc * tc
+
+
+@dataclass(frozen=True)
+class LatentBatch:
+    """A batch of posteriors read from latent shards (`vdp encode`), on a device: ``encode`` samples latents from
+    them as it would from the encoder's."""
+
+    mean: object  # torch (N, C, t, h, w), unscaled (the VAE's own units)
+    std: object
+
+    @property
+    def shape(self):
+        return self.mean.shape
+
+    def __getitem__(self, index) -> LatentBatch:
+        return LatentBatch(self.mean[index], self.std[index])
 
 
 class LatentSpace:
@@ -107,6 +125,9 @@ class LatentSpace:
         from the cache when there is one, a fresh sample at every use)."""
         import torch
 
+        if isinstance(clips, LatentBatch):  # posteriors from `vdp encode` shards: no encoder pass
+            latents = clips.mean + clips.std * torch.randn_like(clips.std) if sample else clips.mean
+            return latents * self.scale
         if self.vae is None:
             return clips
         with torch.no_grad():
@@ -115,7 +136,13 @@ class LatentSpace:
             if self.cache is None:
                 return self.vae.encode(clips).sample() * self.scale
             mean, std = self.cache.posterior(self.vae.encode, clips)
-            return (mean + std * torch.randn(mean.shape, dtype=mean.dtype).to(mean.device)) * self.scale
+            return (mean + std * torch.randn_like(mean)) * self.scale  # drawn where the latents are
+
+    def pixels(self, clips):
+        """Pixel clips as they are, or the decoded mode of a LatentBatch (what previews show and score)."""
+        if not isinstance(clips, LatentBatch):
+            return clips.float()
+        return self.decode(clips.mean * self.scale).clamp(-1, 1)
 
     def decode(self, latents):
         """Scaled latents -> clips (float32, not clamped)."""

@@ -24,6 +24,7 @@ from .diffusion import Condition, GaussianDiffusion, interpolation_mask, sample
 from .export import WEIGHTS, Export
 from .latent import LatentFrameError, LatentSpace
 from .pixels import clips_to_model, clips_to_uint8, fit_frames
+from .vocab import INFERENCE_PRECISIONS
 
 
 class PredictError(ValueError):
@@ -39,10 +40,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def inference_precision(trained: str, device: torch.device, requested: str = "auto") -> tuple[str, torch.dtype | None]:
+    """The precision a Predictor samples in and the autocast dtype it means (None: plain fp32). ``auto``: on CUDA
+    the export's training precision (a bf16 model in bf16, fp16 in fp16, fp32 in fp32 with TF32), on CPUs
+    fp32 (half-precision autocast is slower there); bf16 on a GPU without it becomes fp16."""
+    if requested not in INFERENCE_PRECISIONS:
+        raise PredictError(f"precision {requested!r}: expected one of {', '.join(INFERENCE_PRECISIONS)}")
+    precision = requested
+    if requested == "auto":
+        precision = trained if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        precision = "fp16"
+    return precision, {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+
 class Predictor:
     """An export (EMA weights, config, latent space, text encoder) on a device, ready to sample."""
 
-    def __init__(self, export: Export, device: str | torch.device = "auto", half: bool | None = None):
+    def __init__(self, export: Export, device: str | torch.device = "auto", precision: str = "auto"):
         if export.stage == "vae":
             raise PredictError(f"{export.directory}: a VAE export; predicting needs a denoiser export (unet3d or dit)")
         self.export = export
@@ -63,11 +78,12 @@ class Predictor:
             except TextError as exc:
                 raise PredictError(f"{export.directory}: a text-conditioned model: {exc}") from None
             self.text = TextConditioner.of_encoder(self.text_encoder)
-        # fp16 autocast on CUDA unless told otherwise; CPUs run fp32
-        self.half = (self.device.type == "cuda") if half is None else bool(half and self.device.type == "cuda")
+        self.precision, self.autocast_dtype = inference_precision(cfg.train.precision, self.device, precision)
+        if self.device.type == "cuda":  # the fp32 parts (and an fp32 model) on tensor cores
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     @classmethod
-    def from_export(cls, path: str | Path, device: str | torch.device = "auto", half: bool | None = None) -> Predictor:
+    def from_export(cls, path: str | Path, device: str | torch.device = "auto", precision: str = "auto") -> Predictor:
         path = Path(path)
         if not path.exists():
             raise PredictError(f"--checkpoint {path}: no such export folder")
@@ -75,7 +91,7 @@ class Predictor:
             export = Export(path)
         except FileNotFoundError as e:
             raise PredictError(str(e)) from None
-        return cls(export, device, half)
+        return cls(export, device, precision)
 
     # ------------------------------------------------------------------------------------------- facts
     @property
@@ -143,6 +159,8 @@ class Predictor:
             "num_timesteps": self.diffusion.num_timesteps,
             "steps": self.export.meta.get("steps"),
             "text": self.text is not None,
+            "device": str(self.device),
+            "precision": self.precision,
             "defaults": defaults,
         }
 
@@ -211,7 +229,7 @@ class Predictor:
         n, c, _, h, w = a.shape
         filler = torch.zeros(n, c, num_between, h, w, device=a.device)
         latent = self.latent.encode(torch.cat([a, filler, b], dim=2))
-        cond = Condition(latent, interpolation_mask(n, latent.shape[2], device=self.device))
+        cond = Condition(latent, interpolation_mask(n, latent.shape[2], device=self.device), any_given=True)
         out = self.latent.decode(self._sample(latent.shape, cond, generator, **kw))
         return self._out(out[:, :, self.tc : self.tc + num_between], batched)
 
@@ -246,7 +264,8 @@ class Predictor:
             raise PredictError(str(exc)) from None
         if prompts is not None:
             cond.model_kwargs, cond.null_kwargs = self.text(prompts, self.device)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
+        dtype = self.autocast_dtype
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with autocast:
             out = sample(self.model, self.diffusion, tuple(shape), cond, settings, init=init, strength=strength,
                          generator=generator, device=self.device, progress=progress)  # fmt: skip

@@ -29,3 +29,44 @@ def quiet_ray_data() -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+
+
+def cluster_has_gpus() -> bool | None:
+    """Whether work can get a GPU on the connected cluster: GPUs there now, or GPU nodes its autoscaler can
+    start (a GPU group scaled to zero has none now). Decided from the cluster, never from the machine the
+    driver runs on (a head node often has no GPU). None when no Ray is connected (nothing to ask)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        return True
+    try:  # the autoscaler's node groups (Ray's own Data autoscaler reads them the same way)
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # no autoscaler (a local Ray), or another Ray version's layout: what is there now
+        return False
+    return most.get("GPU", 0) > 0
+
+
+class PlacementError(ValueError):
+    """A device that the cluster cannot give; the message names the option."""
+
+
+def gpu_placement(device: str, gpus: float | None, has_gpus, option: str = "--device") -> tuple[str, float]:
+    """Where a Ray actor runs a model, as (the device it uses, the GPUs it reserves): a GPU is used only when
+    reserved, and reserved only when used. ``device``: auto, cpu, cuda or cuda:N; ``gpus``: the GPUs per actor
+    asked for (None: 1 when it runs on CUDA); ``has_gpus``: ``cluster_has_gpus`` (called only when the answer
+    matters; None from it: unknown, so auto means CPU and an explicit GPU request is trusted)."""
+    if device == "cpu":
+        if gpus:
+            raise PlacementError(f"{option} cpu: a GPU reservation ({gpus:g}) would sit idle; drop one of them")
+        return "cpu", 0.0
+    available = has_gpus()
+    wants_gpu = device.startswith("cuda") or bool(gpus) or (device == "auto" and bool(available))
+    if not wants_gpu:
+        return "cpu", 0.0
+    if available is False:
+        raise PlacementError(f"{option} {device}: the Ray cluster has no GPUs (and no GPU nodes it can start)")
+    return ("cuda" if device == "auto" else device), float(gpus or 1.0)

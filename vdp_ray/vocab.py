@@ -17,6 +17,7 @@ TASKS = ("predict", "generate", "interpolate", "refine")
 FAMILIES = ("unet3d", "dit")  # denoisers
 STAGES = ("vae", "dit", "unet3d")  # what `train.stages` may hold
 PRECISIONS = ("fp16", "bf16", "fp32")
+INFERENCE_PRECISIONS = ("auto", *PRECISIONS)  # auto: the export's training precision on CUDA, fp32 on CPUs
 
 # --- data
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")

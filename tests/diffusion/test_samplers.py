@@ -116,6 +116,27 @@ def test_given_frames_come_back_unchanged_and_seeds_reproduce(sampler):
     assert not torch.equal(x, run(1))
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm++"])
+def test_the_sampler_state_stays_fp32_when_the_network_answers_in_half(sampler):
+    """Under autocast (the Predictor on a GPU) the network answers in fp16/bf16: the state, the schedule's
+    arithmetic and the returned clip stay fp32, and match an fp32 network to half precision."""
+    d = GaussianDiffusion("cosine", 1000, "v")
+    context = torch.rand(2, 2, 6, 4, 4) * 2 - 1
+    oracle = GaussianOracle(d, MU, S)
+    cond = Condition.first_frames(context[:, :, :2], 6)
+
+    def run(net):
+        return sample(net, d, context.shape, cond, settings(sampler=sampler, steps=8),
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+
+    def half(x, t, m):
+        return oracle(x, t, m).to(torch.bfloat16)
+
+    out, ref = run(half), run(oracle)
+    assert out.dtype == torch.float32 and torch.equal(out[:, :, :2], context[:, :, :2])
+    assert (out - ref).abs().max() < 0.1
+
+
 class Recorder:
     """A linear network that records what it is asked, to check conditioning and guidance wiring."""
 

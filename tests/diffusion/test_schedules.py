@@ -56,3 +56,39 @@ def test_per_frame_timesteps_noise_each_frame_at_its_level():
     for f in range(3):
         ab = d.alpha_bar[t[0, f]].item()
         assert xt[:, :, f].mean().item() == pytest.approx(math.sqrt(ab), abs=0.02)
+
+
+def test_half_precision_inputs_are_noised_in_fp32_at_small_timesteps():
+    """In fp16, alpha_bar rounds to 1 for t <= 3 (no noise at all) and is off by up to 25% in (1 - alpha_bar) up
+    to t ~ 15: the forward process, the targets and the weights are computed in fp32 whatever the inputs."""
+    d = GaussianDiffusion("cosine", 1000, "v", min_snr_gamma=5.0)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(21, 2, 3, 4, 4, generator=g).half()
+    noise = torch.randn(x0.shape, generator=g).half()
+    t = torch.arange(21)
+    ab = d.alpha_bar_at(t, x0)
+    assert ab.dtype == torch.float32 and (ab[:4] < 1).all()
+    reference = (
+        d.alpha_bar[t].sqrt().view(-1, 1, 1, 1, 1) * x0.double()
+        + (1 - d.alpha_bar[t]).sqrt().view(-1, 1, 1, 1, 1) * noise.double()
+    )
+    xt = d.q_sample(x0, t, noise)
+    assert xt.dtype == torch.float32
+    torch.testing.assert_close(xt.double(), reference, rtol=1e-5, atol=1e-5)  # fp32 rounding; fp16 is ~1e-3
+    assert ((xt.double() - x0.double()).abs().amax(dim=(1, 2, 3, 4)) > 0).all(), "noise at every t, t = 0 included"
+    seen = {}
+
+    def net(x, tt, mask):
+        seen.update(x=x.dtype, t=tt.dtype)
+        return torch.zeros_like(x)
+
+    mask = torch.zeros(21, 3, dtype=torch.bool)
+    out = d.training_losses(net, x0, mask, t=t, noise=noise, dtype=torch.float16)
+    assert seen == {"x": torch.float16, "t": torch.float32} and out["loss"].dtype == torch.float32
+    # the v target at these levels, from the fp32 reference: what the zero network is scored against
+    v = (
+        d.alpha_bar[t].sqrt().view(-1, 1, 1, 1, 1) * noise.double()
+        - (1 - d.alpha_bar[t]).sqrt().view(-1, 1, 1, 1, 1) * x0.double()
+    )
+    torch.testing.assert_close(out["per_frame"].double(), v.pow(2).transpose(1, 2).flatten(2).mean(-1), rtol=1e-5,
+                               atol=1e-6)  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 
 from vdp_ray.cli import main
 from vdp_ray.data.shards import ShardOptions, shard
-from vdp_ray.evaluate import EvalOptions, evaluate
+from vdp_ray.evaluate import EvalOptions, EvaluationError, evaluate
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -56,6 +56,7 @@ def test_evaluate_scores_model_and_baselines(unet_export, shards, tmp_path):
     pr = m["protocol"]
     assert (pr["context"], pr["future"], pr["clips"], pr["samples_per_clip"], pr["steps"]) == (2, 4, 7, 2, 2)
     assert pr["resolution"] == [16, 16] and pr["sampler"] == "ddim"
+    assert (pr["device"], pr["gpus_per_actor"]) == ("cpu", 0.0), "a GPU-less cluster: CPU actors, nothing reserved"
     assert len(m["per_frame"]["psnr"]) == 4 and set(m["baseline"]) == {"copy_last", "context_mean", "blank"}
     assert m["best_of"]["k"] == 2 and m["best_of"]["psnr"] >= m["psnr"]
     best = max(m["baseline"].values(), key=lambda b: b["psnr"])
@@ -126,3 +127,9 @@ def test_cli_prints_the_table(unet_export, shards, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "| copy_last" in out and "| gain over best |" in out
+
+
+def test_asking_for_a_gpu_on_a_cluster_without_one_is_refused_naming_the_option(unet_export, shards):
+    with pytest.raises(EvaluationError, match="--device cuda: the Ray cluster has no GPUs"):
+        evaluate(EvalOptions(checkpoint=str(unet_export), shards=str(shards), context=2, future=4, clips=2,
+                             device="cuda"))  # fmt: skip

@@ -29,6 +29,8 @@ def test_cluster_serve_config_validates_and_builds(monkeypatch):
     app = schema.applications[0]
     assert app.import_path == "vdp_ray.serve.app:app_builder"
     monkeypatch.setenv(app.args["api_key_env"], "k")
+    # built as on the GPU cluster it is written for (a GPU reservation is refused where there are none)
+    monkeypatch.setattr("vdp_ray.serve.options.cluster_has_gpus", lambda: True)
     built = app_builder(app.args)
     assert type(built).__name__ == "Application"
 

@@ -4,12 +4,13 @@ import torch
 
 from vdp_ray.config import load_config
 from vdp_ray.train.ema import EMA
-from vdp_ray.train.engine import deepspeed_config, resolve_precision, stage_settings
+from vdp_ray.train.engine import build_engine, deepspeed_config, resolve_precision, stage_settings
 
 
-def test_fp16_falls_back_on_a_cpu_without_it():
+def test_fp16_falls_back_to_fp32_on_every_cpu():
+    """Even where DeepSpeed accepts fp16 on a CPU (AVX512-FP16 / AMX), it is far slower there than fp32."""
     precision, note = resolve_precision("fp16", "cpu")
-    assert precision == "fp32" and "fp16 is not supported" in note
+    assert precision == "fp32" and "fp16 is a GPU precision" in note
     assert resolve_precision("fp32", "cpu") == ("fp32", None)
 
 
@@ -22,6 +23,13 @@ def test_deepspeed_config_follows_ours():
     assert ds["fp16"]["enabled"] and ds["fp16"]["loss_scale"] == 0, "dynamic loss scaling"
     assert ds["optimizer"]["params"]["torch_adam"] is True and ds["optimizer"]["params"]["lr"] == 3e-4
     assert ds["scheduler"]["params"]["warmup_num_steps"] == 49, "warm-up shorter than the run"
+    zero = ds["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 200_000_000 and zero["overlap_comm"], "no size given: the largest buckets"
+    sized = deepspeed_config(cfg, "unet3d", world_size=4, precision="bf16", num_params=160_000_000, overlap=True)
+    z = sized["zero_optimization"]  # about 8 buckets per backward pass, so the reduction overlaps it
+    assert z["reduce_bucket_size"] == z["allgather_bucket_size"] == 20_000_000 and z["overlap_comm"]
+    small = deepspeed_config(cfg, "unet3d", world_size=1, precision="fp32", num_params=1_000)["zero_optimization"]
+    assert small["reduce_bucket_size"] == 2_000_000 and not small["overlap_comm"]
     vae = deepspeed_config(cfg, "vae", world_size=1, precision="bf16")
     assert (
         vae["bf16"]["enabled"]
@@ -97,7 +105,6 @@ def test_every_zero_stage_and_precision_trains_saves_and_restores_on_one_rank(on
     import deepspeed
     from support.runs import ROOT
 
-    from vdp_ray.train.loop import _update_ema
     from vdp_ray.train.stages import DiffusionStage
 
     cfg = load_config(ROOT / "experiments" / "tiny_unet.yaml", [
@@ -110,9 +117,7 @@ def test_every_zero_stage_and_precision_trains_saves_and_restores_on_one_rank(on
     def engine_for(seed: int):
         torch.manual_seed(seed)
         stage = DiffusionStage(cfg, torch.device("cpu"))
-        ema = EMA(stage.model, 0.5)  # before initialize, as the loop does: ZeRO-3 partitions the module's weights
-        ds = deepspeed_config(cfg, "unet3d", world_size=1, precision=precision)
-        engine, *_ = deepspeed.initialize(model=stage.model, model_parameters=list(stage.model.parameters()), config=ds)
+        engine, ema = build_engine(stage, cfg, "unet3d", 1, precision, deepspeed.initialize)  # as the loop builds them
         return stage, engine, ema
 
     stage, engine, ema = engine_for(0)
@@ -125,12 +130,19 @@ def test_every_zero_stage_and_precision_trains_saves_and_restores_on_one_rank(on
         loss = stage.loss(engine, clips, [""] * 2, dtype)
         engine.backward(loss)
         engine.step()
-        _update_ema(ema, engine.module, zero == 3)
+        ema.update(engine.module)
         losses.append(loss.float().item())
     assert all(np.isfinite(losses)) and np.mean(losses[-2:]) < np.mean(losses[:2]), losses
     trained = _weights(engine, zero == 3)
     assert any(not torch.equal(initial[k], trained[k]) for k in trained)
-    assert ema.updates == 8 and all(v.dtype == torch.float32 for v in ema.state_dict().values())
+    averaged = ema.state_dict()  # under ZeRO-3 gathered from this rank's partitions
+    assert ema.updates == 8 and all(v.dtype == torch.float32 for v in averaged.values())
+    assert {k: v.shape for k, v in averaged.items()} == {k: v.shape for k, v in trained.items()}
+    moved = [k for k in trained if trained[k].dtype.is_floating_point and not torch.equal(initial[k], trained[k])]
+    for k in moved:  # between the initial and the trained weights, nearer the trained (decay <= 0.47 here)
+        assert (averaged[k] - trained[k]).norm() < (initial[k] - trained[k]).norm(), k
+    ema.load(averaged, ema.updates)
+    assert all(torch.equal(ema.state_dict()[k], averaged[k]) for k in averaged)
     engine.save_checkpoint(str(tmp_path), tag="ds")
 
     _, other, _ = engine_for(1)
@@ -138,3 +150,113 @@ def test_every_zero_stage_and_precision_trains_saves_and_restores_on_one_rank(on
     other.load_checkpoint(str(tmp_path), tag="ds", load_module_strict=True)
     restored = _weights(other, zero == 3)
     assert all(torch.equal(restored[k], trained[k]) for k in trained)
+
+
+class _Lines:
+    def __init__(self):
+        self.lines = []
+
+    def line(self, text):
+        self.lines.append(text)
+
+
+@pytest.mark.parametrize("zero", [1, 2, 3])
+def test_a_checkpoint_of_another_worker_count_resumes_into_the_optimizers_fp32_weights(one_rank, zero, tmp_path):
+    """ZeRO's optimizer state cannot be re-partitioned for another worker count: the weights are loaded into the
+    module and into the optimizer's fp32 master copy (which the next step writes back into the module). Without
+    the second, the first step after the resume put the initial weights back."""
+    import deepspeed
+    from support.runs import ROOT
+
+    from vdp_ray.train.checkpoint import DS_TAG, _load_engine
+    from vdp_ray.train.stages import DiffusionStage
+
+    cfg = load_config(ROOT / "experiments" / "tiny_unet.yaml", [
+        f"train.zero_stage={zero}", "train.precision=fp32", "train.batch_size=2", "train.lr=1e-3",
+        "train.warmup_steps=1", "train.max_steps=8", "train.weight_decay=0",
+    ])  # fmt: skip
+    d = cfg.data
+    clips = torch.rand(2, d.channels, d.frames, *d.size) * 2 - 1
+
+    def engine_for(seed: int):
+        torch.manual_seed(seed)
+        stage = DiffusionStage(cfg, torch.device("cpu"))
+        return stage, build_engine(stage, cfg, "unet3d", 1, "fp32", deepspeed.initialize)[0]
+
+    stage, engine = engine_for(0)
+    for _ in range(2):
+        engine.backward(stage.loss(engine, clips, [""] * 2, torch.float32))
+        engine.step()
+    trained = _weights(engine, zero == 3)
+    engine.save_checkpoint(str(tmp_path), tag=DS_TAG)
+
+    stage, other = engine_for(1)
+    log = _Lines()
+    _load_engine(other, tmp_path, {"world_size": 2}, cfg, world=1, step=2, log=log)  # "written by 2 workers"
+    assert "written by 2 worker(s), resuming on 1" in log.lines[0]
+    assert all(torch.equal(_weights(other, zero == 3)[k], trained[k]) for k in trained)
+    other.backward(stage.loss(other, clips, [""] * 2, torch.float32) * 0.0)  # a step that changes nothing...
+    other.step()
+    after = _weights(other, zero == 3)
+    assert all(torch.allclose(after[k], trained[k], atol=1e-6) for k in trained), "...keeps the resumed weights"
+
+
+def test_a_resumed_rank_continues_its_own_streams_and_ranks_draw_apart(tmp_path):
+    """Every stream a rank draws from (CPU torch, NumPy, Python; CUDA on a GPU: `make gpu-check`) goes through a
+    checkpoint: after the resume each rank draws exactly what it would have drawn uninterrupted, although every
+    rank first seeds the same run seed (identical initial weights), and two ranks never draw alike."""
+    import random
+
+    from vdp_ray.train.randomness import rng_state, seed_rank, set_rng_state
+
+    def draws():
+        return [torch.randn(4), torch.randint(0, 1000, (3,)), torch.from_numpy(np.random.rand(2)),
+                torch.tensor(random.random())]  # fmt: skip
+
+    uninterrupted = {}
+    for rank in (0, 1):
+        seed_rank(7, rank)
+        draws()  # some steps
+        torch.save(rng_state(torch.device("cpu")), tmp_path / f"rng_rank{rank}.pt")
+        uninterrupted[rank] = draws()
+    for rank in (0, 1):
+        torch.manual_seed(7)  # what every rank does before building the network
+        set_rng_state(torch.load(tmp_path / f"rng_rank{rank}.pt", weights_only=True), torch.device("cpu"))
+        assert all(torch.equal(a, b) for a, b in zip(draws(), uninterrupted[rank], strict=True))
+    assert not any(torch.equal(a, b) for a, b in zip(uninterrupted[0], uninterrupted[1], strict=True))
+    seed_rank(7, 2, step=14)  # a rank the checkpoint had no state for (the run grew): a stream of its own
+    grown = draws()
+    assert not any(torch.equal(a, b) for r in (0, 1) for a, b in zip(grown, uninterrupted[r], strict=True))
+
+
+def test_a_non_finite_loss_stops_fp16_the_same_clean_way(one_rank, tmp_path):
+    """fp16's loss scaler deals with overflowing gradients, not with a loss that is inf/NaN already: the step
+    stops before the update with a status the driver reads, in fp16 as in fp32/bf16. (The engine is fp32: a
+    CPU may lack fp16; the decision is the loop's.)"""
+    import deepspeed
+    from support.runs import ROOT
+
+    from vdp_ray.train import faults
+    from vdp_ray.train.loop import Preview, Window, Worker, _optimizer_step
+    from vdp_ray.train.runlog import RankZeroLog
+    from vdp_ray.train.stages import DiffusionStage
+
+    cfg = load_config(
+        ROOT / "experiments" / "tiny_unet.yaml",
+        ["train.batch_size=2", "train.fault=nan", "train.fault_step=1", "train.grad_accum=2"],
+    )
+    stage = DiffusionStage(cfg, torch.device("cpu"))
+    engine, ema = build_engine(stage, cfg, "unet3d", 1, "fp32", deepspeed.initialize)
+    log = RankZeroLog(tmp_path, "unet3d", 0)
+    w = Worker(cfg, "unet3d", tmp_path, 0, 1, torch.device("cpu"), "fp16", torch.float32, log, stage, ema, engine, 2,
+               8)  # fmt: skip
+    d = cfg.data
+    batch = {"clip": torch.rand(2, d.channels, d.frames, *d.size) * 2 - 1, "caption": ["", ""]}
+    before = _weights(engine, False)
+    assert _optimizer_step(w, iter([(0, batch)] * 2), Window(), Preview(stage, ema, w.device), step=0) is None
+    status = (tmp_path / "logs" / "unet3d-status.json").read_text()
+    assert "non-finite loss at step 1 of the unet3d stage" in status
+    assert all(torch.equal(v, before[k]) for k, v in _weights(engine, False).items()), "no update was made"
+    # and DeepSpeed's own end of a diverged fp16 run is recognised, not re-raised as a crash
+    exhausted = Exception("Current loss scale already at minimum - cannot decrease scale anymore. Exiting run.")
+    assert faults.is_loss_scale_exhausted(exhausted) and not faults.is_loss_scale_exhausted(ValueError("shape"))

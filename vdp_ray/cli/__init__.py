@@ -26,6 +26,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "HTTP API + browser page for an export (Ray Serve): predict, generate, interpolate, refine"),
     "export": ("train", "make an export (EMA weights + config) from a training checkpoint"),
     "models": ("train", "parameter counts and forward FLOPs of every model preset"),
+    "encode": (
+        "data",
+        "clip shards -> latent shards of a trained VAE (Ray Data, a GPU actor pool where there are GPUs)",
+    ),
     "encode-text": ("data", "caption embeddings of shards with a local text encoder (Ray Data), stored beside them"),
     "keys": ("train", "every config key with its type, default and meaning"),
 }

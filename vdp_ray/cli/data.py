@@ -1,9 +1,11 @@
-"""The data verbs: `vdp shard` (its parser generated from ``ShardOptions``) and `vdp encode-text`."""
+"""The data verbs: `vdp shard` (its parser generated from ``ShardOptions``), `vdp encode` (``EncodeOptions``) and
+`vdp encode-text`."""
 
 from __future__ import annotations
 
 import sys
 
+from ..data.latent_shards import EncodeOptions
 from ..data.shards import ShardOptions
 from ..options import declare, from_args
 
@@ -71,4 +73,31 @@ def run_encode_text(args) -> int:
     return 0
 
 
-PARSERS = {"shard": add_shard, "encode-text": add_encode_text}
+def add_encode(p) -> None:
+    declare(
+        p,
+        EncodeOptions,
+        run_encode,
+        "Encode clip shards once with a trained VAE export into latent shards (the posterior's mean and std in "
+        "fp16, with a manifest naming the VAE): Ray Data decodes on CPU tasks and runs the encoder in an actor "
+        "pool, a GPU each where the cluster has them. A DiT trains from them with data.train=OUT/train and "
+        "vae.export=VAE, without running the encoder at every step.",
+    )
+
+
+def run_encode(args) -> int:
+    from ..data.latent_shards import encode_latents
+    from ..data.shards import ShardError
+
+    opts = from_args(EncodeOptions, args)
+    try:
+        summary = encode_latents(opts, log=lambda line: print(line, file=sys.stderr))
+    except ShardError as exc:
+        print(f"vdp encode: error: {exc}", file=sys.stderr)
+        return 2
+    splits = ", ".join(f"{name} {s['clips']} clips" for name, s in summary["splits"].items())
+    print(f"wrote latent shards ({splits}) of VAE {summary['vae_id']} to {opts.out} on {summary['device']}")
+    return 0
+
+
+PARSERS = {"shard": add_shard, "encode": add_encode, "encode-text": add_encode_text}

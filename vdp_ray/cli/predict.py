@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..options import REQUIRED, OptionError, arg, declare, from_args
-from ..vocab import SAMPLERS, TASKS, VIDEO_OUTPUTS
+from ..vocab import INFERENCE_PRECISIONS, SAMPLERS, TASKS, VIDEO_OUTPUTS
 
 SAMPLING = "sampling (defaults: the export's sampling.* settings)"
 
@@ -39,6 +39,8 @@ class PredictOptions:
     guidance: float | None = arg(None, "classifier-free guidance on the context (1 = off)", group=SAMPLING)
     seed: int = arg(0, "noise seed (same seed, same frames)", group=SAMPLING)
     device: str = arg("auto", "auto (CUDA if present), cpu, cuda, cuda:1 ...", group=SAMPLING)
+    precision: str = arg("auto", "auto (the export's training precision on CUDA, fp32 on CPUs), fp16, bf16, fp32",
+                         choices=INFERENCE_PRECISIONS, group=SAMPLING)  # fmt: skip
 
     def check(self) -> None:
         if Path(self.out).suffix.lower() not in VIDEO_OUTPUTS:
@@ -86,7 +88,7 @@ def predict(o: PredictOptions) -> list[str]:
     from ..progress import Progress
 
     o.check()
-    p = Predictor.from_export(o.checkpoint, device=o.device)
+    p = Predictor.from_export(o.checkpoint, device=o.device, precision=o.precision)
     kw = {"sampler": o.sampler, "steps": o.steps, "guidance": o.guidance, "seed": o.seed}
     if o.prompt is not None or o.text_guidance is not None:
         if p.text is None:

@@ -12,7 +12,27 @@ from ..vocab import STAGES
 from .fields import ConfigError
 
 
+def shared_folder_error(value: str, name: str) -> str | None:
+    """Why ``value`` cannot be a run's (or a sweep's) folder, or None. Every node reads and writes it with local
+    file APIs (DeepSpeed's checkpoint files, the run log, TensorBoard, exports): a storage URI would silently
+    become a local folder of that name on each node, so it is refused before any work."""
+    if "://" not in str(value):
+        return None
+    scheme = str(value).split("://", 1)[0]
+    local = str(value).split("://", 1)[1] if scheme == "file" else None
+    hint = (f"write the path itself ({local})" if local else
+            "give a path on a file system every node mounts (NFS, EFS, Filestore, Lustre, or the bucket through "
+            "a FUSE mount such as mountpoint-s3 or gcsfuse); shards may stay in the bucket (data.train)")  # fmt: skip
+    return (
+        f"{name}: {value} is a {scheme}:// URI, but checkpoints, logs and exports are written with local file "
+        f"APIs on every node: {hint}"
+    )
+
+
 def validate(cfg) -> None:
+    error = shared_folder_error(cfg.run.dir, "run.dir")
+    if error:
+        raise ConfigError(error)
     _check_training(cfg)
     _check_diffusion(cfg)
     if cfg.model.family == "unet3d":

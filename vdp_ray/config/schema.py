@@ -26,7 +26,8 @@ from .sampling import SamplingConfig
 @dataclass(frozen=True)
 class RunConfig:
     name: str = opt("vdp", "Run name, used in logs and as the Ray Train run name.")
-    dir: str = opt("runs/vdp", "Run folder (local path or storage URI): config, logs, checkpoints, export.")
+    dir: str = opt("runs/vdp", "Run folder: config, logs, checkpoints, export. On a cluster, a path every node "
+                   "sees (a shared file system); storage URIs are refused.")  # fmt: skip
     seed: int = opt(0, "Seed for weights, data order, masks and noise.", ge=0)
 
 
@@ -176,8 +177,9 @@ class TrainConfig:
     gpus_per_worker: float = opt(1.0, "GPUs per worker when training on GPUs.", ge=0.0)
     batch_size: int = opt(8, "Clips per worker per step (micro-batch).", ge=1)
     grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", ge=1)
-    latent_cache_mb: float = opt(1024, "Memory per worker (MiB) for the frozen VAE's posterior of clips seen "
-                                 "(DiT stage: each clip is encoded once); 0: encode every step.", ge=0)  # fmt: skip
+    latent_cache_mb: float = opt(1024, "Memory per CPU worker (MiB) for the frozen VAE's posterior of clips seen "
+                                 "(DiT stage: each clip is encoded once); 0: encode every step. GPU workers "
+                                 "encode every step (or train from `vdp encode` latent shards).", ge=0)  # fmt: skip
     max_steps: int = opt(1000, "Optimizer steps per stage.", ge=1)
     max_minutes: float | None = opt(
         None, "Wall-clock cap per stage: stop (checkpoint and export) at the first step past it. Unset = none.", gt=0.0
@@ -190,6 +192,11 @@ class TrainConfig:
     precision: str = opt("fp16", "fp16 on GPUs (falls back on CPUs without fp16), bf16 or fp32.", choices=PRECISIONS)
     zero_stage: int = opt(1, "DeepSpeed ZeRO stage.", choices=(0, 1, 2, 3))
     ema_decay: float = opt(0.999, "EMA decay of the exported weights.", ge=0.0, lt=1.0)
+    tf32: bool = opt(True, "CUDA: TF32 for fp32 matmuls and convolutions (Ampere and later; no effect on CPUs).")
+    activation_checkpointing: bool = opt(
+        False, "Recompute each transformer / U-Net block's activations in the backward pass instead of keeping "
+        "them: less memory for larger batches or clips, about a third more compute.")  # fmt: skip
+    compile: bool = opt(False, "torch.compile the network (first steps slower while it compiles; GPUs gain most).")
     log_every: int = opt(10, "Steps between logged metrics.", ge=1)
     val_every: int = opt(200, "Steps between validations.", ge=1)
     checkpoint_every: int = opt(200, "Steps between checkpoints.", ge=1)

@@ -1,8 +1,11 @@
-"""Ray Data: clip shards -> decoded, augmented float clips (C, T, H, W) in [-1, 1], streamed to training.
+"""Ray Data: clip shards -> decoded, augmented uint8 clips (C, T, H, W), streamed to training.
 
     ds = clip_dataset(cfg.data.train, cfg.data, train=True, seed=cfg.run.seed)
     for epoch, batch in epochs(ds.iterator(), batch_size=8, shuffle_buffer=256):
-        batch["clip"]  # torch float32 (B, C, T, H, W)
+        clips = to_model_range(batch["clip"].to(device))  # uint8 (B, C, T, H, W) -> float in [-1, 1] there
+
+Clips travel as uint8 through the object store and to the device (4x less than float32) and become floats
+where they are used.
 
 Reading is `read_webdataset` over an explicit sorted list of tar paths (it does not expand globs); shards
 are shuffled at the file level each epoch and clips in a local buffer by the consumer. Decoding and
@@ -18,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..pixels import crop_and_resize, match_channels, to_model_range
+from ..pixels import crop_and_resize, match_channels
 from .codec import decode_clip
+from .latent_shards import KIND as LATENTS
+from .latent_shards import decode_latents
 from .shards import MANIFEST, ShardError
 
 DECODE_BATCH = 16  # clips per map_batches call: large enough to amortise the call, small for memory
+PREFETCH = 2  # batches a consumer's iterator prepares ahead of the step that needs them
 
 
 def _is_uri(path: str) -> bool:
@@ -60,6 +66,24 @@ def _list_uri(uri: str) -> list[str]:
     return sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith(".tar"))
 
 
+def split_folders(paths: list[str]) -> list[Path]:
+    """Split folders (holding a manifest.json and shards) under the given shard roots or split folders."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            raise ShardError(f"{path}: no such shard folder")
+        top = path / MANIFEST
+        manifest = json.loads(top.read_text()) if top.is_file() else {}
+        if "splits" in manifest:
+            found += [path / s for s in manifest["splits"]]
+        elif top.is_file() or any(path.glob("*.tar")):
+            found.append(path)
+        else:
+            raise ShardError(f"{path}: not a folder written by `vdp shard` (no manifest.json or .tar shards)")
+    return found
+
+
 def run_split_folders(data_cfg) -> list[str]:
     """The split folders a run reads (training first, then validation): where their caption tables live."""
     specs = [data_cfg.train, *([data_cfg.val] if data_cfg.val else [])]
@@ -86,6 +110,8 @@ def shard_manifest(spec: str | list[str]) -> dict | None:
 def check_shards(spec: str | list[str], data_cfg) -> dict | None:
     """Fail early, before any training starts, when the shards cannot give the clips the config asks for."""
     manifest = shard_manifest(spec)
+    if manifest and manifest.get("kind") == LATENTS:
+        return manifest  # their geometry is checked against the run's VAE (latent_shards.check_latents)
     if manifest and manifest.get("shape"):
         t = manifest["shape"][0]
         if t < data_cfg.frames:
@@ -97,12 +123,16 @@ def check_shards(spec: str | list[str], data_cfg) -> dict | None:
 
 
 def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0):
-    """A Ray Dataset of {"clip": float32 (C, T, H, W) in [-1, 1], "key": str, "caption": str} rows."""
+    """A Ray Dataset of {"clip": uint8 (C, T, H, W), "key": str, "caption": str} rows."""
     import ray
     from ray.data import FileShuffleConfig
 
     paths = list_shards(spec)
     manifest = check_shards(paths, data_cfg)
+    if (manifest or {}).get("kind") == LATENTS:  # `vdp encode` output: posteriors, no decoding or augmentation
+        ds = ray.data.read_webdataset(paths, decoder=None, suffixes=["npy", "json"],
+                                      shuffle=FileShuffleConfig(seed=seed) if train else None)  # fmt: skip
+        return ds.map_batches(decode_latents, batch_size=DECODE_BATCH, batch_format="numpy")
     augment = (manifest or {}).get("augment") or {}
     hflip = data_cfg.hflip if data_cfg.hflip is not None else bool(augment.get("hflip", augment.get("flip", False)))
     crop_scale = data_cfg.crop_scale if data_cfg.crop_scale is not None else float(augment.get("crop_scale", 1.0))
@@ -128,7 +158,8 @@ def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0)
 
 
 def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, hflip: bool, crop_scale: float) -> dict:
-    """Decode, cut to T frames, match channels and size, augment; (B, C, T, H, W) float32 in [-1, 1]."""
+    """Decode, cut to T frames, match channels and size, augment; (B, C, T, H, W) uint8 (a resize rounds to the
+    nearest level, as any stored frame is)."""
     import torch
 
     rng = np.random.default_rng() if train else None
@@ -145,7 +176,7 @@ def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, 
         x = crop_and_resize(match_channels(x, channels, dim=0), size, crop_scale, rng)
         if hflip and rng.uniform() < 0.5:
             x = x.flip(-1)
-        clips.append(to_model_range(x))
+        clips.append(x.round().clamp(0, 255).to(torch.uint8))
         captions.append(_pick_caption(batch.get("json"), i, rng))
     return {"clip": torch.stack(clips).numpy(), "key": np.asarray(keys), "caption": np.asarray(captions, dtype=object)}
 
@@ -163,11 +194,13 @@ def _pick_caption(metas, i: int, rng) -> str:
 
 
 def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: bool = True,
-           max_epochs: int | None = None, start_epoch: int = 0) -> Iterator[tuple[int, dict]]:  # fmt: skip
+           max_epochs: int | None = None, start_epoch: int = 0, pin_memory: bool = False,
+           prefetch: int = PREFETCH) -> Iterator[tuple[int, dict]]:  # fmt: skip
     """Endless (epoch, batch) pairs from a Ray DataIterator (or dataset shard), reshuffled each epoch.
 
-    A batch is {"clip": torch float32 (B, C, T, H, W) on the CPU, "key": list of str, "caption": list of str
-    ("" where a clip has none)}; the caller moves the clips to its device.
+    A batch is {"clip": torch uint8 (B, C, T, H, W) on the CPU (in pinned memory with ``pin_memory``, for an
+    asynchronous copy to a GPU), "key": list of str, "caption": list of str ("" where a clip has none)}; the
+    caller moves the clips to its device and makes them floats there. ``prefetch`` batches are prepared ahead.
     """
     import torch
 
@@ -179,11 +212,15 @@ def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: boo
             batch_format="numpy",
             local_shuffle_buffer_size=shuffle_buffer or None,
             drop_last=drop_last,
+            prefetch_batches=prefetch,
         ):
             seen += 1
-            clips = torch.from_numpy(np.require(batch["clip"], requirements="W"))  # Ray hands out read-only arrays
+            name = "latent" if "latent" in batch else "clip"  # latent shards: fp16 posteriors (B, 2, C, t, h, w)
+            clips = torch.from_numpy(np.require(batch[name], requirements="W"))  # Ray hands out read-only arrays
+            if pin_memory:
+                clips = clips.pin_memory()
             captions = [str(c) for c in batch["caption"]] if "caption" in batch else [""] * len(clips)
-            yield epoch, {"clip": clips, "key": [str(k) for k in batch["key"]], "caption": captions}
+            yield epoch, {name: clips, "key": [str(k) for k in batch["key"]], "caption": captions}
         if seen == 0:
             raise ShardError(f"the dataset gave no batch of {batch_size} clips in a whole epoch: too few clips")
         epoch += 1

@@ -28,6 +28,7 @@ class Condition:
     mask: torch.Tensor | None = None
     model_kwargs: dict = field(default_factory=dict)
     null_kwargs: dict | None = None
+    any_given: bool | None = None  # whether the mask marks any frame (None: read from the mask once, on the host)
 
     def __post_init__(self):
         if self.mask is not None and self.given is None:
@@ -43,11 +44,13 @@ class Condition:
         frames[:, :, :k] = given
         mask = torch.zeros(n, num_frames, dtype=torch.bool, device=given.device)
         mask[:, :k] = True
-        return cls(frames, mask, **kwargs)
+        return cls(frames, mask, any_given=True, **kwargs)
 
     @property
     def has_frames(self) -> bool:
-        return self.mask is not None and bool(self.mask.any())
+        if self.any_given is None:  # one device sync, then known
+            self.any_given = self.mask is not None and bool(self.mask.any())
+        return self.mask is not None and self.any_given
 
     def keep_given(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the given frames put back exactly as given."""
@@ -75,7 +78,7 @@ class ConditionedDenoiser:
 
     def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, num_frames = x_t.shape[0], x_t.shape[2]
-        t_full = torch.full((n, num_frames), float(t), device=x_t.device, dtype=x_t.dtype)
+        t_full = torch.full((n, num_frames), float(t), device=x_t.device)  # fp32: bf16 cannot tell 999 from 1000
         ab = self.diffusion.alpha_bar_at(t_full.long(), x_t)
         cond = self.cond
         if cond.has_frames:
@@ -124,11 +127,11 @@ class ConditionedDenoiser:
         names = list(branches)
         if len(names) == 1:
             x, t, m, kw = branches[names[0]]
-            return {names[0]: self.model(x, t, m, **kw)}
+            return {names[0]: self.model(x, t, m, **kw).to(x.dtype)}  # an autocast network answers in half
         n, frames = next(iter(branches.values()))[0].shape[:3:2]
         xs, ts, ms, kws = zip(*branches.values(), strict=True)
         none = torch.zeros(n, frames, dtype=torch.bool, device=xs[0].device)
         masks = [none if m is None else m for m in ms]
         kwargs = {k: torch.cat([kw[k] for kw in kws]) if torch.is_tensor(kws[0][k]) else kws[0][k] for k in kws[0]}
         out = self.model(torch.cat(xs), torch.cat(ts), torch.cat(masks), **kwargs)
-        return dict(zip(names, out.chunk(len(names)), strict=True))
+        return dict(zip(names, out.to(xs[0].dtype).chunk(len(names)), strict=True))

@@ -17,6 +17,11 @@ from .schedules import make_alpha_bar
 Denoiser = Callable[..., torch.Tensor]
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """What the diffusion arithmetic around a network runs in: fp32 for half-precision inputs (fp64 stays)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def expand_to(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Broadcast per-sample (N,) or per-frame (N, T) values against x of shape (N, C, T, ...)."""
     if values.ndim == 1:
@@ -44,6 +49,7 @@ class GaussianDiffusion:
         self.min_snr_gamma = min_snr_gamma
         self.residual = residual  # x0 predicted as a change from the nearest given frame
         self.alpha_bar = make_alpha_bar(schedule, num_timesteps, zero_terminal_snr)  # (T,) float64
+        self.alpha_bar_values: list[float] = self.alpha_bar.tolist()  # for the samplers' per-step host arithmetic
         self._tables: dict[torch.device, torch.Tensor] = {}
 
     @classmethod
@@ -60,14 +66,15 @@ class GaussianDiffusion:
         return self._tables[device]
 
     def alpha_bar_at(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """alpha_bar[t] broadcast against x, in x's dtype and device. t: (N,) or (N, T) integer steps."""
+        """alpha_bar[t] broadcast against x, on x's device, in fp32 at least (``compute_dtype``: in fp16 alpha_bar
+        rounds to 1 for t <= 3 and is off by up to 25% to t ~ 15). t: (N,) or (N, T) integer steps."""
         ab = self.alpha_bar_on(x.device)[t.long().to(x.device)]
-        return expand_to(ab, x).to(x.dtype)
+        return expand_to(ab, x).to(compute_dtype(x))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Forward noising, Ho et al. 2020 eq. 4."""
+        """Forward noising, Ho et al. 2020 eq. 4, in fp32 at least whatever the inputs' dtype."""
         ab = self.alpha_bar_at(t, x0)
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        return ab.sqrt() * x0.to(ab.dtype) + (1 - ab).sqrt() * noise.to(ab.dtype)
 
     def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         if generator is None:
@@ -83,13 +90,18 @@ class GaussianDiffusion:
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
         **model_kwargs,
     ) -> dict[str, torch.Tensor]:
         """Denoising loss on the frames that are not given.
 
-        Given frames enter clean with timestep 0; the rest share one timestep per sample. Returns
-        ``loss`` (scalar), ``per_frame`` (N, T) unweighted errors and ``t`` (N,).
+        Given frames enter clean with timestep 0; the rest share one timestep per sample. Noising, targets and
+        weights are computed in fp32 (at least); only the network runs in ``dtype`` (default: x0's), and it gets
+        its timesteps in fp32 (bf16 cannot tell 999 from 1000). Returns ``loss`` (scalar), ``per_frame`` (N, T)
+        unweighted errors and ``t`` (N,).
         """
+        net_dtype = dtype or x0.dtype
+        x0 = x0.to(compute_dtype(x0))
         n, num_frames = x0.shape[0], x0.shape[2]
         if frame_mask is None:
             frame_mask = torch.zeros(n, num_frames, dtype=torch.bool, device=x0.device)
@@ -101,10 +113,11 @@ class GaussianDiffusion:
                 if generator is None
                 else torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
             )
+        noise = noise.to(x0.dtype)
         frame_t = torch.where(frame_mask, torch.zeros_like(t)[:, None], t[:, None])  # (N, T)
         given = expand_to(frame_mask, x0)
         x_t = torch.where(given, x0, self.q_sample(x0, frame_t, noise))
-        out = model(x_t, frame_t.to(x0.dtype), frame_mask, **model_kwargs)
+        out = model(x_t.to(net_dtype), frame_t.float(), frame_mask, **model_kwargs).to(x0.dtype)
         ab = self.alpha_bar_at(frame_t, x0)
         target = target_for(self.prediction_type, x0, noise, ab)
         if self.residual:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..config.sampling import SamplingConfig
@@ -25,17 +26,22 @@ def timestep_schedule(num_train: int, num_steps: int, spacing: str = "trailing")
     spans [0, T-1] in n+1 points and drops the 0 (as diffusers does). After the last of these steps the
     samplers jump to the clean sample.
     """
+    return torch.tensor(_schedule(num_train, num_steps, spacing), dtype=torch.long)
+
+
+def _schedule(num_train: int, num_steps: int, spacing: str) -> list[int]:
+    # plain numbers (NumPy, rounding half to even like torch): the schedule is host arithmetic, never device work
     if not 1 <= num_steps <= num_train:
         raise ValueError(f"sampling steps must be in [1, {num_train}], got {num_steps}")
     if spacing == "trailing":
-        steps = torch.arange(num_train, 0, -num_train / num_steps).round().long() - 1
+        steps = np.round(np.arange(num_train, 0, -num_train / num_steps)).astype(np.int64) - 1
     elif spacing == "leading":
-        steps = (torch.arange(num_steps) * (num_train // num_steps)).flip(0)
+        steps = (np.arange(num_steps) * (num_train // num_steps))[::-1]
     elif spacing == "linspace":
-        steps = torch.linspace(0, num_train - 1, num_steps + 1).round().long().flip(0)[:-1]
+        steps = np.round(np.linspace(0, num_train - 1, num_steps + 1)).astype(np.int64)[::-1][:-1]
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
-    return steps
+    return [int(t) for t in steps]
 
 
 class Sampler:
@@ -46,22 +52,20 @@ class Sampler:
     def __init__(self, diffusion: GaussianDiffusion, spacing: str = "trailing"):
         self.diffusion = diffusion
         self.spacing = spacing
-        self.timesteps = torch.empty(0, dtype=torch.long)
+        self.timesteps: list[int] = []
+        self._ab = diffusion.alpha_bar_values  # float64 values: each step's coefficients are host arithmetic
 
     def set_timesteps(self, num_steps: int, max_timestep: int | None = None) -> None:
         """Choose the steps; ``max_timestep`` truncates the start (SDEdit-style refinement)."""
-        steps = timestep_schedule(self.diffusion.num_timesteps, num_steps, self.spacing)
+        steps = _schedule(self.diffusion.num_timesteps, num_steps, self.spacing)
         if max_timestep is not None:
-            steps = steps[steps <= max_timestep]
-            if len(steps) == 0:
-                steps = torch.tensor([max(max_timestep, 0)])
+            steps = [t for t in steps if t <= max_timestep] or [max(max_timestep, 0)]
         self.timesteps = steps
 
     def alpha_bars(self, i: int) -> tuple[float, float]:
         """alpha_bar at step i and at the next step (1.0 after the last: the clean sample)."""
-        ab = self.diffusion.alpha_bar
-        cur = float(ab[self.timesteps[i]])
-        nxt = float(ab[self.timesteps[i + 1]]) if i + 1 < len(self.timesteps) else 1.0
+        cur = self._ab[self.timesteps[i]]
+        nxt = self._ab[self.timesteps[i + 1]] if i + 1 < len(self.timesteps) else 1.0
         return cur, nxt
 
     def step(self, x0, eps, i, x_t, generator=None) -> torch.Tensor:
@@ -202,8 +206,8 @@ def sample(
     if init is None:
         x = noise  # the prior N(0, I) at the noisiest step
     else:
-        x = diffusion.q_sample(init.to(device, dtype), torch.full((shape[0],), int(solver.timesteps[0])), noise)
-    for i, t in enumerate(solver.timesteps.tolist()):
+        x = diffusion.q_sample(init.to(device, dtype), torch.full((shape[0],), solver.timesteps[0]), noise).to(dtype)
+    for i, t in enumerate(solver.timesteps):
         x0, eps = denoiser(x, t)
         x = solver.step(x0, eps, i, x, generator)
         if progress is not None:

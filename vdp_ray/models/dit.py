@@ -16,7 +16,15 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .layers import Attention, CrossAttention, TimestepEmbedder, frame_timesteps, mask_channel, sinusoidal_embedding
+from .layers import (
+    Attention,
+    CrossAttention,
+    TimestepEmbedder,
+    frame_timesteps,
+    mask_channel,
+    run_block,
+    sinusoidal_embedding,
+)
 
 # Named sizes (DiT paper, table 1), plus a tiny one for CPU tests.
 PRESETS: dict[str, dict] = {
@@ -97,6 +105,8 @@ def spacetime_pos_embed(t: int, h: int, w: int, dim: int) -> torch.Tensor:
 
 
 class DiT(nn.Module):
+    checkpointing = False  # train.activation_checkpointing: recompute each block's activations in backward
+
     def __init__(
         self,
         in_channels: int = 4,
@@ -206,7 +216,7 @@ class DiT(nn.Module):
             text = (text_tokens.to(tokens.dtype), text_mask)
 
         for block in self.blocks:
-            tokens = block(tokens, c, text)
+            tokens = run_block(block, tokens, c, text, checkpoint=self.checkpointing and self.training)
         out = self.final(tokens, c)  # (N, gt, gh*gw, pt*p*p*C)
         return rearrange(
             out,

@@ -33,6 +33,16 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
+def run_block(block, *args, checkpoint: bool = False):
+    """``block(*args)``; with ``checkpoint`` (and gradients on), its activations are recomputed in the backward
+    pass instead of kept (Chen et al. 2016): memory for one block's activations at a time, for one more forward."""
+    if checkpoint and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint as recompute
+
+        return recompute(block, *args, use_reentrant=False)
+    return block(*args)
+
+
 def frame_timesteps(t: torch.Tensor, batch: int, num_frames: int) -> torch.Tensor:
     """Accept a scalar, (N,) or (N, T) timesteps and return (N, T)."""
     t = torch.as_tensor(t)

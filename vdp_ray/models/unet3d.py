@@ -18,6 +18,7 @@ from .layers import (
     frame_timesteps,
     group_norm,
     mask_channel,
+    run_block,
     zero_module,
 )
 
@@ -83,7 +84,13 @@ class Level(nn.Module):
         )
 
 
+def _block_then_attention(block, attn, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    return attn(block(h, emb))
+
+
 class UNet3D(nn.Module):
+    checkpointing = False  # train.activation_checkpointing: recompute each block's activations in backward
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -153,18 +160,19 @@ class UNet3D(nn.Module):
             x = rearrange(x, "n c t (h p) (w q) -> n (c p q) t h w", p=p, q=p)
         h = self.conv_in(torch.cat([x, mask_channel(frame_mask, x)], dim=1))
         hs = [h]
+        ckpt = self.checkpointing and self.training
         for i, level in enumerate(self.down):
             for block, attn in zip(level.blocks, level.attn, strict=True):
-                h = attn(block(h, emb))
+                h = run_block(_block_then_attention, block, attn, h, emb, checkpoint=ckpt)
                 hs.append(h)
             if i < len(self.downsample):
                 h = self.downsample[i](h)
                 hs.append(h)
         for block, attn in zip(self.mid.blocks, self.mid.attn, strict=True):
-            h = attn(block(h, emb))
+            h = run_block(_block_then_attention, block, attn, h, emb, checkpoint=ckpt)
         for i, level in enumerate(self.up):
             for block, attn in zip(level.blocks, level.attn, strict=True):
-                h = attn(block(torch.cat([h, hs.pop()], dim=1), emb))
+                h = run_block(_block_then_attention, block, attn, torch.cat([h, hs.pop()], dim=1), emb, checkpoint=ckpt)
             if i < len(self.upsample):
                 h = F.interpolate(h, scale_factor=(1, 2, 2), mode="nearest")
                 h = self.upsample[i](h)

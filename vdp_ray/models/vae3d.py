@@ -68,8 +68,10 @@ class DiagonalGaussian:
         return self.mean
 
     def kl(self) -> torch.Tensor:
-        """KL(q || N(0, I)) per sample, averaged over latent elements: (N,)."""
-        kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+        """KL(q || N(0, I)) per sample, averaged over latent elements: (N,), in fp32 whatever the network ran in
+        (exp(logvar) overflows fp16 from logvar > 11, and the sum of small terms loses its digits)."""
+        mean, logvar = self.mean.float(), self.logvar.float()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
         return kl.flatten(1).mean(1)
 
 

@@ -22,15 +22,15 @@ from .options import ServeOptions
 
 def build_app(options: ServeOptions):
     """The Serve application: ``Api`` composed with ``Model``, scaled as the options say."""
-    model_opts: dict = {"ray_actor_options": {"num_cpus": options.cpus_per_replica,
-                                              "num_gpus": options.gpus_per_replica}}  # fmt: skip
+    device, gpus = options.placement()
+    model_opts: dict = {"ray_actor_options": {"num_cpus": options.cpus_per_replica, "num_gpus": gpus}}
     if options.autoscale:
         lo, hi = options.autoscale
         model_opts["autoscaling_config"] = {"min_replicas": lo, "max_replicas": hi, "target_ongoing_requests": 4}
     else:
         model_opts["num_replicas"] = options.replicas
-    model = Model.options(**model_opts).bind(options.export, options.device, options.max_batch_size,
-                                             options.batch_wait_s)  # fmt: skip
+    model = Model.options(**model_opts).bind(options.export, device, options.max_batch_size, options.batch_wait_s,
+                                             options.precision)  # fmt: skip
     plain = asdict(options)
     api_opts: dict = {"num_cpus": 0.1}
     key = os.environ.get(options.api_key_env) if options.api_key_env else None

@@ -22,10 +22,11 @@ class Job:
 class Model:
     """One Predictor per replica (a GPU each when asked); compatible requests share a batched call."""
 
-    def __init__(self, export: str, device: str = "auto", max_batch_size: int = 8, batch_wait_s: float = 0.05):
+    def __init__(self, export: str, device: str = "cpu", max_batch_size: int = 8, batch_wait_s: float = 0.05,
+                 precision: str = "auto"):  # fmt: skip
         from ..predict import Predictor
 
-        self.predictor = Predictor.from_export(export, device=device)
+        self.predictor = Predictor.from_export(export, device=device, precision=precision)
         self.meta = dict(self.predictor.export.meta)
         self.run.set_max_batch_size(max_batch_size)
         self.run.set_batch_wait_timeout_s(batch_wait_s)

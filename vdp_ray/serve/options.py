@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..options import REQUIRED, OptionError, arg
+from ..raytools import PlacementError, cluster_has_gpus, gpu_placement
+from ..vocab import INFERENCE_PRECISIONS
 from .api import Limits
 
 
@@ -30,9 +32,12 @@ class ServeOptions:
     autoscale: tuple[int, int] | None = arg(None, "autoscale model replicas between MIN and MAX", metavar="MIN:MAX",
                                             parse=parse_autoscale, exclusive="scale")  # fmt: skip
     api_key_env: str | None = arg(None, "require the key held in this environment variable", metavar="NAME")
-    device: str = arg("auto", "auto (CUDA when a replica has a GPU), cpu, cuda")
+    device: str = arg("auto", "auto (a GPU per replica when the Ray cluster has GPUs), cpu, cuda")
+    precision: str = arg("auto", "auto (the export's training precision on GPUs, fp32 on CPUs), fp16, bf16, fp32",
+                         choices=INFERENCE_PRECISIONS)  # fmt: skip
     cpus_per_replica: float = arg(1.0, "CPUs per model replica")
-    gpus_per_replica: float = arg(0.0, "GPUs per model replica")
+    gpus_per_replica: float | None = arg(None, "GPUs per model replica (default: 1 when it runs on CUDA; 0.5 lets "
+                                         "two replicas share one)")  # fmt: skip
     max_batch_size: int = arg(8, "requests per batched call (1 = no batching)")
     batch_wait_s: float = arg(0.1, "wait to fill a batch, in ms", flag="--batch-wait-ms", parse=_ms,
                               show=lambda s: f"{s * 1000:g} ms")  # fmt: skip
@@ -48,6 +53,19 @@ class ServeOptions:
             raise OptionError("max_frames", "must be at least 1")
         if self.autoscale is not None:
             parse_autoscale(f"{self.autoscale[0]}:{self.autoscale[1]}")
+        if self.gpus_per_replica is not None and self.gpus_per_replica < 0:
+            raise OptionError("gpus_per_replica", "must be >= 0")
+        try:  # what needs no cluster to refuse (a GPU reserved for a CPU replica)
+            gpu_placement(self.device, self.gpus_per_replica, has_gpus=lambda: None)
+        except PlacementError as exc:
+            raise OptionError("device", str(exc)) from None
+
+    def placement(self) -> tuple[str, float]:
+        """(device, GPUs) of each model replica on the connected cluster: a GPU is used only where reserved."""
+        try:
+            return gpu_placement(self.device, self.gpus_per_replica, cluster_has_gpus)
+        except PlacementError as exc:
+            raise OptionError("device", str(exc)) from None
 
     def api_key(self) -> str | None:
         if not self.api_key_env:

@@ -11,35 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.pipeline import list_shards
-from ..data.shards import MANIFEST
+from ..data.pipeline import list_shards, split_folders
+from ..data.shards import ShardError
 from ..options import OptionError
 from .encoder import EMBEDDINGS, INDEX, NULL_TEXT, TEXT_DIR, TextEncoder, TextError, encoder_kind
-
-
-def split_folders(paths: list[str]) -> list[Path]:
-    """Split folders (holding a manifest.json and shards) under the given shard roots or split folders."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.is_dir():
-            raise TextError(f"{path}: no such shard folder")
-        top = path / MANIFEST
-        manifest = json.loads(top.read_text()) if top.is_file() else {}
-        if "splits" in manifest:
-            found += [path / s for s in manifest["splits"]]
-        elif top.is_file() or any(path.glob("*.tar")):
-            found.append(path)
-        else:
-            raise TextError(f"{path}: not a folder written by `vdp shard` (no manifest.json or .tar shards)")
-    return found
 
 
 class _EncodeBatch:
     """Ray Data actor: one loaded text encoder, batches of captions in, embeddings out."""
 
-    def __init__(self, path: str, max_tokens: int):
-        self.encoder = TextEncoder(path, max_tokens, "cuda" if torch.cuda.is_available() else "cpu")
+    def __init__(self, path: str, max_tokens: int, device: str = "cpu"):
+        self.encoder = TextEncoder(path, max_tokens, device)  # "cuda" only in an actor that reserved a GPU
 
     def __call__(self, batch: dict) -> dict:
         captions = [str(c) for c in batch["caption"]]
@@ -68,7 +50,7 @@ def encode_text(paths: list[str], encoder: str, *, max_tokens: int = 77, batch_s
     from safetensors.torch import save_file
 
     from ..fsutil import atomic_write
-    from ..raytools import init_ray
+    from ..raytools import cluster_has_gpus, gpu_placement, init_ray
 
     for name, value in (("max_tokens", max_tokens), ("batch_size", batch_size), ("workers", workers)):
         if value < 1:
@@ -77,8 +59,12 @@ def encode_text(paths: list[str], encoder: str, *, max_tokens: int = 77, batch_s
         raise TextError(f"--make-encoder: {encoder} already holds a model; give a new folder")
     if not make_encoder:
         encoder_kind(encoder)  # refuse a bad encoder before any Ray work
-    folders = split_folders(paths)
+    try:
+        folders = split_folders(paths)
+    except ShardError as exc:
+        raise TextError(str(exc)) from None
     init_ray()
+    device, gpus = gpu_placement("auto", None, cluster_has_gpus)  # a GPU per encoder actor where there are any
     per_split = {}
     for folder in folders:
         started = time.monotonic()
@@ -98,8 +84,8 @@ def encode_text(paths: list[str], encoder: str, *, max_tokens: int = 77, batch_s
         ordered = [NULL_TEXT, *captions]
         log(f"{folder}: {len(captions)} distinct caption(s); encoding with {encoder} ({kind})")
         table = ray.data.from_items([{"caption": c} for c in ordered]).map_batches(
-            _EncodeBatch, batch_size=batch_size, batch_format="numpy", concurrency=workers,
-            fn_constructor_kwargs={"path": str(Path(encoder).resolve()), "max_tokens": max_tokens},
+            _EncodeBatch, batch_size=batch_size, batch_format="numpy", concurrency=workers, num_gpus=gpus,
+            fn_constructor_kwargs={"path": str(Path(encoder).resolve()), "max_tokens": max_tokens, "device": device},
         )  # fmt: skip
         rows = {r["caption"]: r for r in table.take_all()}
         stack = {k: torch.from_numpy(np.stack([np.asarray(rows[c][k]) for c in ordered])) for k in ("tokens", "pooled")}

@@ -4,7 +4,8 @@ A checkpoint folder (one per `train.checkpoint_every` steps, merged by Ray Train
 
     ds/                   DeepSpeed's files (model, optimizer and scheduler state, one shard per rank)
     ema.safetensors       the EMA weights (rank 0): what an export ships
-    rng_rank<N>.pt        rank N's random state (tensors only, loaded with weights_only=True)
+    rng_rank<N>.pt        rank N's random streams: CPU, its CUDA device, NumPy, Python (randomness.py; tensors and
+                          plain values only, loaded with weights_only=True)
     trainer_state.json    stage, step, epoch, EMA updates, the stage's extra results, the world size
     config.yaml           the resolved config of the stage
 
@@ -25,6 +26,7 @@ import torch.distributed as dist
 
 from ..config import Config
 from ..export import load_state_dict, save_state_dict, write_export
+from .randomness import rng_state, seed_rank, set_rng_state
 
 DS_TAG = "ds"  # DeepSpeed's tag inside each checkpoint folder
 STATE = "trainer_state.json"
@@ -53,9 +55,10 @@ def save(engine, ema, cfg: Config, stage: str, progress: Progress, metrics: dict
     tmp = Path(tempfile.mkdtemp(prefix="vdp-ckpt-"))
     try:
         engine.save_checkpoint(str(tmp), tag=DS_TAG)
-        torch.save({"torch": torch.get_rng_state()}, tmp / f"rng_rank{rank}.pt")
+        torch.save(rng_state(engine.device), tmp / f"rng_rank{rank}.pt")
+        averaged = ema.state_dict()  # every rank: under ZeRO-3 the ranks gather the average's partitions
         if rank == 0:
-            save_state_dict(ema.state_dict(), tmp / EMA_FILE)
+            save_state_dict(averaged, tmp / EMA_FILE)
             world = dist.get_world_size() if dist.is_initialized() else 1
             state = {"stage": stage, "step": progress.step, "epoch": progress.epoch, "ema_updates": ema.updates,
                      "extra": progress.extra, "world_size": world}  # fmt: skip
@@ -68,7 +71,7 @@ def save(engine, ema, cfg: Config, stage: str, progress: Progress, metrics: dict
 
 def restore(engine, ema, cfg: Config, world: int, rank: int, log) -> Progress | None:
     """Resume from Ray Train's latest checkpoint of this run, if there is one: engine, EMA, this rank's random
-    state, step, epoch and the stage's extra results. None for a fresh start."""
+    streams, step, epoch and the stage's extra results. None for a fresh start (the caller seeds the streams)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -82,7 +85,9 @@ def restore(engine, ema, cfg: Config, world: int, rank: int, log) -> Progress | 
         ema.load(load_state_dict(directory / EMA_FILE), state["ema_updates"])
         rng = directory / f"rng_rank{rank}.pt"
         if rng.is_file():
-            torch.set_rng_state(torch.load(rng, weights_only=True)["torch"])
+            set_rng_state(torch.load(rng, weights_only=True), engine.device)
+        else:  # a rank the checkpoint had no state for (the run grew): streams of its own
+            seed_rank(cfg.run.seed, rank, step)
         return Progress(step, epoch, state.get("extra", {}))
 
 
@@ -108,6 +113,9 @@ def _load_engine(engine, directory: Path, state: dict, cfg: Config, world: int, 
         with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
             if not dist.is_initialized() or dist.get_rank() == 0:
                 engine.module.load_state_dict(weights, strict=True)
+        # leaving the block re-partitioned the loaded weights; the optimizer's fp32 master partitions (what the
+        # next step writes back into the module) must follow, or the first step reverts to the initial weights
+        engine.optimizer.refresh_fp32_params()
     else:
         engine.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True, load_module_only=True,
                                load_optimizer_states=False, load_lr_scheduler_states=False)  # fmt: skip

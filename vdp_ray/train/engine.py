@@ -11,11 +11,14 @@ log = logging.getLogger("vdp_ray.train")
 def resolve_precision(requested: str, device_type: str) -> tuple[str, str | None]:
     """The precision to train in, and a one-line note when it differs from the request.
 
-    fp16 needs a GPU (or a CPU with AVX512-FP16/AMX: DeepSpeed's CPU accelerator refuses it otherwise);
-    without it we fall back to fp32, which beats bf16 on AVX2 CPUs where bf16 is emulated.
+    fp16 (the default) is a GPU precision: on a CPU it trains in fp32, the same on every CPU (DeepSpeed accepts
+    fp16 on CPUs with AVX512-FP16/AMX, where it ran ~100x slower than fp32 here, and refuses it elsewhere).
+    bf16 on a CPU is kept where DeepSpeed supports it (asked for explicitly), else fp32.
     """
     from deepspeed.accelerator import get_accelerator
 
+    if requested == "fp16" and device_type == "cpu":
+        return "fp32", "precision: fp16 is a GPU precision (slow or unsupported on CPUs); training in fp32 on this cpu"
     if requested == "fp16" and not get_accelerator().is_fp16_supported():
         return "fp32", f"precision: fp16 is not supported on this {device_type} device; training in fp32 instead"
     if requested == "bf16" and not get_accelerator().is_bf16_supported():
@@ -52,8 +55,47 @@ def _get(cfg, key: str):
     return getattr(getattr(cfg, section), name)
 
 
-def deepspeed_config(cfg, stage: str, world_size: int, precision: str) -> dict:
+def configure_device(device, train) -> None:
+    """Per-process settings for the rank's device. CPU: as many threads as Ray reserved (torch would use every
+    core in every rank). CUDA: TF32 matmuls and convolutions (fp32 parts of the step, ~8x the fp32 rate on
+    Ampere and later, at bf16-like mantissa) and cuDNN's autotuner (our shapes are fixed per stage)."""
+    import torch
+
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(train.cpus_per_worker)))
+    elif device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = train.tf32
+        torch.backends.cudnn.allow_tf32 = train.tf32
+        torch.backends.cudnn.benchmark = True
+
+
+def build_engine(stage, cfg, name: str, world: int, precision: str, initialize):
+    """The DeepSpeed engine of ``stage.model`` (``initialize`` is ``deepspeed.initialize``) and the EMA of its
+    weights, made after the engine has placed them on its device (and, for ZeRO-3, partitioned them): an EMA
+    copied from the model before would stay on the CPU while the weights move to the GPU."""
+    from .ema import EMA
+
+    model = stage.model
+    if cfg.train.activation_checkpointing:
+        if not hasattr(model, "checkpointing"):
+            raise ValueError(f"train.activation_checkpointing: the {name} stage's network has no blocks to checkpoint")
+        model.checkpointing = True
+    params = [p for p in model.parameters() if p.requires_grad]
+    on_gpu = getattr(stage, "device", None) is not None and stage.device.type == "cuda"
+    ds = deepspeed_config(cfg, name, world, precision, sum(p.numel() for p in params), overlap=on_gpu)
+    engine, *_ = initialize(model=model, model_parameters=params, config=ds)
+    if cfg.train.compile:
+        engine.compile()  # torch.compile of the wrapped module, DeepSpeed's hooks kept outside the graph
+    return engine, EMA.of_engine(engine, cfg.train.ema_decay, zero3=cfg.train.zero_stage == 3)
+
+
+def deepspeed_config(cfg, stage: str, world_size: int, precision: str, num_params: int | None = None,
+                     overlap: bool | None = None) -> dict:  # fmt: skip
+    """``num_params``: the trained parameters, which size the communication buckets (default: the largest);
+    ``overlap``: communication on its own stream during the backward pass (default: with fp16, i.e. a GPU)."""
     t = cfg.train
+    overlap = precision == "fp16" if overlap is None else overlap
     own = stage_settings(cfg, stage)
     lr, steps, batch = own.lr, own.max_steps, own.batch_size
     ds = {
@@ -63,7 +105,7 @@ def deepspeed_config(cfg, stage: str, world_size: int, precision: str) -> dict:
         "gradient_clipping": t.grad_clip,
         "steps_per_print": 10**9,  # our own progress lines instead
         "wall_clock_breakdown": False,
-        "zero_optimization": _zero(t.zero_stage, overlap=precision == "fp16"),
+        "zero_optimization": _zero(t.zero_stage, overlap=overlap, bucket=bucket_size(num_params)),
         # torch's AdamW: DeepSpeed's fused Adam would JIT-compile C++ on first use
         "optimizer": {
             "type": "AdamW",
@@ -94,17 +136,28 @@ def deepspeed_config(cfg, stage: str, world_size: int, precision: str) -> dict:
     return ds
 
 
-BUCKET = 200_000_000  # elements per gradient-reduce / all-gather bucket: big messages, bounded memory
+MAX_BUCKET = 200_000_000  # elements per gradient-reduce / all-gather bucket at most: bounded memory
+MIN_BUCKET = 2_000_000  # and at least: smaller messages do not fill the links
+BUCKETS_PER_PASS = 8  # communication overlaps the backward pass only when there is more than one bucket
 
 
-def _zero(stage: int, overlap: bool) -> dict:
+def bucket_size(num_params: int | None) -> int:
+    """Bucket elements for a model of ``num_params``: about BUCKETS_PER_PASS buckets per backward pass, so the
+    reduction of the last layers' gradients runs while the first layers' are computed (one bucket the size of
+    the model would wait for the whole backward pass)."""
+    if num_params is None:
+        return MAX_BUCKET
+    return int(min(MAX_BUCKET, max(MIN_BUCKET, num_params // BUCKETS_PER_PASS)))
+
+
+def _zero(stage: int, overlap: bool, bucket: int = MAX_BUCKET) -> dict:
     """ZeRO settings with explicit communication buckets. Overlapping communication with the backward pass
-    pays on GPUs (NCCL on its own stream; fp16 means a GPU here: CPUs without fp16 fall back to fp32)."""
+    pays on GPUs (NCCL on its own stream)."""
     zero: dict = {"stage": stage}
     if stage in (1, 2):
-        zero.update(reduce_bucket_size=BUCKET, allgather_bucket_size=BUCKET, contiguous_gradients=True,
+        zero.update(reduce_bucket_size=bucket, allgather_bucket_size=bucket, contiguous_gradients=True,
                     overlap_comm=overlap)  # fmt: skip
     elif stage == 3:
-        zero.update(reduce_bucket_size=BUCKET, stage3_prefetch_bucket_size=BUCKET // 4, contiguous_gradients=True,
+        zero.update(reduce_bucket_size=bucket, stage3_prefetch_bucket_size=bucket, contiguous_gradients=True,
                     overlap_comm=overlap)  # fmt: skip
     return zero

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
+
+# How often Ray Train's controller polls its workers (Ray's default is 2 s): the end of a stage and a dead
+# worker are noticed that much later, and a report is registered only at a poll. fit() sets it unless set.
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+HEALTH_CHECK_S = 1.0
 
 
 def poisoned(loss: torch.Tensor, cfg, step: int) -> torch.Tensor:
@@ -27,14 +33,24 @@ def inject(cfg, run_dir: Path, stage: str, step: int, rank: int) -> None:
     marker.touch()
     if cfg.train.fault == "raise":
         raise RuntimeError(f"injected failure at step {step} (train.fault=raise)")
+    # Ray Train's controller registers a reported checkpoint when it next polls the workers (every
+    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S); a rank killed before that poll takes its report along and the group
+    # resumes from the checkpoint before. A real crash may do so too (and loses only steps); the drill waits
+    # two polls so that it tests recovery from the latest checkpoint, not the poll's timing.
+    time.sleep(2 * float(os.environ.get(HEALTH_CHECK_ENV, HEALTH_CHECK_S)))
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def stop_non_finite(log, stage: str, step: int) -> None:
+def is_loss_scale_exhausted(exc: BaseException) -> bool:
+    """DeepSpeed's fp16 loss scaler gave up: every step overflowed down to its minimum scale (a diverged run)."""
+    return "loss scale" in str(exc).lower() and "minimum" in str(exc).lower()
+
+
+def stop_non_finite(log, stage: str, step: int, reason: str = "non-finite loss") -> None:
     """Say why the stage stops, where the driver reads it (logs/<stage>-status.json); the last good checkpoint
     stays the run's latest."""
     message = (
-        f"non-finite loss at step {step + 1} of the {stage} stage: stopped; the last good checkpoint is kept. "
+        f"{reason} at step {step + 1} of the {stage} stage: stopped; the last good checkpoint is kept. "
         "Lower train.lr, raise train.warmup_steps, or check the data."
     )
     log.status({"status": "non_finite", "step": step + 1, "message": message})

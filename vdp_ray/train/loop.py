@@ -17,10 +17,13 @@ import torch
 
 from ..config import Config
 from ..data.pipeline import epochs
+from ..latent import LatentBatch
+from ..pixels import to_model_range
 from . import checkpoint, faults
 from .collectives import all_finite, broadcast_from_rank0, mean_across, rank0_decides
 from .ema import EMA
-from .engine import deepspeed_config, resolve_precision, stage_settings
+from .engine import build_engine, configure_device, resolve_precision, stage_settings
+from .randomness import seed_rank
 from .runlog import RankZeroLog, record_placement
 from .stages import make_stage
 
@@ -59,23 +62,17 @@ def start(config: dict) -> Worker:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    if device.type == "cpu":  # Ray reserves cpus_per_worker; torch would otherwise use every core per rank
-        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    configure_device(device, cfg.train)
     precision, note = resolve_precision(cfg.train.precision, device.type)
     log = RankZeroLog(run_dir, name, rank)
     if note:
         log.line(note)
     record_placement(run_dir, name, rank, world, device, log)
 
-    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank (the streams are seeded per rank later)
     stage = make_stage(cfg, name, device)
     own = stage_settings(cfg, name)
-    ema = EMA(stage.model, cfg.train.ema_decay)
-    engine, *_ = deepspeed.initialize(
-        model=stage.model,
-        model_parameters=[p for p in stage.model.parameters() if p.requires_grad],
-        config=deepspeed_config(cfg, name, world, precision),
-    )
+    engine, ema = build_engine(stage, cfg, name, world, precision, deepspeed.initialize)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     return Worker(cfg, name, run_dir, rank, world, device, precision, dtype, log, stage, ema, engine, own.batch_size,
                   own.max_steps)  # fmt: skip
@@ -86,16 +83,17 @@ def train_loop_per_worker(config: dict) -> None:
 
     w = start(config)
     cfg, log, engine, device = w.cfg, w.log, w.engine, w.device
-    resumed = checkpoint.restore(engine, w.ema, cfg, w.world, w.rank, log)
+    resumed = checkpoint.restore(engine, w.ema, cfg, w.world, w.rank, log)  # every stream where it was saved
     if resumed is None:
-        torch.manual_seed(cfg.run.seed * 7919 + w.rank)  # different masks and noise on every rank
+        seed_rank(cfg.run.seed, w.rank)  # different masks, timesteps and noise on every rank
     else:
         log.line(f"resumed {w.name} from step {resumed.step} (epoch {resumed.epoch})")
     progress = resumed or checkpoint.Progress(step=0, epoch=0, extra={})
     step, epoch, extra = progress.step, progress.epoch, progress.extra
 
     train_iter = epochs(ray.train.get_dataset_shard("train"), batch_size=w.batch_size,
-                        shuffle_buffer=cfg.data.shuffle_buffer, start_epoch=epoch)  # fmt: skip
+                        shuffle_buffer=cfg.data.shuffle_buffer, start_epoch=epoch,
+                        pin_memory=device.type == "cuda")  # fmt: skip
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
     preview = Preview(w.stage, w.ema, device)
     window = Window()
@@ -103,24 +101,12 @@ def train_loop_per_worker(config: dict) -> None:
     metrics: dict = {}
 
     while step < total:
-        # --- one optimizer step: grad_accum micro-batches (DeepSpeed steps the optimizer on the last one)
-        for _ in range(cfg.train.grad_accum):
-            t0 = time.perf_counter()
-            epoch, batch = next(train_iter)
-            clips = batch["clip"].to(device, non_blocking=True)
-            window.wait += time.perf_counter() - t0
-            preview.offer_training_clips(clips, batch["caption"])
-            loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), cfg, step)
-            # fp16's loss scaler skips overflowing steps by itself; in fp32/bf16 a non-finite loss means the run
-            # diverged: every rank stops at the same step, before the bad update, with the last checkpoint intact
-            if w.precision != "fp16" and not all_finite(loss):
-                faults.stop_non_finite(log, w.name, step)
-                return
-            engine.backward(loss)
-            engine.step()
-            window.add(loss, clips.shape[0])
+        stepped = _optimizer_step(w, train_iter, window, preview, step)
+        if stepped is None:  # diverged: every rank stopped, the last checkpoint kept
+            return
+        epoch = stepped
         step += 1
-        _update_ema(w.ema, engine.module, cfg.train.zero_stage == 3)
+        w.ema.update(engine.module)
         faults.inject(cfg, w.run_dir, w.name, step, w.rank)
         limit = cfg.train.max_minutes
         if limit is not None and step < total and rank0_decides(time.perf_counter() - run_start > 60 * limit, device):
@@ -135,7 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
             window = Window()
         val = _validate_and_preview(w, step, total, val_shard, preview)
         if step == total:  # the stage's own results (the VAE's latent scale factor), with the EMA weights
-            batches = (b["clip"].to(device) for _, b in train_iter)
+            batches = (on_device(b, device) for _, b in train_iter)
             results, note = w.stage.finish(preview.ema_model, batches, w.world, lambda v: mean_across(v, device))
             extra = {**extra, **results}
             if note:
@@ -148,16 +134,51 @@ def train_loop_per_worker(config: dict) -> None:
     log.close()
 
 
+def _optimizer_step(w: Worker, train_iter, window: Window, preview: Preview, step: int) -> int | None:
+    """One optimizer step over train.grad_accum micro-batches (DeepSpeed steps the optimizer on the last one);
+    the epoch it ended in, or None when the run diverged and this rank stopped with the others.
+
+    A non-finite loss means the run diverged, in every precision: fp16's loss scaler deals with overflowing
+    gradients, not with a loss that is already inf/NaN (it would skip steps down to its minimum scale and
+    raise, burning the run's restarts). The check is one collective per optimizer step, before the update
+    (DeepSpeed's gradient clipping syncs there anyway); losses stay on the device until the log step."""
+    engine, device, cfg = w.engine, w.device, w.cfg
+    losses = torch.zeros((), device=device)  # their sum is finite only if every one is
+    for micro in range(cfg.train.grad_accum):
+        t0 = time.perf_counter()
+        epoch, batch = next(train_iter)
+        clips = on_device(batch, device)
+        window.wait += time.perf_counter() - t0
+        preview.offer_training_clips(clips, batch["caption"])
+        loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), cfg, step)
+        losses = losses + loss.detach().float()
+        if micro == cfg.train.grad_accum - 1 and not all_finite(losses):
+            faults.stop_non_finite(w.log, w.name, step)
+            return None
+        engine.backward(loss)
+        try:
+            engine.step()
+        except Exception as exc:
+            if not faults.is_loss_scale_exhausted(exc):
+                raise
+            faults.stop_non_finite(w.log, w.name, step, reason="the fp16 loss scale reached its minimum")
+            return None
+        window.add(loss, clips.shape[0])
+    return epoch
+
+
 def _validate_and_preview(w: Worker, step: int, total: int, val_shard, preview: Preview) -> dict:
     """At validation steps: the validation loss (all ranks) and the preview (rank 0), as every rank's val/*."""
     cfg = w.cfg
     if not (step % cfg.train.val_every == 0 or step == total):
         return {}
     report = _validate(w.stage, w.engine, val_shard, cfg, w.batch_size, w.dtype, w.device, preview)
-    if w.rank == 0 and (step % cfg.train.preview_every == 0 or step == total) and preview.clips is not None:
-        image, scores = preview.run()
-        w.log.image("preview", image, step)
-        report.update(scores)
+    if (step % cfg.train.preview_every == 0 or step == total) and preview.clips is not None:
+        model = preview.ema_model()  # every rank: under ZeRO-3 gathering the average is a collective
+        if w.rank == 0:
+            image, scores = preview.run(model)
+            w.log.image("preview", image, step)
+            report.update(scores)
     report = broadcast_from_rank0(report)
     w.log.scalars({f"val/{k}": v for k, v in report.items()}, step)
     return {f"val/{k}": v for k, v in report.items()}
@@ -167,16 +188,17 @@ class Window:
     """Losses, clips and data-wait time since the last logged step."""
 
     def __init__(self):
-        self.losses: list[float] = []
+        self.losses: list[torch.Tensor] = []  # on the device: read once, at the log step (no sync per step)
         self.clips, self.wait, self.start = 0, 0.0, time.perf_counter()
 
     def add(self, loss: torch.Tensor, clips: int) -> None:
-        self.losses.append(loss.detach().float().item())
+        self.losses.append(loss.detach().float())
         self.clips += clips
 
     def metrics(self, step: int, epoch: int, engine, world: int, device, precision: str) -> dict:
         elapsed = time.perf_counter() - self.start
-        m = {"step": step, "epoch": epoch, "loss": mean_across(np.mean(self.losses), device),
+        loss = torch.stack(self.losses).mean().item()
+        m = {"step": step, "epoch": epoch, "loss": mean_across(loss, device),
              "lr": engine.get_lr()[0], "clips_per_s": self.clips * world / elapsed, "workers": world,
              "data_wait": self.wait / elapsed}  # fmt: skip
         grad_norm = engine.get_global_grad_norm()
@@ -199,34 +221,34 @@ class Preview:
         self.from_validation = False
         self._copy = None
 
-    def offer_training_clips(self, clips: torch.Tensor, captions: list[str]) -> None:
+    def offer_training_clips(self, clips, captions: list[str]) -> None:
         if self.clips is None:
-            self.clips, self.captions = clips[:PREVIEW_CLIPS].float(), captions[:PREVIEW_CLIPS]
+            self.clips, self.captions = self.stage.pixels(clips[:PREVIEW_CLIPS]), captions[:PREVIEW_CLIPS]
 
-    def offer_validation_clips(self, clips: torch.Tensor, captions: list[str]) -> None:
+    def offer_validation_clips(self, clips, captions: list[str]) -> None:
         if not self.from_validation:
-            self.clips, self.captions = clips[:PREVIEW_CLIPS].to(self.device).float(), captions[:PREVIEW_CLIPS]
+            self.clips, self.captions = self.stage.pixels(clips[:PREVIEW_CLIPS]), captions[:PREVIEW_CLIPS]
             self.from_validation = True
 
     def ema_model(self):
+        """The network with the EMA weights. Every rank calls it (a collective under ZeRO-3)."""
+        weights = self.ema.state_dict()
         if self._copy is None:
-            self._copy = self.stage.new_model()
-        self._copy.load_state_dict(self.ema.state_dict())
-        return self._copy.to(self.device).eval()
+            self._copy = self.stage.new_model().to(self.device)
+        self._copy.load_state_dict(weights)
+        return self._copy.eval()
 
-    def run(self) -> tuple[np.ndarray, dict]:
-        return self.stage.preview(self.ema_model(), self.clips, self.captions)
+    def run(self, model) -> tuple[np.ndarray, dict]:
+        return self.stage.preview(model, self.clips, self.captions)
 
 
-@torch.no_grad()
-def _update_ema(ema: EMA, module, zero3: bool) -> None:
-    if zero3:  # ZeRO-3 keeps each parameter partitioned across ranks: gather them for the update
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            ema.update(module)
-    else:
-        ema.update(module)
+def on_device(batch: dict, device):
+    """A batch's clips on ``device``: uint8 pixels -> float in [-1, 1] (the bytes travel, the floats are made
+    there), or latent shards' fp16 posteriors -> a LatentBatch in fp32."""
+    if "latent" in batch:
+        posterior = batch["latent"].to(device, non_blocking=True).float()
+        return LatentBatch(posterior[:, 0], posterior[:, 1])
+    return to_model_range(batch["clip"].to(device, non_blocking=True))
 
 
 @torch.no_grad()
@@ -240,8 +262,9 @@ def _validate(stage, engine, val_shard, cfg: Config, batch_size: int, dtype, dev
     for i, (_, batch) in enumerate(batches):
         if i >= cfg.train.val_batches:
             break
+        clips = on_device(batch, device)
         if i == 0:
-            preview.offer_validation_clips(batch["clip"], batch["caption"])
-        losses.append(stage.val_loss(engine, batch["clip"].to(device), batch["caption"], dtype))
+            preview.offer_validation_clips(clips, batch["caption"])
+        losses.append(stage.val_loss(engine, clips, batch["caption"], dtype))
     engine.train()
     return {"loss": mean_across(np.mean(losses) if losses else float("nan"), device)}

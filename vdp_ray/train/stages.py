@@ -52,6 +52,9 @@ class Stage(Protocol):
     def val_loss(self, net, clips: torch.Tensor, captions: list[str], dtype: torch.dtype) -> float:
         """A validation loss comparable across runs (fixed noise levels and seeds)."""
 
+    def pixels(self, clips) -> torch.Tensor:
+        """A batch as pixel clips in [-1, 1] (what previews show): latent shards' posteriors decoded."""
+
     def preview(self, model, clips: torch.Tensor, captions: list[str]) -> tuple[np.ndarray, dict]:
         """Rank 0: an image (H, W, 3) uint8 for TensorBoard and metrics on a few validation clips."""
 
@@ -85,7 +88,7 @@ class VAEStage:
     def loss(self, net, clips, captions, dtype):
         recon, posterior = net(clips.to(dtype))
         rec = _reconstruction(recon.float(), clips.float(), self.cfg.vae.recon_loss)
-        return rec + self.cfg.vae.kl_weight * posterior.kl().float().mean()  # the KL in fp32 whatever the net's dtype
+        return rec + self.cfg.vae.kl_weight * posterior.kl().mean()  # kl() is fp32 whatever the net's dtype
 
     @torch.no_grad()
     def val_loss(self, net, clips, captions, dtype):
@@ -99,6 +102,9 @@ class VAEStage:
 
     def step_metrics(self) -> dict[str, float]:
         return {}
+
+    def pixels(self, clips) -> torch.Tensor:
+        return clips.float()
 
     @torch.no_grad()
     def finish(self, ema_model, batches, world, mean):
@@ -145,7 +151,11 @@ class DiffusionStage:
             from ..export import Export
 
             vae = Export(cfg.vae.export).model().to(device)  # the driver resolved vae.export and its geometry
-            cache = LatentCache(cfg.train.latent_cache_mb) if cfg.train.latent_cache_mb else None
+            # the cache pays where the encoder is slow: on CPUs. On a GPU the encoder pass is cheap beside the
+            # host copy and the pixel digest the cache needs every step (``vdp encode`` precomputes latents there)
+            cache = (
+                LatentCache(cfg.train.latent_cache_mb) if cfg.train.latent_cache_mb and device.type == "cpu" else None
+            )
         self.latent = LatentSpace.of_config(cfg, vae, cache)
         self.text = None
         if cfg.text.encoder:
@@ -166,16 +176,16 @@ class DiffusionStage:
         return self.latent.latent_context(self.cfg.data.context_frames if k is None else k, self.cfg.data.frames)
 
     def loss(self, net, clips, captions, dtype):
-        x0 = self.latent.encode(clips, sample=True).to(dtype)
+        x0 = self.latent.encode(clips, sample=True)  # fp32: the diffusion arithmetic is, the network gets dtype
         m = self.cfg.diffusion.masks
         given = (self._given_latents(m.context_min), self._given_latents(m.context_max))
         masks = sample_frame_masks(x0.shape[0], x0.shape[2], m.probs(), given, m.context_drop).mask.to(x0.device)
         text, _ = self._text(captions, x0.shape[0], x0.device, dtype, drop=self.cfg.text.dropout)
-        return self.diffusion.training_losses(net, x0, masks, **text)["loss"]
+        return self.diffusion.training_losses(net, x0, masks, dtype=dtype, **text)["loss"]
 
     @torch.no_grad()
     def val_loss(self, net, clips, captions, dtype):
-        x0 = self.latent.encode(clips, sample=True).to(dtype)
+        x0 = self.latent.encode(clips, sample=True)
         text, _ = self._text(captions, x0.shape[0], x0.device, dtype)
         n, frames = x0.shape[0], x0.shape[2]
         mask = prediction_mask(n, frames, self._given_latents(), device=x0.device)
@@ -183,9 +193,10 @@ class DiffusionStage:
         losses = []
         for t in VAL_TIMESTEPS:
             t = min(t, self.diffusion.num_timesteps - 1)
-            noise = torch.randn(x0.shape, generator=g).to(x0.device, dtype)
+            noise = torch.randn(x0.shape, generator=g).to(x0.device)
             tt = torch.full((n,), t, device=x0.device)
-            losses.append(self.diffusion.training_losses(net, x0, mask, t=tt, noise=noise, **text)["loss"].item())
+            out = self.diffusion.training_losses(net, x0, mask, t=tt, noise=noise, dtype=dtype, **text)
+            losses.append(out["loss"].item())
         return float(np.mean(losses))
 
     @torch.no_grad()
@@ -210,9 +221,13 @@ class DiffusionStage:
         metrics["psnr_gain"] = metrics["psnr"] - best  # judged against the best baseline, never one alone
         return strip([clips, pred]), metrics
 
+    @torch.no_grad()
+    def pixels(self, clips) -> torch.Tensor:
+        return self.latent.pixels(clips)
+
     def step_metrics(self) -> dict[str, float]:
-        cache = self.latent.cache
-        return {} if cache is None else {"latent_cache_hits": cache.take_hit_rate() or 0.0}
+        rate = None if self.latent.cache is None else self.latent.cache.take_hit_rate()
+        return {} if rate is None else {"latent_cache_hits": rate}  # None: not asked (latent shards)
 
     def finish(self, ema_model, batches, world, mean):
         return {}, None

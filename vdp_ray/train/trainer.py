@@ -18,15 +18,12 @@ from pathlib import Path
 
 from ..config import Config, ConfigError
 from .checkpoint import export_checkpoint
+from .faults import HEALTH_CHECK_ENV, HEALTH_CHECK_S
 from .loop import train_loop_per_worker
 from .runlog import STATUS
 
 ELASTIC_START_TIMEOUT_S = 30.0
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train passes it from the driver to its controller
-
-
-HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # likewise passed on
-HEALTH_CHECK_S = 1.0  # Ray's default is 2 s: the end of a stage and a dead worker are noticed that much later
 
 
 @contextmanager
@@ -53,6 +50,8 @@ class TrainingError(RuntimeError):
 
 def check_inputs(cfg: Config) -> None:
     """Everything that can be wrong with a run's inputs, checked before any Ray work starts."""
+    from ..data.latent_shards import KIND as LATENTS
+    from ..data.latent_shards import check_latents
     from ..data.pipeline import check_shards, list_shards
 
     if not cfg.data.train:
@@ -62,9 +61,11 @@ def check_inputs(cfg: Config) -> None:
         if spec:
             try:
                 list_shards(spec)
-                check_shards(spec, cfg.data)
+                manifest = check_shards(spec, cfg.data)
             except Exception as exc:
                 raise ConfigError(f"data.{key}: {exc}") from None
+            if (manifest or {}).get("kind") == LATENTS:
+                check_latents(manifest, cfg, f"data.{key}")
     if cfg.vae.export and not (Path(cfg.vae.export) / "model.safetensors").is_file():
         raise ConfigError(f"vae.export: {cfg.vae.export} is not a VAE export (no model.safetensors)")
     if cfg.text.encoder:
@@ -148,14 +149,14 @@ def fit(cfg: Config, callbacks: list | None = None) -> dict[str, Path]:
 
 
 def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path, callbacks: list | None = None) -> Path:
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ..data.pipeline import clip_dataset
+    from ..raytools import cluster_has_gpus
 
     t = cfg.train
-    use_gpu = t.use_gpu == "true" or (t.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    use_gpu = t.use_gpu == "true" or (t.use_gpu == "auto" and cluster_has_gpus())
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
     datasets = {"train": clip_dataset(cfg.data.train, cfg.data, train=True, seed=cfg.run.seed)}
     if cfg.data.val:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, ConfigError, apply_override, parse_value, read_yaml_mapping
+from ..config.checks import shared_folder_error
 
 # What the training loop reports at every validation (train.val_every), and which way is better.
 # psnr metrics come from the preview on validation clips, so they need data.val.
@@ -122,6 +123,8 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 def _check(sweep: Sweep) -> None:
     """Every value a trial can get must make a valid config: refuse now, naming the key and the value."""
     where = f"{sweep.path}"
+    if sweep.dir is not None and (error := shared_folder_error(sweep.dir, "dir")):
+        raise SweepError(f"{where}: {error}")
     try:
         base_cfg = sweep.config_for({})
     except ConfigError as exc:
