@@ -136,3 +136,16 @@ def test_gpu_deepspeed_config_from_the_seed_config():
     own_batch = load_config(ROOT / "experiments" / "seed_dit.yaml", ["vae.batch_size=3"])
     own = deepspeed_config(own_batch, "vae", world, "fp16")
     assert own["train_micro_batch_size_per_gpu"] == 3 and own["train_batch_size"] == 3 * world  # the VAE's own batch
+
+
+def test_gpu_check_says_in_one_line_that_there_is_no_gpu_and_exits_2():
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: `make gpu-check` runs for real here")
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench" / "gpu_check.py")], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and done.stdout.strip().count("\n") == 0 and "no CUDA GPU" in done.stdout

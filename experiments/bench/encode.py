@@ -38,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--clips", type=int, default=256)
+    parser.add_argument("--sizes", default="tiny,seed", help="VAE presets, comma-separated")
     args = parser.parse_args()
 
     from vdp_ray.config import load_config
@@ -56,10 +57,13 @@ def main() -> None:
         shards = tmp / "digits"
         shard(ShardOptions(out=str(shards), synthetic="moving-digits", num_clips=args.clips, frames=8, size=(32, 32),
                            split={"train": 1.0}), log=lambda *_: None)  # fmt: skip
-        for size in ("tiny", "seed"):
+        # the seed VAE compresses time 4x: its given frames come in fours
+        frames = {"tiny": [], "seed": ["data.context_frames=4", "diffusion.masks.context_min=4",
+                                       "diffusion.masks.context_max=4"]}  # fmt: skip
+        for size in args.sizes.split(","):
             cfg = load_config(ROOT / "experiments" / "tiny_dit.yaml",
                               [f"vae.preset={size}", "vae.scale_factor=1.0", f"data.train={shards / 'train'}",
-                               "train.batch_size=8", "train.precision=fp32"])  # fmt: skip
+                               "train.batch_size=8", "train.precision=fp32", *frames.get(size, [])])  # fmt: skip
             torch.manual_seed(0)
             vae = build_vae(cfg)
             export = write_export(tmp / f"vae-{size}", cfg, "vae", vae.state_dict(), {"steps": 0})

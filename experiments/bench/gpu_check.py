@@ -4,11 +4,13 @@
     python experiments/bench/gpu_check.py --cpu-smoke     # the same sequence, tiny, on a CPU (checks the script)
 
 1. moving-digits shards; 2. the U-Net in fp16 with ZeRO-2, rank 0 killed once mid-run and resumed (the loss
-must fall, every step must be done once after the resume point); 3. the VAE -> DiT pipeline in bf16 with ZeRO-2;
-4. the Predictor in fp32, fp16 and bf16 on both exports (finite, and the half-precision samples close to the
-fp32 ones); 5. `vdp evaluate` with a GPU actor; 6. one `vdp serve` request answered on the GPU; 7. training
-throughput of DiT-B at 2048 latent tokens and of the U-Net through the DeepSpeed engine (bf16, ZeRO-2, one
-rank): clips/s, peak GPU memory, achieved TFLOP/s and MFU against the GPU's dense bf16 peak.
+must fall, every step must be done once after the resume point); 3. the VAE -> DiT pipeline in bf16 with
+ZeRO-2, then `vdp encode` with that VAE (the encoder on a GPU actor) and the DiT trained from the latent
+shards; 4. the Predictor in fp32, fp16 and bf16 on both exports (finite, and the half-precision samples close
+to the fp32 ones); 5. `vdp evaluate` with a GPU actor; 6. one `vdp serve` request answered on the GPU;
+7. training throughput of DiT-B/2 at 1024 latent tokens (eager and torch.compile'd) and of the seed U-Net
+through the DeepSpeed engine (bf16, ZeRO-2, one rank): clips/s, peak GPU memory, achieved TFLOP/s and MFU
+against the GPU's dense bf16 peak.
 
 Prints one line per check and a Markdown table for experiments/bench/RESULTS.md; exits 1 if any check failed.
 Without CUDA it says so in one line and exits 2 (unless --cpu-smoke).
@@ -118,7 +120,26 @@ def train_latent(a, shards: Path, work: Path) -> str:
                "train.precision=bf16", "train.zero_stage=2", f"train.workers={a.workers}", "train.log_every=5",
                "train.lr=1e-3", "vae.lr=2e-3", *a.device_overrides))  # fmt: skip
     a.exports["dit"] = run / "export"
+    a.vae = run / "vae_export"
     return f"vae: {falls(logged(run, 'vae'))}; dit: {falls(logged(run, 'dit'))}"
+
+
+def train_from_latents(a, shards: Path, work: Path) -> str:
+    """`vdp encode` with the run's VAE (the encoder on the GPU actor pool), then the DiT from the latent shards."""
+    from vdp_ray.data.latent_shards import EncodeOptions, encode_latents
+    from vdp_ray.train import fit
+
+    summary = encode_latents(EncodeOptions(shards=str(shards), vae=str(a.vae), out=str(work / "latents")),
+                             log=lambda *_: None)  # fmt: skip
+    if not a.cpu_smoke:
+        assert summary["device"] == "cuda", summary
+    run = work / "dit-latents"
+    fit(config("tiny_dit", run, shards, f"data.train={work / 'latents' / 'train'}", f"vae.export={a.vae}",
+               "train.stages=[dit]", f"train.max_steps={a.steps}", "train.precision=bf16", "train.zero_stage=2",
+               f"train.workers={a.workers}", "train.log_every=5", "train.lr=1e-3", *a.device_overrides))  # fmt: skip
+    encoded = summary["splits"]["train"]
+    where = f"encoded {encoded['clips']} clips on {summary['device']} in {encoded['seconds']:.1f} s"
+    return f"{where}; {falls(logged(run, 'dit'))}"
 
 
 def predict_every_precision(a) -> str:
@@ -203,7 +224,9 @@ def throughput(a, checks: Checks) -> str:
     peak = float(os.environ.get("VDP_GPU_PEAK_TFLOPS", peak or 0)) or None
     # the seed geometries: DiT-B/2 on the seed VAE's latents of 16 frames at 256^2 (4 x 32 x 32: 1024 tokens),
     # and the seed U-Net on 16 RGB frames at 64^2
-    cases = [("DiT-B/2, 1024 latent tokens", "seed_dit", ["model.preset=B"], (4, 4, 32, 32), 16),
+    dit, latents = ["model.preset=B"], (4, 4, 32, 32)
+    cases = [("DiT-B/2, 1024 latent tokens", "seed_dit", dit, latents, 16),
+             ("DiT-B/2, 1024 tokens, compiled", "seed_dit", [*dit, "train.compile=true"], latents, 16),
              ("U-Net seed, 16 x 64^2", "seed_unet", [], (3, 16, 64, 64), 8)]  # fmt: skip
     if a.cpu_smoke:
         cases = [("DiT-tiny (smoke)", "tiny_dit", ["model.preset=tiny"], (4, 4, 8, 8), 2)]
@@ -281,18 +304,14 @@ def main() -> int:
     checks = Checks()
     shards = work / "shards"
     clips = 64 if a.cpu_smoke else 512
-    checks.run(
-        "shards",
-        lambda: (
-            shard(
-                ShardOptions(out=str(shards), synthetic="moving-digits", num_clips=clips, frames=8, size=(32, 32)),
-                log=lambda *_: None,
-            )
-            and None
-        ),
-    )
+    split = {"train": 0.875, "val": 0.125}
+    options = ShardOptions(out=str(shards), synthetic="moving-digits", num_clips=clips, frames=8, size=(32, 32),
+                           split=split)  # fmt: skip
+    checks.run("shards", lambda: shard(options, log=lambda *_: None) and None)
     checks.run("U-Net fp16 ZeRO-2, killed and resumed", train_unet, a, shards, work)
     checks.run("VAE -> DiT bf16 ZeRO-2", train_latent, a, shards, work)
+    if "dit" in a.exports:
+        checks.run("vdp encode, then the DiT from latent shards", train_from_latents, a, shards, work)
     if a.exports:
         checks.run("Predictor in fp32 / fp16 / bf16", predict_every_precision, a)
     if "unet" in a.exports:

@@ -56,7 +56,7 @@ def save(engine, ema, cfg: Config, stage: str, progress: Progress, metrics: dict
     try:
         engine.save_checkpoint(str(tmp), tag=DS_TAG)
         torch.save(rng_state(engine.device), tmp / f"rng_rank{rank}.pt")
-        averaged = ema.state_dict()  # every rank: under ZeRO-3 the ranks gather the average's partitions
+        averaged = ema.state_dict(everywhere=False)  # every rank calls it: under ZeRO-3 rank 0 gathers partitions
         if rank == 0:
             save_state_dict(averaged, tmp / EMA_FILE)
             world = dist.get_world_size() if dist.is_initialized() else 1

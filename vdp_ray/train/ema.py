@@ -49,8 +49,9 @@ class EMA:
                 s.copy_(v)
         self.updates += 1
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole average. Under ZeRO-3 a collective: every rank calls it."""
+    def state_dict(self, everywhere: bool = True) -> dict[str, torch.Tensor]:
+        """The whole average. Under ZeRO-3 a collective that every rank calls; ``everywhere=False`` assembles it
+        on rank 0 only (the others get {}), so no other rank ever holds a full copy."""
         return dict(self.shadow)
 
     def load(self, state: dict[str, torch.Tensor], updates: int) -> None:
@@ -75,20 +76,26 @@ class PartitionedEMA(EMA):
     def _params(self) -> dict[str, nn.Parameter]:
         return {k: v for k, v in self.module.state_dict(keep_vars=True).items() if hasattr(v, "ds_tensor")}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        params, world = self._params(), dist.get_world_size() if dist.is_initialized() else 1
+    def state_dict(self, everywhere: bool = True) -> dict[str, torch.Tensor]:
+        params = self._params()
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        mine = not dist.is_initialized() or dist.get_rank() == 0 or everywhere
         out = {}
-        for k, s in self.shadow.items():
+        for k, s in self.shadow.items():  # one parameter at a time: the peak is one gathered tensor
             if k not in params:
-                out[k] = s.clone()
+                if mine:
+                    out[k] = s.clone()
                 continue
-            parts = [torch.empty_like(s) for _ in range(world)]
-            if world > 1:
+            parts = [torch.empty_like(s) for _ in range(world)] if mine else None
+            if world == 1:
+                parts = [s]
+            elif everywhere:
                 dist.all_gather(parts, s)
             else:
-                parts = [s]
-            p = params[k]
-            out[k] = torch.cat(parts)[: p.ds_numel].view(p.ds_shape)
+                dist.gather(s, parts, dst=0)
+            if mine:
+                p = params[k]
+                out[k] = torch.cat(parts)[: p.ds_numel].view(p.ds_shape)
         return out
 
     def load(self, state: dict[str, torch.Tensor], updates: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from ..config import Config
 from ..data.pipeline import epochs
@@ -174,7 +175,7 @@ def _validate_and_preview(w: Worker, step: int, total: int, val_shard, preview: 
         return {}
     report = _validate(w.stage, w.engine, val_shard, cfg, w.batch_size, w.dtype, w.device, preview)
     if (step % cfg.train.preview_every == 0 or step == total) and preview.clips is not None:
-        model = preview.ema_model()  # every rank: under ZeRO-3 gathering the average is a collective
+        model = preview.ema_model(everywhere=False)  # every rank: under ZeRO-3 rank 0 gathers the partitions
         if w.rank == 0:
             image, scores = preview.run(model)
             w.log.image("preview", image, step)
@@ -230,9 +231,12 @@ class Preview:
             self.clips, self.captions = self.stage.pixels(clips[:PREVIEW_CLIPS]), captions[:PREVIEW_CLIPS]
             self.from_validation = True
 
-    def ema_model(self):
-        """The network with the EMA weights. Every rank calls it (a collective under ZeRO-3)."""
-        weights = self.ema.state_dict()
+    def ema_model(self, everywhere: bool = True):
+        """The network with the EMA weights. Every rank calls it (a collective under ZeRO-3); with
+        ``everywhere=False`` only rank 0 gets the network (the others None, and no copy of it)."""
+        weights = self.ema.state_dict(everywhere)
+        if not weights or (not everywhere and dist.is_initialized() and dist.get_rank() != 0):
+            return None
         if self._copy is None:
             self._copy = self.stage.new_model().to(self.device)
         self._copy.load_state_dict(weights)

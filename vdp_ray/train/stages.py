@@ -15,6 +15,7 @@ called like the module it wraps). ``STAGE_CLASSES`` is the registry of the names
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -176,7 +177,8 @@ class DiffusionStage:
         return self.latent.latent_context(self.cfg.data.context_frames if k is None else k, self.cfg.data.frames)
 
     def loss(self, net, clips, captions, dtype):
-        x0 = self.latent.encode(clips, sample=True)  # fp32: the diffusion arithmetic is, the network gets dtype
+        with _half_on_gpu(self.device, dtype):  # the frozen encoder in the training precision on a GPU
+            x0 = self.latent.encode(clips, sample=True).float()  # fp32: the diffusion arithmetic is
         m = self.cfg.diffusion.masks
         given = (self._given_latents(m.context_min), self._given_latents(m.context_max))
         masks = sample_frame_masks(x0.shape[0], x0.shape[2], m.probs(), given, m.context_drop).mask.to(x0.device)
@@ -249,6 +251,12 @@ STAGE_CLASSES: dict[str, type] = {"vae": VAEStage, "unet3d": DiffusionStage, "di
 
 def make_stage(cfg: Config, name: str, device: torch.device) -> Stage:
     return STAGE_CLASSES[name](cfg, device)
+
+
+def _half_on_gpu(device: torch.device, dtype: torch.dtype):
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
 
 
 def strip(rows: list[torch.Tensor], max_clips: int = 4) -> np.ndarray:
