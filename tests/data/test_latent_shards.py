@@ -1,5 +1,5 @@
-"""`vdp encode`: clip shards -> latent shards of a VAE export (Ray Data, an encoder actor pool), and a DiT that
-trains from them, refusing latents of another VAE."""
+"""`vdp encode`: clip shards -> latent shards of a VAE export (Ray Data, an encoder actor pool), refused by a run
+of another VAE or geometry. A DiT trained from them: tests/text/test_text_training.py (the text DiT)."""
 
 import io
 import json
@@ -8,7 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from support.runs import ROOT, logged, train_config
+from support.runs import ROOT
 
 from vdp_ray.config import ConfigError, load_config
 from vdp_ray.data.latent_shards import EncodeOptions, encode_latents, vae_id
@@ -94,21 +94,3 @@ def test_a_run_refuses_latents_of_another_vae_or_geometry_before_any_work(latent
     with pytest.raises(ConfigError, match="hold clips of"):
         check_inputs(cfg)
     check_inputs(load_config(ROOT / "experiments" / "tiny_dit.yaml", [*base, f"vae.export={vae}"]))
-
-
-@pytest.mark.train
-def test_a_dit_trains_from_latent_shards_and_validates_on_pixels(latents, digits, tmp_path):
-    from vdp_ray.train import fit
-
-    out, vae = latents
-    run = tmp_path / "fromlatents"
-    cfg = train_config("tiny_dit", digits, run, f"data.train={out / 'train'}", f"vae.export={vae}",
-                       "train.stages=[dit]", "train.max_steps=8", "train.log_every=2", "train.val_every=8",
-                       "train.preview_every=8", "train.lr=1e-3")  # fmt: skip
-    exports = fit(cfg)
-    rows = logged(run, "dit")
-    assert rows[-1]["step"] == 8 and rows[-1]["loss"] < rows[0]["loss"]
-    assert "latent_cache_hits" not in rows[-1]  # no encoder ran in the steps
-    assert "val/psnr_gain" in (run / "logs" / "dit.log").read_text()  # validated and previewed on pixel clips
-    dit = Export(exports["dit"])
-    assert dit.cfg.vae.scale_factor == pytest.approx(0.5) and dit.vae() is not None

@@ -53,7 +53,7 @@ def lose_node(mode: str, shards: str, run_dir: str, *overrides: str) -> None:
     ray.init(address=cluster.address, logging_level="ERROR")
     events: dict = {}
     try:
-        extra = ["train.workers=[1,2]", "train.resize_check_s=3"] if mode == "elastic" else []
+        extra = ["train.workers=[1,2]", "train.resize_check_s=1"] if mode == "elastic" else []
         cfg = load_config(ROOT / "experiments" / "tiny_unet.yaml", [
             f"data.train={shards}/train", f"data.val={shards}/val", f"run.dir={run_dir}", "run.name=lose",
             "train.workers=2", "train.cpus_per_worker=2", "train.placement=spread", "train.max_steps=80",
@@ -77,7 +77,7 @@ def lose_node(mode: str, shards: str, run_dir: str, *overrides: str) -> None:
 
             while thread.is_alive() and not stepped():
                 time.sleep(0.2)
-            time.sleep(5)
+            time.sleep(1)  # the replacement joins while the one worker still has most of its steps ahead
         else:
             time.sleep(5)
         events["replaced_at"] = time.time()

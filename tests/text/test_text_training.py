@@ -1,5 +1,6 @@
 """`vdp encode-text` on captioned moving-digit shards (a real Ray Data job, a local random CLIP), and a text DiT
-trained on them through Ray Train + DeepSpeed; refusals before any Ray work when embeddings are missing."""
+trained on them (from `vdp encode`'s latent shards) through Ray Train + DeepSpeed; refusals before any Ray work
+when embeddings are missing."""
 
 import json
 import shutil
@@ -72,14 +73,24 @@ def _cfg(shards, encoder, run, vae, *overrides):
 
 
 def test_a_text_dit_trains_on_captions_and_its_export_knows_its_encoder(encoded, tmp_path):
+    """From `vdp encode`'s latent shards of the training split (the caption tables travel with them; no encoder
+    pass in a step), validated and previewed on the pixel clips of the validation split."""
+    from vdp_ray.data.latent_shards import EncodeOptions, encode_latents
+
     shards, encoder = encoded
     vae = dit_export(tmp_path / "random") / "vae"
+    latents = tmp_path / "latents"
+    encode_latents(EncodeOptions(shards=str(shards / "train"), vae=str(vae), out=str(latents), batch_size=8),
+                   log=lambda *_: None)  # fmt: skip
+    assert (latents / "train" / "text" / "index.json").is_file()
     run = tmp_path / "textrun"
-    exports = fit(_cfg(shards, encoder, run, vae))
+    exports = fit(_cfg(shards, encoder, run, vae, f"data.train={latents / 'train'}"))
     export = Export(exports["dit"])
     assert export.cfg.text.encoder == str(encoder) and export.cfg.model.dit.text_dim == 64
     rows = [json.loads(x) for x in (run / "logs" / "dit.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    # training latents come from the shards: the encoder (and its cache) ran only for validation (step 6 on)
+    assert not any("latent_cache_hits" in r for r in rows if r["step"] < 6)
     losses = [r["loss"] for r in rows]
     assert all(np.isfinite(losses)) and np.mean(losses[-2:]) < losses[0], losses  # it learns from the captions
     log = (run / "logs" / "dit.log").read_text()
