@@ -48,6 +48,12 @@ class EncodeOptions:
                 raise OptionError(name, "must be at least 1")
 
 
+def holds_latents(folder: Path) -> bool:
+    """Whether ``folder``'s manifest.json says it holds our latent shards (a split, or the top of an output)."""
+    manifest = Path(folder) / MANIFEST
+    return manifest.is_file() and json.loads(manifest.read_text()).get("kind") == KIND
+
+
 def vae_id(export_dir: str | Path) -> str:
     """The identity of a VAE export: the digest of its weights (a retrained VAE in the same folder differs)."""
     from ..export import WEIGHTS
@@ -123,7 +129,7 @@ def encode_latents(opts: EncodeOptions, log=print) -> dict:
     _check_target(out, [Path(p) for p in [opts.shards]])
     folders = split_folders([opts.shards])
     for folder in folders:
-        if (json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else {}).get("kind") == KIND:
+        if holds_latents(folder):
             raise OptionError("shards", f"{folder} holds latent shards already; give the clip shards")
     init_ray()
     try:
@@ -155,11 +161,8 @@ def _check_target(out: Path, sources: list[Path]) -> None:
         s = source.resolve()
         if resolved == s or s in resolved.parents or resolved in s.parents:
             raise OptionError("out", f"{out} overlaps the clip shards {source}: give a folder of its own")
-    if out.exists():
-        manifest = out / MANIFEST
-        ours = manifest.is_file() and json.loads(manifest.read_text()).get("kind") == KIND
-        if not ours and (not out.is_dir() or any(out.iterdir())):
-            raise OptionError("out", f"{out} exists and does not hold latent shards: not replacing it")
+    if out.exists() and not holds_latents(out) and (not out.is_dir() or any(out.iterdir())):
+        raise OptionError("out", f"{out} exists and does not hold latent shards: not replacing it")
 
 
 def _encode_split(folder: Path, target: Path, vae, opts: EncodeOptions, device: str, gpus: float, summary) -> dict:

@@ -86,13 +86,14 @@ class PartitionedEMA(EMA):
                 if mine:
                     out[k] = s.clone()
                 continue
-            parts = [torch.empty_like(s) for _ in range(world)] if mine else None
             if world == 1:
                 parts = [s]
-            elif everywhere:
-                dist.all_gather(parts, s)
             else:
-                dist.gather(s, parts, dst=0)
+                parts = [torch.empty_like(s) for _ in range(world)] if mine else None
+                if everywhere:
+                    dist.all_gather(parts, s)
+                else:
+                    dist.gather(s, parts, dst=0)
             if mine:
                 p = params[k]
                 out[k] = torch.cat(parts)[: p.ds_numel].view(p.ds_shape)

@@ -152,11 +152,11 @@ class DiffusionStage:
             from ..export import Export
 
             vae = Export(cfg.vae.export).model().to(device)  # the driver resolved vae.export and its geometry
-            # the cache pays where the encoder is slow: on CPUs. On a GPU the encoder pass is cheap beside the
-            # host copy and the pixel digest the cache needs every step (``vdp encode`` precomputes latents there)
-            cache = (
-                LatentCache(cfg.train.latent_cache_mb) if cfg.train.latent_cache_mb and device.type == "cpu" else None
-            )
+            # the cache pays where the encoder is slow: on CPUs, and not when the training latents come from
+            # `vdp encode`'s shards. On a GPU the encoder pass is cheap beside the host copy and the pixel digest
+            # the cache needs every step. Decided from the config alone: every rank reports the same metrics.
+            wanted = cfg.train.latent_cache_mb and device.type == "cpu" and not _latent_shards(cfg.data.train)
+            cache = LatentCache(cfg.train.latent_cache_mb) if wanted else None
         self.latent = LatentSpace.of_config(cfg, vae, cache)
         self.text = None
         if cfg.text.encoder:
@@ -228,8 +228,8 @@ class DiffusionStage:
         return self.latent.pixels(clips)
 
     def step_metrics(self) -> dict[str, float]:
-        rate = None if self.latent.cache is None else self.latent.cache.take_hit_rate()
-        return {} if rate is None else {"latent_cache_hits": rate}  # None: not asked (latent shards)
+        cache = self.latent.cache
+        return {} if cache is None else {"latent_cache_hits": cache.take_hit_rate() or 0.0}
 
     def finish(self, ema_model, batches, world, mean):
         return {}, None
@@ -251,6 +251,18 @@ STAGE_CLASSES: dict[str, type] = {"vae": VAEStage, "unet3d": DiffusionStage, "di
 
 def make_stage(cfg: Config, name: str, device: torch.device) -> Stage:
     return STAGE_CLASSES[name](cfg, device)
+
+
+def _latent_shards(spec) -> bool:
+    """Whether ``spec`` names `vdp encode`'s latent shards (False for clip shards, or none readable here)."""
+    from ..data.latent_shards import KIND
+    from ..data.pipeline import shard_manifest
+    from ..data.shards import ShardError
+
+    try:
+        return bool(spec) and (shard_manifest(spec) or {}).get("kind") == KIND
+    except (ShardError, OSError):
+        return False
 
 
 def _half_on_gpu(device: torch.device, dtype: torch.dtype):
