@@ -117,7 +117,7 @@ def test_a_requests_sampling_settings_are_checked_once_naming_the_setting():
     assert resolve_sampling(base, 1000, steps=5, guidance=None).steps == 5
     assert resolve_sampling(base, 1000, guidance=2).guidance == 2.0
     for changes, field, words in [({"steps": 0}, "steps", "[1, 1000]"), ({"steps": 1001}, "steps", "got 1001"),
-                                  ({"sampler": "euler"}, "sampler", "unknown 'euler'"),
+                                  ({"sampler": "lms"}, "sampler", "unknown 'lms'"),
                                   ({"guidance": 51}, "guidance", "[0, 50]"), ({"eta": 2}, "eta", "[0, 1]"),
                                   ({"text_guidance": -1}, "text_guidance", "[0, 50]"),
                                   ({"strength": 1}, "strength", "not a sampling setting")]:  # fmt: skip
@@ -162,9 +162,15 @@ def test_an_elastic_worker_range_sets_min_and_max_workers():
         (["data.channels=2"], "data.channels: 2 is not allowed; expected one of [1, 3]"),
         (["model.preset=huge"], "model.preset: unknown unet3d preset 'huge'"),
         (
-            ["diffusion.prediction_type=eps", "diffusion.zero_terminal_snr=true"],
+            ["diffusion.prediction_type=eps", "diffusion.zero_terminal_snr=true", "diffusion.residual=false"],
             "diffusion.zero_terminal_snr: needs diffusion.prediction_type v or x0",
         ),
+        (
+            ["diffusion.objective=flow", "diffusion.prediction_type=eps", "diffusion.residual=false"],
+            "diffusion.prediction_type: eps cannot be sampled under diffusion.objective flow",
+        ),
+        (["diffusion.objective=rf"], "diffusion.objective: 'rf' is not allowed"),
+        (["train.select_by=val/psnr"], "train.select_by: 'val/psnr' is not allowed"),
         (["diffusion.masks.context_max=16"], "diffusion.masks.context_max (16) must be < data.frames (16)"),
         (
             ["diffusion.masks.context_min=6", "diffusion.masks.context_max=5"],

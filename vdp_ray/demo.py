@@ -86,7 +86,7 @@ def _make_shards(cfg, opts: DemoOptions, shards: Path) -> int:
     from .data.shards import ShardOptions, read_manifest, shard
 
     d = cfg.data
-    want = {"frames": d.frames, "size": list(d.size), "clips": opts.clips, "digits": list(DIGITS)}
+    want = {"frames": d.frames, "size": list(d.size), "clips": opts.clips, "digits": list(DIGITS), "meta": 2}
     stamp = shards / "demo.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         _say(f"shards: reusing {shards}")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+PSNR_CAP = 100.0  # dB for identical frames: a still clip predicted exactly scores high, and means stay finite
+
 
 def psnr(pred: torch.Tensor, truth: torch.Tensor, max_val: float = 2.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio per (clip, frame): (N, T), in dB. Identical frames give +inf."""
+    """Peak signal-to-noise ratio per (clip, frame): (N, T), in dB, at most PSNR_CAP (identical frames)."""
     mse = (pred.float() - truth.float()).pow(2).transpose(1, 2).flatten(2).mean(-1)
-    return 10 * torch.log10(max_val**2 / mse)
+    return (10 * torch.log10(max_val**2 / mse)).clamp(max=PSNR_CAP)
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

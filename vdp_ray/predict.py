@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .config import SamplingConfig, SettingError, check_prompts, resolve_sampling
-from .diffusion import Condition, GaussianDiffusion, interpolation_mask, sample
+from .diffusion import Condition, interpolation_mask, make_diffusion, sample
 from .export import WEIGHTS, Export
 from .latent import LatentFrameError, LatentSpace
 from .pixels import clips_to_model, clips_to_uint8, fit_frames
@@ -68,7 +68,7 @@ class Predictor:
             self.latent = LatentSpace.of_export(export, self.device)
         except FileNotFoundError as exc:
             raise PredictError(str(exc)) from None
-        self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+        self.diffusion = make_diffusion(cfg.diffusion)
         self.text_encoder = self.text = None
         if (encoder := export.text_encoder()) is not None:
             from .text import TextConditioner, TextEncoder, TextError
@@ -156,6 +156,7 @@ class Predictor:
             "context_frames": self.cfg.data.context_frames,
             "max_context": self.max_context,
             "temporal_compression": self.tc,
+            "objective": self.diffusion.objective,
             "num_timesteps": self.diffusion.num_timesteps,
             "steps": self.export.meta.get("steps"),
             "text": self.text is not None,
@@ -225,6 +226,7 @@ class Predictor:
         if a.shape[2] != self.tc or b.shape[2] != self.tc:
             raise PredictError(f"first/last: give {self.tc} frame(s) each (the model's latent frame)")
         self._latent_frames(num_between, "num_between")
+        self._fits_window(num_between + 2 * self.tc, "num_between", f"{self.window - 2 * self.tc}")
         generator = self._generator(kw.pop("seed", None))
         n, c, _, h, w = a.shape
         filler = torch.zeros(n, c, num_between, h, w, device=a.device)
@@ -240,6 +242,7 @@ class Predictor:
         if not 0.0 < float(strength) <= 1.0:
             raise PredictError(f"strength: must be in (0, 1], got {strength}")
         self._latent_frames(x.shape[2], "frames")
+        self._fits_window(x.shape[2], "frames", f"clips of {self.window} frames")
         generator = self._generator(kw.pop("seed", None))
         latent = self.latent.encode(x)
         out = self._sample(latent.shape, Condition(), generator, init=latent, strength=float(strength), **kw)
@@ -270,6 +273,12 @@ class Predictor:
             out = sample(self.model, self.diffusion, tuple(shape), cond, settings, init=init, strength=strength,
                          generator=generator, device=self.device, progress=progress)  # fmt: skip
         return out.float()
+
+    def _fits_window(self, frames: int, name: str, expected: str) -> None:
+        """A model whose frames are folded into channels (model.unet3d.fold_frames) takes exactly its window."""
+        if getattr(self.model, "fold_frames", None) and frames != self.window:
+            raise PredictError(f"{name}: this model takes exactly {self.window} frames at once (its frames are "
+                               f"folded into channels); expected {expected}")  # fmt: skip
 
     def _latent_frames(self, frames: int, name: str) -> int:
         try:

@@ -6,7 +6,8 @@ from __future__ import annotations
 # --- diffusion
 SCHEDULES = ("linear", "cosine", "sigmoid")
 PREDICTION_TYPES = ("eps", "v", "x0")
-SAMPLERS = ("ddpm", "ddim", "dpm++")
+SAMPLERS = ("ddpm", "ddim", "dpm++", "euler", "heun")  # every one works on both objectives
+OBJECTIVES = ("ddpm", "flow")  # Gaussian diffusion on a discrete schedule; flow matching on straight paths
 SPACINGS = ("trailing", "leading", "linspace")
 MASK_TASKS = ("prediction", "generation", "interpolation", "random")  # what a training frame mask asks for
 
@@ -24,7 +25,7 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 RESIZE_MODES = ("crop", "pad", "stretch")  # how `vdp shard` fits frames to a size
 CLIP_FORMATS = ("npy", "mp4")  # a clip's encoding inside a shard
-SYNTHETIC = ("moving-digits",)  # data sets `vdp shard --synthetic` makes
+SYNTHETIC = ("moving-digits", "photo-pans")  # data sets `vdp shard --synthetic` makes
 
 # --- outputs
 VIDEO_OUTPUTS = (".gif", ".mp4")  # what `vdp predict --out` writes

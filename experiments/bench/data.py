@@ -56,13 +56,13 @@ def training_wait(split: Path, experiment: str, steps: int) -> dict:
     """Run the experiment's model (plain PyTorch, AdamW) on batches from the pipeline; time spent waiting."""
     from vdp_ray.config import load_config
     from vdp_ray.data.pipeline import clip_dataset, epochs
-    from vdp_ray.diffusion import GaussianDiffusion, sample_frame_masks
+    from vdp_ray.diffusion import make_diffusion, sample_frame_masks
     from vdp_ray.models import build_denoiser, build_vae
 
     cfg = load_config(f"experiments/{experiment}.yaml")
     stage = cfg.train.stages[0]
     model = build_vae(cfg) if stage == "vae" else build_denoiser(cfg)
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    diffusion = make_diffusion(cfg.diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     it = epochs(clip_dataset(str(split), cfg.data, train=True).iterator(), batch_size=cfg.train.batch_size,
                 shuffle_buffer=cfg.data.shuffle_buffer)  # fmt: skip

@@ -210,7 +210,7 @@ def throughput(a, checks: Checks) -> str:
     import torch.distributed as dist
 
     from vdp_ray.config import load_config
-    from vdp_ray.diffusion import GaussianDiffusion
+    from vdp_ray.diffusion import make_diffusion
     from vdp_ray.models import build_denoiser, forward_flops
     from vdp_ray.train.engine import build_engine, configure_device
 
@@ -242,7 +242,7 @@ def throughput(a, checks: Checks) -> str:
         flops = 3 * forward_flops(stage.model, torch.zeros(1, *shape), torch.zeros(1, shape[1]), None) * batch
         configure_device(device, cfg.train)  # TF32 and cuDNN's autotuner, as a training worker sets them
         engine, _ = build_engine(stage, cfg, "bench", 1, "bf16", deepspeed.initialize)
-        diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+        diffusion = make_diffusion(cfg.diffusion)
         x0 = torch.randn(batch, *shape, device=device)
         if a.device == "cuda":
             torch.cuda.reset_peak_memory_stats()

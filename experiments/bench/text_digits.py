@@ -3,7 +3,7 @@
 Captioned moving digits (one digit per clip) -> `vdp encode-text` with a small random CLIP over the captions'
 words (--make-encoder; no download) -> the tiny text DiT (experiments/tiny_text_dit.yaml: VAE, then DiT) ->
 clips generated from "the digit D" for every D, read back by a digit classifier trained here on scikit-learn's
-digits (tests/support/digit_reader.py). Reported: accuracy of the digit read against the digit asked for, at text
+digits (vdp_ray/data/digit_reader.py). Reported: accuracy of the digit read against the digit asked for, at text
 guidance 1 (off) and higher, against chance (10 %) and the same model given the null text (unconditional).
 
     python experiments/bench/text_digits.py [--out runs/bench_text] [--clips 2000] [--steps 4000] [--per-digit 10]
@@ -35,10 +35,9 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0, 7.0, 10.0])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for the training")
     args = ap.parse_args()
-    from support.digit_reader import DigitReader
-
     from vdp_ray.cli import main as vdp
     from vdp_ray.config import load_config
+    from vdp_ray.data.digit_reader import DigitReader
     from vdp_ray.data.moving_digits import moving_digits_clip
     from vdp_ray.data.shards import ShardOptions, shard
     from vdp_ray.media import strip, write_png

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from models import matmul_gflops
 
 from vdp_ray.config import load_config
-from vdp_ray.diffusion import GaussianDiffusion, sample_frame_masks
+from vdp_ray.diffusion import make_diffusion, sample_frame_masks
 from vdp_ray.export import write_export
 from vdp_ray.models import build_denoiser, build_vae, forward_flops
 
@@ -43,7 +43,7 @@ def plain_loop(cfg, batch: int, steps: int, clips: torch.Tensor) -> float:
     torch.set_num_threads(1)
     model = build_denoiser(cfg)
     vae = build_vae(cfg).eval() if cfg.model.family == "dit" else None
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    diffusion = make_diffusion(cfg.diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     m = cfg.diffusion.masks
     tc = cfg.vae.temporal_compression if vae is not None else 1

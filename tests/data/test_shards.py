@@ -160,10 +160,39 @@ def test_moving_digits_shards_are_deterministic(tmp_path):
     assert clip.shape == (6, 32, 32, 1) and 1 <= len(meta["digits"]) <= 3
 
 
+def test_photo_pans_are_real_photos_in_motion_split_by_photo(tmp_path):
+    opts = dict(synthetic="photo-pans", num_clips=48, frames=6, size=(16, 24), split={"train": 0.75, "val": 0.25})
+    summary = shard(ShardOptions(out=str(tmp_path / "pans"), **opts), log=quiet)
+    train, val = read_shard_samples(tmp_path / "pans" / "train"), read_shard_samples(tmp_path / "pans" / "val")
+    assert len(train) + len(val) == 48 and len(val) == 12
+    photos = {split: {m["photo"] for _, m in clips.values()} for split, clips in (("train", train), ("val", val))}
+    assert len(photos["val"]) == 4 and not photos["train"] & photos["val"], "held-out photos, never held-out clips"
+    manifest = read_manifest(tmp_path / "pans" / "val")
+    assert manifest["sources"][0]["photos"] == sorted(photos["val"], key=manifest["sources"][0]["photos"].index)
+    assert manifest["shape"] == [6, 16, 24, 3] and summary["splits"]["train"]["count"] == 36
+    moving = [(c, m) for c, m in train.values() if not m["still"]]
+    assert moving and all(np.abs(np.diff(c.astype(int), axis=0)).mean() > 0.5 for c, _ in moving)  # the camera moves
+    for clip, meta in train.values():
+        assert clip.std() > 5, "real texture, not a flat frame"
+        if meta["still"]:  # a still camera: only the sensor noise (1 grey level) changes
+            assert 0 < np.abs(clip.astype(int) - clip[:1]).mean() < 2
+    still = shard(ShardOptions(out=str(tmp_path / "still"), synthetic="photo-pans", num_clips=8, frames=4,
+                               size=(16, 16), still=True, sprites=(1, 1), grayscale=True, noise=0.0),
+                  log=quiet)  # fmt: skip
+    assert still["splits"]["train"]["count"] == 8
+    for clip, meta in read_shard_samples(tmp_path / "still" / "train").values():
+        assert clip.shape == (4, 16, 16, 1) and meta["still"] and len(meta["sprites"]) == 1
+        changed = (clip[1:] != clip[:1]).any(0).mean()
+        assert 0 < changed < 0.5, "only the sprite moves over a still photo"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         (dict(), "nothing to shard"),
+        (dict(synthetic="photo-pans", sprites=(2, 1)), "--sprites"),
+        (dict(synthetic="moving-digits", still=True), "photo-pans options"),
+        (dict(synthetic="photo-pans", noise=-1.0), "--noise"),
         (dict(synthetic="moving-digits", format="gif"), "--format 'gif'"),
         (dict(synthetic="moving-digits", stride=0), "--stride must be >= 1"),
         (dict(synthetic="moving-digits", split={"train": 0.5, "val": 0.2}), "summing to 1"),

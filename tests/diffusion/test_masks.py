@@ -80,7 +80,9 @@ def test_nearest_given_frame_is_the_anchor():
     from vdp_ray.diffusion import nearest_given
 
     frames = torch.arange(5.0).view(1, 1, 5, 1, 1).expand(3, 2, 5, 2, 2).clone()
-    mask = torch.tensor([[False, True, False, False, True], [True, False, False, False, False], [False] * 5])
+    frames = torch.arange(6.0).view(1, 1, 6, 1, 1).expand(3, 2, 6, 2, 2).clone()
+    mask = torch.tensor([[False, True, False, False, False, True], [True] + [False] * 5, [False] * 6])
     got = nearest_given(frames, mask)[:, 0, :, 0, 0]
-    assert got.tolist() == [[1, 1, 1, 1, 4], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
-    assert got.shape == (3, 5)
+    # the closest given frame, the earlier one on a tie; a clip with nothing given has no anchor (zeros)
+    assert got.tolist() == [[1, 1, 1, 1, 5, 5], [0] * 6, [0] * 6]
+    assert got.shape == (3, 6)

@@ -91,3 +91,28 @@ def test_space_to_depth_patch_keeps_shapes_and_locality():
     assert diff[:6, :6].sum() > diff[10:, 10:].sum()
     with pytest.raises(ValueError, match="divisible by its total downsampling 4"):
         net(torch.randn(1, 1, 2, 18, 16), torch.zeros(1, 2))
+
+
+def test_a_window_folded_into_channels_is_a_2d_unet_over_the_clip():
+    """fold_frames (MCVD): the clip's frames become channels of one 2D U-Net pass; every frame still gets its own
+    output, its own timestep and its own mask bit, a fresh model is still zero, and other lengths are refused."""
+    net = small_unet(fold_frames=6, patch=2)
+    x = torch.randn(2, 2, 6, 16, 16)
+    assert net(x, torch.rand(2, 6) * 999).abs().max() == 0
+    assert not any(isinstance(m, TemporalAttention3d) for m in net.modules()), "one 'frame' left: no temporal mixing"
+    net = randomize(net)
+    t = torch.full((2, 6), 500.0)
+    mask = torch.tensor([[True, True, False, False, False, False]] * 2)
+    base = net(x, t, mask)
+    assert base.shape == x.shape
+    assert not torch.allclose(base, net(x, t, None)), "the mask is an input"
+    t2 = t.clone()
+    t2[:, 5] = 10.0
+    assert not torch.allclose(base, net(x, t2, mask)), "each frame's timestep is an input"
+    y = x.clone()
+    y[:, :, 0] += 1.0
+    assert (net(y, t, mask) - base)[:, :, 5].abs().max() > 0, "frame 0 reaches frame 5"
+    base.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    with pytest.raises(ValueError, match="folds a window of exactly 6 frames"):
+        net(torch.randn(1, 2, 4, 16, 16), torch.zeros(1))

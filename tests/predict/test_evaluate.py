@@ -133,3 +133,23 @@ def test_asking_for_a_gpu_on_a_cluster_without_one_is_refused_naming_the_option(
     with pytest.raises(EvaluationError, match="--device cuda: the Ray cluster has no GPUs"):
         evaluate(EvalOptions(checkpoint=str(unet_export), shards=str(shards), context=2, future=4, clips=2,
                              device="cuda"))  # fmt: skip
+
+
+def test_digit_identity_is_scored_for_the_model_and_copy_last(shards, tmp_path):
+    """A fresh model predicts copy-last (test_copy_last.py), so its scores must equal copy_last's: PSNR and the
+    identity read at the digits' true positions in the last predicted frame."""
+    from support.exports import PIXEL
+
+    from vdp_ray.config import load_config
+    from vdp_ray.export import write_export
+    from vdp_ray.models import build_denoiser
+
+    cfg = load_config(None, PIXEL)
+    fresh = write_export(tmp_path / "fresh", cfg, "unet3d", build_denoiser(cfg).state_dict(), {})
+    m = evaluate(EvalOptions(checkpoint=str(fresh), shards=str(shards), context=2, future=4, clips=10, steps=2,
+                             batch_size=5, cpus_per_worker=1, out=str(tmp_path / "ev")))  # fmt: skip
+    copy = m["baseline"]["copy_last"]
+    assert m["psnr"] == copy["psnr"] and m["ssim"] == copy["ssim"]
+    assert m["identity"] == copy["identity"] and 0 <= m["identity"] <= 1
+    assert m["identity_reader_accuracy"] >= 0.7  # the instrument reads the true frames
+    assert "identity" in (tmp_path / "ev" / "metrics.json").read_text()

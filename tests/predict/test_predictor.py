@@ -82,7 +82,7 @@ def test_latent_model_predicts_in_whole_latent_frames(dit_export):
         (lambda p: p.predict(frames(2).astype(np.float32), 2), r"expected uint8"),
         (lambda p: p.predict(frames(2), 0), r"num_future: must be a positive integer"),
         (lambda p: p.predict(frames(2), 2, steps=0), r"steps: must be in \[1, 1000\], got 0"),
-        (lambda p: p.predict(frames(2), 2, sampler="euler"), r"sampler: unknown 'euler'"),
+        (lambda p: p.predict(frames(2), 2, sampler="lms"), r"sampler: unknown 'lms'"),
         (lambda p: p.predict(np.zeros((0, 16, 16, 1), np.uint8), 2), r"no frames"),
         (lambda p: p.refine(frames(6), 1.5), r"strength: must be in \(0, 1\]"),
         (lambda p: p.predict(np.zeros((16, 16), np.uint8), 2), r"expected \(T, H, W, C\)"),

@@ -134,7 +134,7 @@ def test_every_bad_input_gets_its_4xx_naming_the_field(served, tmp_path):
         assert_error(post(c, served, "predict", files=good, data={"future": "0"}), 422, "future")
         assert_error(post(c, served, "predict", files=good, data={"future": "65"}), 422, "future", "64")
         assert_error(post(c, served, "predict", files=good, data={"format": "avi"}), 422, "format")
-        assert_error(post(c, served, "predict", files=good, data={"sampler": "euler"}), 422, "sampler")
+        assert_error(post(c, served, "predict", files=good, data={"sampler": "lms"}), 422, "sampler")
         assert_error(post(c, served, "predict", files=good, data={"strength": "0.5"}), 422, "strength", "unknown")
         many = {"file": ("a.zip", big, "application/zip")}
         assert_error(post(c, served, "predict", files=many), 413, "file", "65 frames")

@@ -25,6 +25,8 @@ def test_unet_trains_exports_and_reloads(unet_run, tmp_path):
     assert "val/loss" in (run / "logs" / "unet3d.log").read_text()
     export = Export(unet_run.exports["unet3d"])
     assert export.directory == run / "export" and export.meta["steps"] == 20 and export.stage == "unet3d"
+    # train.select_by: the one preview (the last step) scored best, so its weights are the export's
+    assert export.meta["selected_by"]["metric"] == "val/psnr_gain" and export.meta["selected_by"]["step"] == 20
     assert export.cfg.train.zero_stage == 1 and export.cfg.model.family == "unet3d"
     # the export holds exactly the EMA weights of the final checkpoint, and they are not the initial weights
     ema = load_state_dict(last_checkpoint(run, "unet-unet3d") / "ema.safetensors")
@@ -52,7 +54,9 @@ def test_a_rerun_resumes_on_other_worker_counts_survives_a_failure_and_the_time_
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
 
     run = shutil.copytree(unet_run.dir, tmp_path / unet_run.dir.name)
-    common = ("train.lr=1e-3", "train.precision=fp16", "train.zero_stage=1")
+    # select_by=last: these runs check that the step count and the export carry on (the best-validation export is
+    # test_selection.py's and test_unet_trains_exports_and_reloads's)
+    common = ("train.lr=1e-3", "train.precision=fp16", "train.zero_stage=1", "train.select_by=last")
     fit(train_config("tiny_unet", digits, run, "train.max_steps=30", "train.workers=1", "train.log_every=1",
                      "train.checkpoint_every=5", "train.fault=raise", "train.fault_step=28", "train.max_failures=1",
                      *common))  # fmt: skip

@@ -34,7 +34,8 @@ class PredictOptions:
     fps: float | None = arg(None, "output frame rate (default: the input's, else 4)")
     prompt: str | None = arg(None, "text-conditioned models: what the clip shows (e.g. 'a 3 moving left')")
     text_guidance: float | None = arg(None, "guidance scale on the prompt (default: the export's; 1 = off)")
-    sampler: str | None = arg(None, "ddpm, ddim, or dpm++ (the fast solver)", choices=SAMPLERS, group=SAMPLING)
+    sampler: str | None = arg(None, "ddpm, ddim, dpm++ (the fast solver), euler (= ddim), or heun (2nd order, two "
+                              "calls a step)", choices=SAMPLERS, group=SAMPLING)  # fmt: skip
     steps: int | None = arg(None, "sampling steps (e.g. 1000 for ddpm, 50 ddim, 20 dpm++)", group=SAMPLING)
     guidance: float | None = arg(None, "classifier-free guidance on the context (1 = off)", group=SAMPLING)
     seed: int = arg(0, "noise seed (same seed, same frames)", group=SAMPLING)

@@ -106,6 +106,8 @@ def run_models(args) -> int:
             continue
         shape = REFERENCE_INPUT[family]
         for name, kwargs in presets.items():
+            if kwargs.get("fold_frames"):  # a window folded into channels: the reference clip's frames
+                kwargs = {**kwargs, "fold_frames": shape[1]}
             with torch.device("meta"):
                 rows.append((family, name, CLASSES[family](in_channels=shape[0], **kwargs), shape))
     print(f"{'family':<8} {'preset':<7} {'params':>10} {'input (C,T,H,W)':<20} {'fwd GFLOPs':>11}")

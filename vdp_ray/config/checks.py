@@ -66,15 +66,16 @@ def _check_training(cfg) -> None:
 def _check_diffusion(cfg) -> None:
     d, df = cfg.data, cfg.diffusion
     frames = d.frames
-    if df.residual and df.prediction_type != "x0":
+    eps_net = df.prediction_type == "eps" and not df.residual  # a network that outputs the noise
+    if eps_net and df.zero_terminal_snr and df.objective == "ddpm":
         raise ConfigError(
-            f"diffusion.residual: needs diffusion.prediction_type x0, got {df.prediction_type!r} "
-            "(the residual is measured in x0 space)"
+            "diffusion.zero_terminal_snr: needs diffusion.prediction_type v or x0, or diffusion.residual (an eps "
+            "network carries no information about the clip at SNR 0, Lin et al. 2024)"
         )
-    if df.prediction_type == "eps" and df.zero_terminal_snr:
+    if eps_net and df.objective == "flow":
         raise ConfigError(
-            "diffusion.zero_terminal_snr: needs diffusion.prediction_type v or x0 (eps carries no "
-            "information about the clip at SNR 0, Lin et al. 2024)"
+            "diffusion.prediction_type: eps cannot be sampled under diffusion.objective flow (the path starts at pure "
+            "noise, where the noise says nothing about the clip): use v (the velocity) or x0, or diffusion.residual"
         )
     mk = df.masks
     if sum(mk.probs().values()) <= 0:

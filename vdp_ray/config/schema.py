@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..vocab import FAMILIES, MASK_TASKS, PRECISIONS, PREDICTION_TYPES, SCHEDULES
+from ..vocab import FAMILIES, MASK_TASKS, OBJECTIVES, PRECISIONS, PREDICTION_TYPES, SCHEDULES
 from .fields import ConfigError, build, opt, plain, section
 from .sampling import SamplingConfig
 
@@ -65,6 +65,9 @@ class UNetConfig:
     )
     head_dim: int | None = opt(None, "Channels per attention head.", ge=8)
     dropout: float = opt(0.0, "Dropout inside residual blocks.", ge=0.0, lt=1.0)
+    fold_frames: bool | None = opt(None, "Fold the data.frames window into channels: a 2D U-Net over a fixed window "
+                                   "(MCVD's design), about T times cheaper per clip; the model then takes exactly "
+                                   "data.frames frames (longer futures roll out).")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -136,12 +139,29 @@ class MaskConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    schedule: str = opt("cosine", "Noise schedule.", choices=SCHEDULES)
-    num_timesteps: int = opt(1000, "Training timesteps.", ge=10, le=10000)
-    zero_terminal_snr: bool = opt(False, "Rescale the schedule to SNR 0 at the last step (needs v or x0).")
-    prediction_type: str = opt("v", "What the network predicts.", choices=PREDICTION_TYPES)
+    objective: str = opt("ddpm", "ddpm: Gaussian diffusion on a discrete noise schedule; flow: flow matching "
+                         "(rectified flow) on straight paths between the clip and noise, times drawn logit-normal.",
+                         choices=OBJECTIVES)  # fmt: skip
+    schedule: str = opt("cosine", "Noise schedule (ddpm).", choices=SCHEDULES)
+    num_timesteps: int = opt(1000, "Training timesteps (ddpm); the time scale the network sees (both).", ge=10,
+                             le=10000)  # fmt: skip
+    zero_terminal_snr: bool = opt(False, "Rescale the schedule to SNR 0 at the last step (ddpm; needs v or x0).")
+    prediction_type: str = opt("v", "The objective's space: what the loss compares (eps, x0, or v: the VP v, or the "
+                               "velocity under flow). Without diffusion.residual it is also what the network "
+                               "outputs.", choices=PREDICTION_TYPES)  # fmt: skip
     min_snr_gamma: float | None = opt(None, "Min-SNR-gamma loss weighting (e.g. 5); off when unset.", gt=0.0)
-    residual: bool = opt(False, "x0 predicted as the change from the nearest given frame (needs prediction_type x0).")
+    residual: bool = opt(True, "The network predicts the clean clip as a change from the nearest given frame (for "
+                         "every prediction_type; the loss stays in its space). Its output layers start at zero, so "
+                         "an untrained model predicts the last given frame (copy-last).")  # fmt: skip
+    context_noise: float = opt(0.0, "Noise augmentation of the given frames in training: each clip's given frames "
+                               "noised to a level drawn in [0, this] of the path (the network sees the level), so "
+                               "roll-outs on its own predictions drift less. 0 = off.", ge=0.0, le=1.0)  # fmt: skip
+    flow_shift: float | None = opt(None, "flow: shift of the times towards noise, t' = s t / (1 + (s - 1) t), in "
+                                   "training and sampling. Unset: sqrt(elements per channel / (8 x 32 x 32)) of the "
+                                   "network's input clip, within [0.5, 8] (SD3's resolution shift).",
+                                   gt=0.0, le=100.0)  # fmt: skip
+    flow_logit_mean: float = opt(0.0, "flow: mean of the logit-normal training times.", ge=-5.0, le=5.0)
+    flow_logit_std: float = opt(1.0, "flow: std of the logit-normal training times.", gt=0.0, le=5.0)
     masks: MaskConfig = section(MaskConfig, "Frame-mask task mix for training.")
 
 
@@ -192,6 +212,10 @@ class TrainConfig:
     precision: str = opt("fp16", "fp16 on GPUs (falls back on CPUs without fp16), bf16 or fp32.", choices=PRECISIONS)
     zero_stage: int = opt(1, "DeepSpeed ZeRO stage.", choices=(0, 1, 2, 3))
     ema_decay: float = opt(0.999, "EMA decay of the exported weights.", ge=0.0, lt=1.0)
+    select_by: str = opt("val/psnr_gain", "Which EMA weights a stage exports: those of the validation that scored "
+                         "best on val/psnr_gain (the preview's gain over the best baseline; scored every "
+                         "train.preview_every steps) or val/loss, or the last. Without data.val: the last.",
+                         choices=("val/psnr_gain", "val/loss", "last"))  # fmt: skip
     tf32: bool = opt(True, "CUDA: TF32 for fp32 matmuls and convolutions (Ampere and later; no effect on CPUs).")
     activation_checkpointing: bool = opt(
         False, "Recompute each transformer / U-Net block's activations in the backward pass instead of keeping "

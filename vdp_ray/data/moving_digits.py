@@ -38,7 +38,8 @@ def moving_digits_clip(
     num_digits: tuple[int, int] = (1, 3),
     stochastic: bool = False,
 ) -> tuple[np.ndarray, dict]:
-    """One clip (T, H, W, 1) uint8 and what is in it (digit labels, start positions, velocities)."""
+    """One clip (T, H, W, 1) uint8 and what is in it (digit labels, start positions, velocities, the sprite side
+    and every frame's digit positions)."""
     h, w = size
     side = max(4, round(min(h, w) * DIGIT_FRACTION))
     sprites, labels = digit_sprites(side)
@@ -51,7 +52,9 @@ def moving_digits_clip(
     start_pos, start_vel = pos.copy(), vel.copy()
 
     canvas = np.zeros((frames, h, w), np.float32)
+    track = []
     for t in range(frames):
+        track.append(np.round(pos).astype(int).tolist())
         for d in range(count):
             y, x = np.round(pos[d]).astype(int)
             region = canvas[t, y : y + side, x : x + side]
@@ -77,6 +80,8 @@ def moving_digits_clip(
         "start_yx": start_pos.round(2).tolist(),
         "velocity_yx": start_vel.round(3).tolist(),
         "stochastic": stochastic,
+        "side": side,
+        "track_yx": track,  # each frame's top-left corner of every digit, as drawn
     }
     return clip, meta
 

@@ -122,8 +122,9 @@ def check_shards(spec: str | list[str], data_cfg) -> dict | None:
     return manifest
 
 
-def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0):
-    """A Ray Dataset of {"clip": uint8 (C, T, H, W), "key": str, "caption": str} rows."""
+def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0, with_meta: bool = False):
+    """A Ray Dataset of {"clip": uint8 (C, T, H, W), "key": str, "caption": str} rows (and "meta": each clip's JSON
+    text, "" when it has none, with ``with_meta``)."""
     import ray
     from ray.data import FileShuffleConfig
 
@@ -153,11 +154,13 @@ def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0)
             "train": train,
             "hflip": hflip if train else False,
             "crop_scale": crop_scale if train else 1.0,
+            "with_meta": with_meta,
         },
     )
 
 
-def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, hflip: bool, crop_scale: float) -> dict:
+def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, hflip: bool, crop_scale: float,
+                 with_meta: bool = False) -> dict:  # fmt: skip
     """Decode, cut to T frames, match channels and size, augment; (B, C, T, H, W) uint8 (a resize rounds to the
     nearest level, as any stored frame is)."""
     import torch
@@ -178,7 +181,17 @@ def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, 
             x = x.flip(-1)
         clips.append(x.round().clamp(0, 255).to(torch.uint8))
         captions.append(_pick_caption(batch.get("json"), i, rng))
-    return {"clip": torch.stack(clips).numpy(), "key": np.asarray(keys), "caption": np.asarray(captions, dtype=object)}
+    out = {"clip": torch.stack(clips).numpy(), "key": np.asarray(keys), "caption": np.asarray(captions, dtype=object)}
+    if with_meta:
+        metas = batch.get("json")
+        out["meta"] = np.asarray([_text(metas[i]) if metas is not None else "" for i in range(len(keys))], dtype=object)
+    return out
+
+
+def _text(raw) -> str:
+    if raw is None:
+        return ""
+    return raw.decode() if isinstance(raw, bytes) else raw if isinstance(raw, str) else json.dumps(raw)
 
 
 def _pick_caption(metas, i: int, rng) -> str:

@@ -20,7 +20,7 @@ class ShardError(Exception):
 
 
 SOURCES = "what to shard (one of)"
-DIGITS = "moving digits"
+DIGITS = "synthetic data (moving digits, photo pans)"
 
 
 def parse_split(text: str) -> dict[str, float]:
@@ -63,8 +63,13 @@ class ShardOptions:
     seed: int = arg(0, "split assignment, clip order and synthetic content")
     strict: bool = arg(False, "fail (exit 1) on any unreadable, corrupt or too-short source")
     num_clips: int = arg(1000, "clips to generate", group=DIGITS)
-    digits: tuple[int, int] = arg((1, 3), "digits per clip", metavar=("MIN", "MAX"), group=DIGITS)
-    stochastic: bool = arg(False, "redraw velocities at random bounces", group=DIGITS)
+    digits: tuple[int, int] = arg((1, 3), "moving digits: digits per clip", metavar=("MIN", "MAX"), group=DIGITS)
+    stochastic: bool = arg(False, "moving digits: redraw velocities at random bounces", group=DIGITS)
+    sprites: tuple[int, int] = arg((0, 0), "photo pans: moving sprites (discs) per clip", metavar=("MIN", "MAX"),
+                                   group=DIGITS)  # fmt: skip
+    still: bool = arg(False, "photo pans: a still camera in every clip (static footage; sprites still move)",
+                      group=DIGITS)  # fmt: skip
+    noise: float = arg(1.0, "photo pans: sensor noise, std in grey levels per pixel and frame", group=DIGITS)
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -91,6 +96,12 @@ def check(opts: ShardOptions) -> None:
             raise ShardError(f"--split {opts.split}: names are plain words and fractions in [0, 1] summing to 1")
     if opts.synthetic and not 1 <= opts.digits[0] <= opts.digits[1] <= 5:
         raise ShardError(f"--digits {opts.digits}: expected 1 <= min <= max <= 5")
+    if not 0 <= opts.sprites[0] <= opts.sprites[1] <= 8:
+        raise ShardError(f"--sprites {opts.sprites}: expected 0 <= min <= max <= 8")
+    if opts.synthetic == "moving-digits" and (opts.still or opts.sprites != (0, 0) or opts.noise != 1.0):
+        raise ShardError("--still, --sprites and --noise are photo-pans options; moving digits have none of them")
+    if not 0 <= opts.noise <= 50:
+        raise ShardError(f"--noise {opts.noise}: expected a std in grey levels in [0, 50]")
 
 
 def load_dataset_yaml(path: str | Path) -> tuple[list[Source], dict]:
@@ -163,7 +174,7 @@ def plan(opts: ShardOptions, log) -> Plan:
             raise ShardError(str(exc)) from None
     if opts.synthetic:
         frames, size = opts.frames or 16, tuple(opts.size or (64, 64))
-        return Plan(_clip_spec(opts, frames, size, 1))
+        return Plan(_clip_spec(opts, frames, size, 1))  # synthetic clips are split by photo / by clip in _run_tasks
     settings: dict = {}
     skipped: list[dict] = []
     if opts.dataset:
@@ -198,6 +209,17 @@ def _clip_spec(opts: ShardOptions, frames: int, size: tuple, interval: int) -> C
     if opts.format == "mp4" and (size[0] % 2 or size[1] % 2):
         raise ShardError(f"--format mp4 needs an even --size (yuv420p), got {size[0]} {size[1]}")
     return ClipSpec(frames, size, stride, interval, opts.resize, opts.grayscale)
+
+
+def synthetic_splits(opts: ShardOptions) -> list[str]:
+    """The split of every synthetic clip: moving digits by clip; photo pans by photo (clip i films photo
+    i mod len(PHOTOS)), so validation shows photos that training never saw."""
+    if opts.synthetic == "photo-pans":
+        from .photo_pans import PHOTOS
+
+        per_photo = assign_splits(len(PHOTOS), opts.split, opts.seed)
+        return [per_photo[i % len(PHOTOS)] for i in range(opts.num_clips)]
+    return assign_splits(opts.num_clips, opts.split, opts.seed)
 
 
 def assign_splits(n: int, split: dict[str, float] | None, seed: int) -> list[str]:

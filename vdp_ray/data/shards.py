@@ -18,14 +18,14 @@ import os
 import re
 import shutil
 import tarfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..fsutil import atomic_write, swap_in
 from .codec import encode_clip
-from .shard_plan import Plan, ShardError, ShardOptions, assign_splits, load_dataset_yaml, parse_split, plan
+from .shard_plan import Plan, ShardError, ShardOptions, load_dataset_yaml, parse_split, plan, synthetic_splits
 from .sources import ClipSpec, Source, SourceError, source_clips
 
 MANIFEST = "manifest.json"
@@ -84,25 +84,44 @@ def _shard_source(index: int, source: Source, spec: ClipSpec, fmt: str, part: st
     return report
 
 
-def _shard_synthetic(first: int, count: int, split_of: list[str], opts: ShardOptions, part: str) -> dict:
+def _synthetic_clip(i: int, opts: ShardOptions) -> tuple[np.ndarray, dict]:
+    """Clip i of the synthetic data set and what is in it (captions for moving digits)."""
+    if opts.synthetic == "photo-pans":
+        from .photo_pans import PHOTOS, photo_pan_clip
+
+        photo = PHOTOS[i % len(PHOTOS)][0]
+        return photo_pan_clip(i, opts.seed, photo, opts.frames, opts.size, still=opts.still, sprites=opts.sprites,
+                              channels=1 if opts.grayscale else 3, noise=opts.noise)  # fmt: skip
     from .captions import describe_digits
     from .moving_digits import moving_digits_clip
 
-    report = {"index": first, "path": f"moving-digits[{first}:{first + count}]", "part": part, "keys": [],
-              "splits": []}  # fmt: skip
+    clip, info = moving_digits_clip(i, opts.seed, opts.frames, opts.size, opts.digits, opts.stochastic)
+    return clip, {"captions": describe_digits(info["digits"], info["velocity_yx"]), **info}
+
+
+def _shard_synthetic(first: int, count: int, split_of: list[str], opts: ShardOptions, part: str) -> dict:
+    name = opts.synthetic
+    report = {"index": first, "path": f"{name}[{first}:{first + count}]", "part": part, "keys": [], "splits": []}
     tmp = part + ".tmp"
     with tarfile.open(tmp, "w") as tar:
         for i in range(first, first + count):
-            clip, info = moving_digits_clip(i, opts.seed, opts.frames, opts.size, opts.digits, opts.stochastic)
-            key = f"{i:08d}_moving-digits"
-            meta = {"source": "moving-digits", "index": i, "seed": opts.seed, "fps": 10.0, "start": 0, "interval": 1,
+            clip, info = _synthetic_clip(i, opts)
+            key = f"{i:08d}_{name}"
+            meta = {"source": name, "index": i, "seed": opts.seed, "fps": 10.0, "start": 0, "interval": 1,
                     "frames": opts.frames, "size": list(opts.size), "channels": clip.shape[-1], "split": split_of[i],
-                    "captions": describe_digits(info["digits"], info["velocity_yx"]), **info}  # fmt: skip
+                    **info}  # fmt: skip
             _write_sample(tar, key, encode_clip(clip, opts.format, 10.0), opts.format, meta)
             report["keys"].append(key)
             report["splits"].append(split_of[i])
     os.replace(tmp, part)
     return report
+
+
+def _photos_of(split: str, opts: ShardOptions) -> list[str]:
+    from .photo_pans import PHOTOS
+
+    split_of = synthetic_splits(replace(opts, num_clips=len(PHOTOS)))
+    return [name for (name, _), s in zip(PHOTOS, split_of, strict=True) if s == split]
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -147,7 +166,7 @@ def _run_tasks(opts: ShardOptions, pl: Plan, parts: Path, log) -> list[dict]:
     from ..progress import Progress
 
     if opts.synthetic:
-        split_of = assign_splits(opts.num_clips, opts.split, opts.seed)
+        split_of = synthetic_splits(opts)
         task = ray.remote(num_cpus=1)(_shard_synthetic)
         sized = ShardOptions(**{**asdict(opts), "frames": pl.spec.frames, "size": pl.spec.size})
         refs = [task.remote(first, min(SYNTHETIC_CHUNK, opts.num_clips - first), split_of, sized,
@@ -213,8 +232,10 @@ def _write_split(directory: Path, members, opts, spec, reports, skipped, augment
         os.replace(staging / (name + ".tmp"), staging / name)
         shards.append({"file": name, "count": count, "bytes": (staging / name).stat().st_size})
     if opts.synthetic:
-        sources = [{"path": opts.synthetic, "clips": len(members), "seed": opts.seed, "digits": list(opts.digits),
-                    "stochastic": opts.stochastic}]  # fmt: skip
+        what = ({"digits": list(opts.digits), "stochastic": opts.stochastic} if opts.synthetic == "moving-digits" else
+                {"photos": _photos_of(split, opts), "still": opts.still, "sprites": list(opts.sprites),
+                 "noise": opts.noise})  # fmt: skip
+        sources = [{"path": opts.synthetic, "clips": len(members), "seed": opts.seed, **what}]
     else:
         sources = [
             {"path": r["path"], "clips": len(r["keys"]), "fps": r.get("fps"), "frames_read": r.get("frames_read")}

@@ -1,10 +1,11 @@
-"""Diffusion core: schedules, prediction types, frame masks, conditioning and samplers. Knows nothing of models or
-Ray; the only link to a network is the call ``model(x_t, t, frame_mask, **kwargs)``."""
+"""Diffusion core: the DDPM family and flow matching, prediction types, frame masks, conditioning and samplers.
+Knows nothing of models or Ray; the only link to a network is the call ``model(x_t, t, frame_mask, **kwargs)``."""
 
 from ..vocab import MASK_TASKS as TASKS
-from ..vocab import PREDICTION_TYPES, SAMPLERS, SCHEDULES, SPACINGS
+from ..vocab import OBJECTIVES, PREDICTION_TYPES, SAMPLERS, SCHEDULES, SPACINGS
 from .conditioning import Condition, ConditionedDenoiser
-from .gaussian import GaussianDiffusion, expand_to
+from .flow import FlowMatching, resolution_shift, shift_times
+from .gaussian import GaussianDiffusion
 from .masks import (
     FrameMasks,
     interpolation_mask,
@@ -13,11 +14,21 @@ from .masks import (
     prediction_mask,
     sample_frame_masks,
 )
-from .objectives import convert, min_snr_weight, target_for, to_x0_eps
+from .objectives import convert, min_snr_weight, split_as, target_as, target_for, to_x0_eps
+from .process import DiffusionProcess, expand_to
 from .samplers import make_sampler, sample, timestep_schedule
 from .schedules import make_alpha_bar
 
+
+def make_diffusion(cfg) -> DiffusionProcess:
+    """The process a ``DiffusionConfig`` describes (diffusion.objective: ddpm or flow)."""
+    if getattr(cfg, "objective", "ddpm") == "flow":
+        return FlowMatching.from_config(cfg)
+    return GaussianDiffusion.from_config(cfg)
+
+
 __all__ = [
+    "OBJECTIVES",
     "PREDICTION_TYPES",
     "SAMPLERS",
     "SCHEDULES",
@@ -25,6 +36,8 @@ __all__ = [
     "TASKS",
     "Condition",
     "ConditionedDenoiser",
+    "DiffusionProcess",
+    "FlowMatching",
     "FrameMasks",
     "GaussianDiffusion",
     "convert",
@@ -32,12 +45,17 @@ __all__ = [
     "interpolation_mask",
     "latent_frame_mask",
     "make_alpha_bar",
+    "make_diffusion",
     "make_sampler",
     "min_snr_weight",
     "nearest_given",
     "prediction_mask",
+    "resolution_shift",
     "sample",
     "sample_frame_masks",
+    "shift_times",
+    "split_as",
+    "target_as",
     "target_for",
     "timestep_schedule",
     "to_x0_eps",

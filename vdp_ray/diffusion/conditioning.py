@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .gaussian import GaussianDiffusion, expand_to
 from .masks import nearest_given
-from .objectives import to_x0_eps
+from .process import DiffusionProcess, expand_to
 
 
 @dataclass
@@ -67,7 +66,7 @@ class ConditionedDenoiser:
     network's own prediction space: out = uncond + g (cond - uncond) (Ho & Salimans 2022, eq. 6).
     """
 
-    def __init__(self, model, diffusion: GaussianDiffusion, condition: Condition | None = None, guidance: float = 1.0,
+    def __init__(self, model, diffusion: DiffusionProcess, condition: Condition | None = None, guidance: float = 1.0,
                  text_guidance: float = 1.0, clip_x0: float | None = None):  # fmt: skip
         self.model = model
         self.diffusion = diffusion
@@ -76,16 +75,17 @@ class ConditionedDenoiser:
         self.text_guidance = text_guidance if self.cond.null_kwargs else 1.0
         self.clip_x0 = clip_x0
 
-    def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) at the process's native time t (a DDPM step, or a flow time in [0, 1])."""
         n, num_frames = x_t.shape[0], x_t.shape[2]
-        t_full = torch.full((n, num_frames), float(t), device=x_t.device)  # fp32: bf16 cannot tell 999 from 1000
-        ab = self.diffusion.alpha_bar_at(t_full.long(), x_t)
+        a, s, model_t = self.diffusion.point(t)
+        t_full = torch.full((n, num_frames), model_t, device=x_t.device)  # fp32: bf16 cannot tell 999 from 1000
         cond = self.cond
         if cond.has_frames:
             given = expand_to(cond.mask, x_t)
             x_in = torch.where(given, cond.given, x_t)
             t_cond = torch.where(cond.mask, torch.zeros_like(t_full), t_full)
-            # a residual x0-model predicts the change from the nearest given frame (none: the null mask)
+            # a residual model predicts the change from the nearest given frame (none: the null mask)
             anchor = nearest_given(cond.given.to(x_t.dtype), cond.mask) if self.diffusion.residual else 0.0
             mask = cond.mask
         else:
@@ -111,15 +111,15 @@ class ConditionedDenoiser:
             out = outs["uncond"] + g_ctx * (full - outs["uncond"])
         else:
             out = full
-        x0, eps = to_x0_eps(out, self.diffusion.prediction_type, x_t, ab)
+        x0, eps = self.diffusion.split(out, x_t, a, s)
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
-            eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt().clamp(min=1e-12)
+            eps = (x_t - a * x0) / max(s, 1e-12)
         if mask is not None:
             # Given frames: the clean context, with the noise that the state already carries for them.
             given = expand_to(mask, x_t)
             x0 = torch.where(given, cond.given, x0)
-            eps = torch.where(given, (x_t - ab.sqrt() * cond.given) / (1 - ab).sqrt().clamp(min=1e-12), eps)
+            eps = torch.where(given, (x_t - a * cond.given) / max(s, 1e-12), eps)
         return x0, eps
 
     def _run(self, branches: dict) -> dict:

@@ -106,15 +106,19 @@ def latent_frame_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def nearest_given(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """For every frame, the closest given frame before it (else after it), or zeros when a clip has none:
-    the anchor a residual x0-prediction is measured from. frames (N, C, T, ...), mask (N, T) bool."""
+    """For every frame, the closest given frame (the earlier one on a tie), or zeros when a clip has none: the
+    anchor a residual prediction starts from (the last given frame for every predicted one, the nearer end in an
+    interpolation). frames (N, C, T, ...), mask (N, T) bool."""
     n, t = mask.shape
     idx = torch.arange(t, device=mask.device).expand(n, t)
     before = torch.cummax(torch.where(mask, idx, torch.full_like(idx, -1)), dim=1).values  # -1: none yet
     after = torch.where(mask, idx, torch.full_like(idx, t)).flip(1).cummin(dim=1).values.flip(1)  # t: none
-    src = torch.where(before >= 0, before, after)
-    has = (src < t).to(frames.dtype)
-    src = src.clamp(max=t - 1)
+    far = 2 * t
+    d_before = torch.where(before >= 0, idx - before, torch.full_like(idx, far))
+    d_after = torch.where(after < t, after - idx, torch.full_like(idx, far))
+    src = torch.where(d_before <= d_after, before, after)
+    has = mask.any(1, keepdim=True).expand(n, t).to(frames.dtype)
+    src = src.clamp(0, t - 1)
     shape = (n, 1, t) + (1,) * (frames.ndim - 3)
     gathered = torch.gather(frames, 2, src.view(shape).expand_as(frames))
     return gathered * has.view(shape)

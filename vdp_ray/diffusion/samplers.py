@@ -1,113 +1,120 @@
-"""Samplers: DDPM (ancestral), DDIM and DPM-Solver++(2M), sharing one loop.
+"""Samplers: DDPM (ancestral), DDIM (= Euler), Heun and DPM-Solver++(2M), sharing one loop, on any Gaussian path
+(the DDPM schedules and flow matching's straight lines).
 
-Contract (as in diffusers): ``sampler.set_timesteps(n)`` picks the steps, then ``sampler.step(x0, eps,
-i, x_t)`` maps x at ``timesteps[i]`` to x at the next step, given the denoiser's (x0, eps) estimates. The
-conditioning (given frames, text, guidance) lives in ``conditioning.py`` and never inside a sampler.
+Contract (as in diffusers): ``sampler.set_timesteps(n)`` picks the steps, then ``sampler.step(x0, eps, i, x_t)``
+maps x at ``timesteps[i]`` to x at the next step, given the denoiser's (x0, eps) estimates (``advance`` calls the
+denoiser, more than once per step for Heun). The conditioning (given frames, text, guidance) lives in
+``conditioning.py`` and never inside a sampler.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..config.sampling import SamplingConfig
-from ..vocab import SAMPLERS, SPACINGS
+from ..vocab import SAMPLERS
 from .conditioning import Condition, ConditionedDenoiser
-from .gaussian import GaussianDiffusion
+from .process import DiffusionProcess
+from .schedules import ddpm_grid
 
 
 def timestep_schedule(num_train: int, num_steps: int, spacing: str = "trailing") -> torch.Tensor:
-    """Decreasing timesteps for sampling with ``num_steps`` network calls.
+    """Decreasing DDPM timesteps for sampling with ``num_steps`` network calls.
 
     ``trailing`` starts at the last training step (Lin et al. 2024, table 2: the only spacing that reaches
     the noisiest level with few steps); ``leading`` is DDIM's original (ends at step 0); ``linspace``
     spans [0, T-1] in n+1 points and drops the 0 (as diffusers does). After the last of these steps the
     samplers jump to the clean sample.
     """
-    return torch.tensor(_schedule(num_train, num_steps, spacing), dtype=torch.long)
-
-
-def _schedule(num_train: int, num_steps: int, spacing: str) -> list[int]:
-    # plain numbers (NumPy, rounding half to even like torch): the schedule is host arithmetic, never device work
-    if not 1 <= num_steps <= num_train:
-        raise ValueError(f"sampling steps must be in [1, {num_train}], got {num_steps}")
-    if spacing == "trailing":
-        steps = np.round(np.arange(num_train, 0, -num_train / num_steps)).astype(np.int64) - 1
-    elif spacing == "leading":
-        steps = (np.arange(num_steps) * (num_train // num_steps))[::-1]
-    elif spacing == "linspace":
-        steps = np.round(np.linspace(0, num_train - 1, num_steps + 1)).astype(np.int64)[::-1][:-1]
-    else:
-        raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
-    return [int(t) for t in steps]
+    return torch.tensor(ddpm_grid(num_train, num_steps, spacing), dtype=torch.long)
 
 
 class Sampler:
-    """Base: holds the schedule and the chosen timesteps. Subclasses implement ``step``."""
+    """Base: the process's times for a run and the path's (a, s) at each. Subclasses implement ``step`` (one
+    denoiser call per step) or ``advance`` (several)."""
 
     stochastic = False
 
-    def __init__(self, diffusion: GaussianDiffusion, spacing: str = "trailing"):
+    def __init__(self, diffusion: DiffusionProcess, spacing: str = "trailing"):
         self.diffusion = diffusion
         self.spacing = spacing
-        self.timesteps: list[int] = []
-        self._ab = diffusion.alpha_bar_values  # float64 values: each step's coefficients are host arithmetic
+        self.timesteps: list = []
+        self._points: list[tuple[float, float, float]] = []
 
-    def set_timesteps(self, num_steps: int, max_timestep: int | None = None) -> None:
-        """Choose the steps; ``max_timestep`` truncates the start (SDEdit-style refinement)."""
-        steps = _schedule(self.diffusion.num_timesteps, num_steps, self.spacing)
-        if max_timestep is not None:
-            steps = [t for t in steps if t <= max_timestep] or [max(max_timestep, 0)]
-        self.timesteps = steps
+    def set_timesteps(self, num_steps: int, strength: float | None = None, shape=None) -> None:
+        """Choose the times; ``strength`` < 1 starts part-way (SDEdit-style refinement)."""
+        self.timesteps = self.diffusion.sampling_times(num_steps, self.spacing, strength, shape)
+        self._points = [self.diffusion.point(t) for t in self.timesteps] + [(1.0, 0.0, 0.0)]  # then: clean
 
-    def alpha_bars(self, i: int) -> tuple[float, float]:
-        """alpha_bar at step i and at the next step (1.0 after the last: the clean sample)."""
-        cur = self._ab[self.timesteps[i]]
-        nxt = self._ab[self.timesteps[i + 1]] if i + 1 < len(self.timesteps) else 1.0
-        return cur, nxt
+    def coefficients(self, i: int) -> tuple[float, float, float, float]:
+        """(a, s) at step i and at the next step ((1, 0) after the last: the clean sample)."""
+        (a, s, _), (a_next, s_next, _) = self._points[i], self._points[i + 1]
+        return a, s, a_next, s_next
+
+    def advance(self, denoiser, x: torch.Tensor, i: int, generator=None) -> torch.Tensor:
+        x0, eps = denoiser(x, self.timesteps[i])
+        return self.step(x0, eps, i, x, generator)
 
     def step(self, x0, eps, i, x_t, generator=None) -> torch.Tensor:
         raise NotImplementedError
 
 
 class DDIMSampler(Sampler):
-    def __init__(self, diffusion: GaussianDiffusion, spacing: str = "trailing", eta: float = 0.0):
+    """DDIM (Song et al. 2021, eq. 12) on any Gaussian path: x_next = a_next x0 + sqrt(s_next^2 - sigma^2) eps
+    + sigma z, with sigma^2 = eta^2 s_next^2 (1 - SNR / SNR_next), the posterior variance of the Markov forward
+    process scaled by eta^2 (on VP paths, eq. 16). At eta = 0 on a flow path it is the Euler step of the flow ODE;
+    at eta = 1 on a VP path it is DDPM's ancestral step."""
+
+    def __init__(self, diffusion: DiffusionProcess, spacing: str = "trailing", eta: float = 0.0):
         super().__init__(diffusion, spacing)
         self.eta = eta
         self.stochastic = eta > 0
 
     def step(self, x0, eps, i, x_t, generator=None):
-        # Song et al. 2021, eq. 12:
-        #   x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z
-        #   sigma  = eta sqrt((1 - ab_prev) / (1 - ab)) sqrt(1 - ab / ab_prev)     (eq. 16)
-        ab, ab_prev = self.alpha_bars(i)
-        var = (1 - ab_prev) / max(1 - ab, 1e-12) * (1 - ab / ab_prev)
-        sigma = self.eta * max(var, 0.0) ** 0.5
-        x_prev = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
+        a, s, a_next, s_next = self.coefficients(i)
+        sigma = 0.0
+        if self.eta > 0 and s_next > 0 and a_next > 0:
+            ratio = (a * s_next) ** 2 / max((s * a_next) ** 2, 1e-300)  # SNR / SNR_next
+            sigma = self.eta * s_next * max(1.0 - ratio, 0.0) ** 0.5
+        x_next = a_next * x0 + max(s_next**2 - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
-            x_prev = x_prev + sigma * _randn_like(x_t, generator)
-        return x_prev
+            x_next = x_next + sigma * _randn_like(x_t, generator)
+        return x_next
 
 
-class DDPMSampler(Sampler):
-    """Ancestral sampling from the posterior q(x_prev | x_t, x0) of the (respaced) forward process."""
+class DDPMSampler(DDIMSampler):
+    """Ancestral sampling from the posterior q(x_prev | x_t, x0) of the (respaced) forward process (Ho et al. 2020,
+    eqs. 6-7; Nichol & Dhariwal 2021, sec. 4): DDIM at eta = 1, on any Gaussian path."""
 
     stochastic = True
 
-    def step(self, x0, eps, i, x_t, generator=None):
-        # Ho et al. 2020, eqs. 6-7, with beta_t = 1 - ab / ab_prev for respaced steps (Nichol & Dhariwal
-        # 2021, sec. 4): mean = c0 x0 + ct x_t, variance beta_tilde = (1 - ab_prev)/(1 - ab) beta_t.
-        ab, ab_prev = self.alpha_bars(i)
-        beta = 1 - ab / ab_prev
-        c0 = ab_prev**0.5 * beta / max(1 - ab, 1e-12)
-        ct = (1 - beta) ** 0.5 * (1 - ab_prev) / max(1 - ab, 1e-12)
-        mean = c0 * x0 + ct * x_t
-        var = (1 - ab_prev) / max(1 - ab, 1e-12) * beta
-        if var <= 0:
-            return mean
-        return mean + var**0.5 * _randn_like(x_t, generator)
+    def __init__(self, diffusion: DiffusionProcess, spacing: str = "trailing"):
+        super().__init__(diffusion, spacing, eta=1.0)
+
+
+class HeunSampler(Sampler):
+    """Heun's second-order method (as in EDM, Karras et al. 2022, Algorithm 1) on the probability-flow ODE written as
+    a flow: any Gaussian path is a straight one after scaling, x / (a + s) = (1 - u) x0 + u eps with u = s / (a + s)
+    (Gao et al. 2024), where the ODE is d(x / (a + s)) / du = eps - x0. Each step takes an Euler step (= DDIM) to the
+    next time, evaluates there and averages the two velocities; the last step, to the clean sample, stays Euler.
+    Two network calls per step but the last."""
+
+    def advance(self, denoiser, x, i, generator=None):
+        a, s, a_next, s_next = self.coefficients(i)
+        x0, eps = denoiser(x, self.timesteps[i])
+        if s_next == 0.0:
+            return x0
+        euler = a_next * x0 + s_next * eps
+        x0_next, eps_next = denoiser(euler, self.timesteps[i + 1])
+        du = s_next / (a_next + s_next) - s / (a + s)
+        velocity = 0.5 * ((eps - x0) + (eps_next - x0_next))
+        return (a_next + s_next) * (x / (a + s) + du * velocity)
+
+    def step(self, x0, eps, i, x_t, generator=None):  # one call per step: the Euler predictor alone
+        _, _, a_next, s_next = self.coefficients(i)
+        return a_next * x0 + s_next * eps
 
 
 class DPMSolverPP2M(Sampler):
@@ -119,19 +126,13 @@ class DPMSolverPP2M(Sampler):
     D = (1 + 1/(2r)) x0_cur - 1/(2r) x0_prev, r = h_prev / h.
     """
 
-    def set_timesteps(self, num_steps: int, max_timestep: int | None = None) -> None:
-        super().set_timesteps(num_steps, max_timestep)
+    def set_timesteps(self, num_steps: int, strength: float | None = None, shape=None) -> None:
+        super().set_timesteps(num_steps, strength, shape)
         self._prev_x0 = None
         self._prev_h = None
 
-    @staticmethod
-    def _alpha_sigma(ab: float) -> tuple[float, float]:
-        return ab**0.5, max(1 - ab, 0.0) ** 0.5
-
     def step(self, x0, eps, i, x_t, generator=None):
-        ab, ab_next = self.alpha_bars(i)
-        a_cur, s_cur = self._alpha_sigma(ab)
-        a_next, s_next = self._alpha_sigma(ab_next)
+        a_cur, s_cur, a_next, s_next = self.coefficients(i)
         if s_next == 0.0:  # final jump to the clean sample: x = D (first order)
             self._prev_x0 = None
             return x0
@@ -161,20 +162,24 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 
-def make_sampler(name: str, diffusion: GaussianDiffusion, spacing: str = "trailing", eta: float = 0.0) -> Sampler:
+def make_sampler(name: str, diffusion: DiffusionProcess, spacing: str = "trailing", eta: float = 0.0) -> Sampler:
     if name == "ddim":
         return DDIMSampler(diffusion, spacing, eta)
     if name == "ddpm":
         return DDPMSampler(diffusion, spacing)
     if name == "dpm++":
         return DPMSolverPP2M(diffusion, spacing)
+    if name == "euler":
+        return DDIMSampler(diffusion, spacing, 0.0)
+    if name == "heun":
+        return HeunSampler(diffusion, spacing)
     raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
 
 
 @torch.no_grad()
 def sample(
     model,
-    diffusion: GaussianDiffusion,
+    diffusion: DiffusionProcess,
     shape: tuple[int, ...],
     condition: Condition | None = None,
     settings: SamplingConfig | None = None,
@@ -199,7 +204,7 @@ def sample(
         raise ValueError(f"refinement strength must be in (0, 1], got {strength}")
     device = device or (cond.given.device if cond.given is not None else None)
     solver = make_sampler(s.sampler, diffusion, s.spacing, s.eta)
-    solver.set_timesteps(s.steps, None if init is None else round(strength * diffusion.num_timesteps) - 1)
+    solver.set_timesteps(s.steps, None if init is None else strength, shape)
     denoiser = ConditionedDenoiser(model, diffusion, cond, s.guidance, s.text_guidance, s.clip_x0)
 
     noise = torch.randn(shape, generator=generator, dtype=dtype).to(device)
@@ -207,9 +212,8 @@ def sample(
         x = noise  # the prior N(0, I) at the noisiest step
     else:
         x = diffusion.q_sample(init.to(device, dtype), torch.full((shape[0],), solver.timesteps[0]), noise).to(dtype)
-    for i, t in enumerate(solver.timesteps):
-        x0, eps = denoiser(x, t)
-        x = solver.step(x0, eps, i, x, generator)
+    for i in range(len(solver.timesteps)):
+        x = solver.advance(denoiser, x, i, generator)
         if progress is not None:
             progress(i + 1, len(solver.timesteps))
     return cond.keep_given(x)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+from ..vocab import SPACINGS
 
 
 def linear_betas(num_steps: int) -> torch.Tensor:
@@ -62,3 +65,19 @@ def make_alpha_bar(name: str, num_steps: int, zero_terminal_snr: bool = False) -
     if zero_terminal_snr:
         betas = rescale_zero_terminal_snr(betas)
     return torch.cumprod(1 - betas, 0)
+
+
+def ddpm_grid(num_train: int, num_steps: int, spacing: str) -> list[int]:
+    """Decreasing timesteps for ``num_steps`` network calls as plain numbers (NumPy, rounding half to even like
+    torch): the schedule is host arithmetic, never device work. See ``samplers.timestep_schedule``."""
+    if not 1 <= num_steps <= num_train:
+        raise ValueError(f"sampling steps must be in [1, {num_train}], got {num_steps}")
+    if spacing == "trailing":
+        steps = np.round(np.arange(num_train, 0, -num_train / num_steps)).astype(np.int64) - 1
+    elif spacing == "leading":
+        steps = (np.arange(num_steps) * (num_train // num_steps))[::-1]
+    elif spacing == "linspace":
+        steps = np.round(np.linspace(0, num_train - 1, num_steps + 1)).astype(np.int64)[::-1][:-1]
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
+    return [int(t) for t in steps]

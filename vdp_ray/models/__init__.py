@@ -20,7 +20,9 @@ def build_denoiser(cfg) -> nn.Module:
     """The denoiser named by ``cfg.model.family``, sized by its resolved section of the config."""
     family = cfg.model.family
     if family == "unet3d":
-        return UNet3D(in_channels=cfg.data.channels, **_arch(cfg.model.unet3d))
+        arch = _arch(cfg.model.unet3d)
+        arch["fold_frames"] = cfg.data.frames if arch.pop("fold_frames", None) else None
+        return UNet3D(in_channels=cfg.data.channels, **arch)
     if family == "dit":
         return DiT(in_channels=cfg.vae.latent_channels, **_arch(cfg.model.dit))
     raise ValueError(f"model.family: unknown denoiser family {family!r}; expected one of ['unet3d', 'dit']")

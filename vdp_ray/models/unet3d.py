@@ -31,6 +31,10 @@ PRESETS: dict[str, dict] = {
                  head_dim=32),
     "small": dict(patch=1, base_channels=64, channel_mults=(1, 2, 4), num_res_blocks=2, attn_levels=(1, 2),
                   head_dim=32),
+    # A window of frames folded into channels (MCVD): 2D convolutions over the whole clip at once, at full
+    # resolution, T times cheaper per clip than the 3D levels; for short fixed windows (the demo's 8 frames).
+    "window": dict(patch=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2, attn_levels=(2,),
+                   head_dim=32, fold_frames=True),
     # The seed's reference size: base 64, mults 1,2,4,8.
     "seed": dict(patch=1, base_channels=64, channel_mults=(1, 2, 4, 8), num_res_blocks=2, attn_levels=(2, 3),
                  head_dim=64),
@@ -70,18 +74,20 @@ class ResBlock3d(nn.Module):
 
 
 class Level(nn.Module):
-    """Residual blocks, each optionally followed by spatial then temporal attention."""
+    """Residual blocks, each optionally followed by spatial then temporal attention (spatial only when the frames
+    are folded into channels: there is one "frame" left)."""
 
-    def __init__(self, channels_in: list[int], cout: int, emb_dim: int, attention: bool, head_dim: int, dropout: float):
+    def __init__(self, channels_in: list[int], cout: int, emb_dim: int, attention: bool, head_dim: int, dropout: float,
+                 temporal: bool = True):  # fmt: skip
         super().__init__()
         self.blocks = nn.ModuleList(ResBlock3d(c, cout, emb_dim, dropout) for c in channels_in)
         heads = max(1, cout // head_dim)
-        self.attn = nn.ModuleList(
-            nn.Sequential(SpatialAttention3d(cout, heads), TemporalAttention3d(cout, heads))
-            if attention
-            else nn.Identity()
-            for _ in channels_in
-        )
+
+        def attend() -> nn.Module:
+            spatial = SpatialAttention3d(cout, heads)
+            return nn.Sequential(spatial, TemporalAttention3d(cout, heads)) if temporal else spatial
+
+        self.attn = nn.ModuleList(attend() if attention else nn.Identity() for _ in channels_in)
 
 
 def _block_then_attention(block, attn, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -102,16 +108,24 @@ class UNet3D(nn.Module):
         dropout: float = 0.0,
         out_channels: int | None = None,
         patch: int = 1,
+        fold_frames: int | None = None,
     ):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
         self.patch = patch  # space-to-depth: p x p pixels become p^2 channels (undone at the output)
+        # frames folded into channels (MCVD's design, Voleti et al. 2022): a 2D U-Net over a fixed window of this
+        # many frames, about T times cheaper per clip than convolving every frame
+        self.fold_frames = fold_frames
         self.downsampling = patch * 2 ** (len(channel_mults) - 1)
         emb_dim = 4 * base_channels
         self.time_embed = TimestepEmbedder(emb_dim)
-        # +1: the frame-mask channel
-        self.conv_in = nn.Conv3d(in_channels * patch**2 + 1, base_channels, 3, padding=1)
+        frames = fold_frames or 1
+        # folded: every frame's time embedding, concatenated, makes the one embedding of the window
+        self.fold_embed = nn.Linear(frames * emb_dim, emb_dim) if fold_frames else None
+        temporal = not fold_frames
+        # + the frame-mask channel(s)
+        self.conv_in = nn.Conv3d((in_channels * patch**2 + 1) * frames, base_channels, 3, padding=1)
 
         widths = [base_channels * m for m in channel_mults]
         skips = [base_channels]
@@ -120,14 +134,14 @@ class UNet3D(nn.Module):
         ch = base_channels
         for level, width in enumerate(widths):
             ins = [ch] + [width] * (num_res_blocks - 1)
-            self.down.append(Level(ins, width, emb_dim, level in attn_levels, head_dim, dropout))
+            self.down.append(Level(ins, width, emb_dim, level in attn_levels, head_dim, dropout, temporal))
             ch = width
             skips += [width] * num_res_blocks
             if level < len(widths) - 1:
                 self.downsample.append(nn.Conv3d(ch, ch, 3, stride=(1, 2, 2), padding=1))
                 skips.append(ch)
 
-        self.mid = Level([ch, ch], ch, emb_dim, True, head_dim, dropout)
+        self.mid = Level([ch, ch], ch, emb_dim, True, head_dim, dropout, temporal)
 
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
@@ -136,11 +150,11 @@ class UNet3D(nn.Module):
             for _ in range(num_res_blocks + 1):
                 ins.append(ch + skips.pop())
                 ch = width
-            self.up.append(Level(ins, width, emb_dim, level in attn_levels, head_dim, dropout))
+            self.up.append(Level(ins, width, emb_dim, level in attn_levels, head_dim, dropout, temporal))
             if level > 0:
                 self.upsample.append(nn.Conv3d(ch, ch, 3, padding=1))
         self.norm_out = group_norm(ch)
-        self.conv_out = zero_module(nn.Conv3d(ch, self.out_channels * patch**2, 3, padding=1))
+        self.conv_out = zero_module(nn.Conv3d(ch, self.out_channels * patch**2 * frames, 3, padding=1))
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_channels:
@@ -149,6 +163,9 @@ class UNet3D(nn.Module):
         d = self.downsampling
         if h % d or w % d:
             raise ValueError(f"UNet3D frame size {h}x{w} must be divisible by its total downsampling {d}")
+        if self.fold_frames and x.shape[2] != self.fold_frames:
+            raise ValueError(f"this UNet3D folds a window of exactly {self.fold_frames} frames into channels, got "
+                             f"{x.shape[2]} frames")  # fmt: skip
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C, T, H, W), t (N,) or (N, T), frame_mask (N, T) bool or None -> (N, C_out, T, H, W)."""
@@ -158,7 +175,11 @@ class UNet3D(nn.Module):
         p = self.patch
         if p > 1:
             x = rearrange(x, "n c t (h p) (w q) -> n (c p q) t h w", p=p, q=p)
-        h = self.conv_in(torch.cat([x, mask_channel(frame_mask, x)], dim=1))
+        x = torch.cat([x, mask_channel(frame_mask, x)], dim=1)
+        if self.fold_frames:  # (N, C, T, H, W) -> (N, C T, 1, H, W); one embedding for the window
+            x = rearrange(x, "n c t h w -> n (t c) 1 h w")
+            emb = self.fold_embed(emb.flatten(1))[:, None]
+        h = self.conv_in(x)
         hs = [h]
         ckpt = self.checkpointing and self.training
         for i, level in enumerate(self.down):
@@ -177,6 +198,8 @@ class UNet3D(nn.Module):
                 h = F.interpolate(h, scale_factor=(1, 2, 2), mode="nearest")
                 h = self.upsample[i](h)
         out = self.conv_out(F.silu(self.norm_out(h)))
+        if self.fold_frames:
+            out = rearrange(out, "n (t c) 1 h w -> n c t h w", t=self.fold_frames)
         if p > 1:
             out = rearrange(out, "n (c p q) t h w -> n c t (h p) (w q)", p=p, q=p)
         return out

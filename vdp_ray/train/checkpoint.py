@@ -125,9 +125,11 @@ def _load_engine(engine, directory: Path, state: dict, cfg: Config, world: int, 
         engine.lr_scheduler.step(step - 1)  # the schedule's position after `step` optimizer steps
 
 
-def export_checkpoint(checkpoint_dir: str | Path, export_dir: str | Path, cfg: Config | None = None) -> Path:
-    """An export from a checkpoint folder of ours (any ZeRO stage): its EMA weights, no DeepSpeed needed. The
-    stage decides what the export's config records (the VAE its measured scale factor)."""
+def export_checkpoint(checkpoint_dir: str | Path, export_dir: str | Path, cfg: Config | None = None,
+                      selected: tuple[dict, dict] | None = None) -> Path:  # fmt: skip
+    """An export from a checkpoint folder of ours (any ZeRO stage): its EMA weights (or ``selected``: the weights
+    train.select_by kept and their score), no DeepSpeed needed. The stage decides what the export's config records
+    (the VAE its measured scale factor)."""
     from ..config import load_config
     from .stages import STAGE_CLASSES
 
@@ -139,4 +141,9 @@ def export_checkpoint(checkpoint_dir: str | Path, export_dir: str | Path, cfg: C
     stage = state["stage"]
     cfg = STAGE_CLASSES[stage].exported_config(cfg or load_config(checkpoint_dir / CONFIG), state.get("extra", {}))
     meta = {"steps": state["step"], "epoch": state["epoch"], "scale_factor": cfg.vae.scale_factor}
-    return write_export(export_dir, cfg, stage, load_state_dict(checkpoint_dir / EMA_FILE), meta)
+    if selected is not None:
+        weights, score = selected
+        meta.update(steps=score["step"], trained_steps=state["step"], selected_by=score)
+    else:
+        weights = load_state_dict(checkpoint_dir / EMA_FILE)
+    return write_export(export_dir, cfg, stage, weights, meta)

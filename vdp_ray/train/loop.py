@@ -26,6 +26,7 @@ from .ema import EMA
 from .engine import build_engine, configure_device, resolve_precision, stage_settings
 from .randomness import seed_rank
 from .runlog import RankZeroLog, record_placement
+from .selection import Selection
 from .stages import make_stage
 
 PREVIEW_CLIPS = 8  # validation clips rank 0 samples at each preview: val/psnr, val/psnr_gain
@@ -97,6 +98,8 @@ def train_loop_per_worker(config: dict) -> None:
                         pin_memory=device.type == "cuda")  # fmt: skip
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
     preview = Preview(w.stage, w.ema, device)
+    selection = Selection(cfg.train.select_by if cfg.data.val else "last", w.run_dir, w.name, w.rank,
+                          resumed is not None)  # fmt: skip
     window = Window()
     total, run_start, start_step = w.max_steps, time.perf_counter(), step
     metrics: dict = {}
@@ -121,6 +124,8 @@ def train_loop_per_worker(config: dict) -> None:
             log.metrics(metrics, total, eta=(total - step) / rate if rate > 0 else None)
             window = Window()
         val = _validate_and_preview(w, step, total, val_shard, preview)
+        if val:
+            selection.offer(val, step, w.ema, log)
         if step == total:  # the stage's own results (the VAE's latent scale factor), with the EMA weights
             batches = (on_device(b, device) for _, b in train_iter)
             results, note = w.stage.finish(preview.ema_model, batches, w.world, lambda v: mean_across(v, device))

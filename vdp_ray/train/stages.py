@@ -27,14 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
-from ..diffusion import Condition, GaussianDiffusion, prediction_mask, sample, sample_frame_masks
+from ..diffusion import Condition, make_diffusion, prediction_mask, sample, sample_frame_masks
 from ..latent import LatentSpace
 from ..metrics import baselines, psnr
 from ..models import build_denoiser, build_vae
 from ..pixels import to_uint8
 from .latent_cache import LatentCache
 
-VAL_TIMESTEPS = (50, 250, 500, 750, 950)  # fixed levels: validation losses comparable across runs
+VAL_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)  # fixed noise levels (fractions of the path): comparable validation losses
 PREVIEW_STEPS = 25  # sampling steps of a preview at most: previews must stay cheap beside training
 SCALE_CLIPS = 64  # training clips (over all ranks) the VAE's latent scale factor is measured on
 
@@ -146,7 +146,7 @@ class DiffusionStage:
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
         self.model = self.new_model()  # first: the same seed gives the same initial weights on every rank
-        self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+        self.diffusion = make_diffusion(cfg.diffusion)
         vae = cache = None
         if cfg.model.family == "dit":
             from ..export import Export
@@ -183,7 +183,7 @@ class DiffusionStage:
         given = (self._given_latents(m.context_min), self._given_latents(m.context_max))
         masks = sample_frame_masks(x0.shape[0], x0.shape[2], m.probs(), given, m.context_drop).mask.to(x0.device)
         text, _ = self._text(captions, x0.shape[0], x0.device, dtype, drop=self.cfg.text.dropout)
-        return self.diffusion.training_losses(net, x0, masks, dtype=dtype, **text)["loss"]
+        return self.diffusion.training_losses(net, x0, masks, dtype=dtype, augment=True, **text)["loss"]
 
     @torch.no_grad()
     def val_loss(self, net, clips, captions, dtype):
@@ -193,10 +193,9 @@ class DiffusionStage:
         mask = prediction_mask(n, frames, self._given_latents(), device=x0.device)
         g = torch.Generator().manual_seed(0)
         losses = []
-        for t in VAL_TIMESTEPS:
-            t = min(t, self.diffusion.num_timesteps - 1)
+        for level in VAL_LEVELS:
             noise = torch.randn(x0.shape, generator=g).to(x0.device)
-            tt = torch.full((n,), t, device=x0.device)
+            tt = self.diffusion.time_at(level, n, x0.device)
             out = self.diffusion.training_losses(net, x0, mask, t=tt, noise=noise, dtype=dtype, **text)
             losses.append(out["loss"].item())
         return float(np.mean(losses))

@@ -21,6 +21,7 @@ from .checkpoint import export_checkpoint
 from .faults import HEALTH_CHECK_ENV, HEALTH_CHECK_S
 from .loop import train_loop_per_worker
 from .runlog import STATUS
+from .selection import selected_weights
 
 ELASTIC_START_TIMEOUT_S = 30.0
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train passes it from the driver to its controller
@@ -193,5 +194,6 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path, callback
         raise TrainingError(status["message"])
     if result.checkpoint is None:
         raise TrainingError(f"the {stage} stage ended without a checkpoint")
+    weights, score = selected_weights(run_dir, stage, cfg.train.select_by)
     with result.checkpoint.as_directory() as directory:
-        return export_checkpoint(directory, export_dir, cfg=cfg)
+        return export_checkpoint(directory, export_dir, cfg=cfg, selected=None if weights is None else (weights, score))

@@ -1,0 +1,162 @@
+"""What DDPM and flow matching share: a Gaussian path ``x_t = a(t) x0 + s(t) eps`` between the data and noise,
+the masked training loss, the residual (anchored) parametrisation and the noise augmentation of given frames.
+
+Subclasses give the path (``coefficients``), the network's time input (``model_time``), how training draws times
+(``draw_times``) and where sampling stops (``sampling_times``); samplers, conditioning and guidance only see
+``point(t) -> (a, s, model time)`` and so work on both. The only link to a network is the call
+``model(x_t, model_time, frame_mask, **kwargs)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .masks import nearest_given
+from .objectives import masked_frame_loss, min_snr_weight_as, residual_error_factor, split_as, target_as
+
+Denoiser = Callable[..., torch.Tensor]
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """What the diffusion arithmetic around a network runs in: fp32 for half-precision inputs (fp64 stays)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def expand_to(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast per-sample (N,) or per-frame (N, T) values against x of shape (N, C, T, ...)."""
+    if values.ndim == 1:
+        return values.view(-1, *([1] * (x.ndim - 1)))
+    if values.ndim == 2:
+        return values.view(values.shape[0], 1, values.shape[1], *([1] * (x.ndim - 3)))  # (N, 1, T, 1, 1)
+    raise ValueError(f"timesteps must be (N,) or (N, T), got shape {tuple(values.shape)}")
+
+
+class DiffusionProcess:
+    """``residual``: the network predicts the clean clip as a change from the nearest given frame (zeros where a
+    clip has none), whatever the objective, and is trained in the objective's own space (``prediction_type``
+    sets the loss weighting). Its output layers start at zero, so a fresh model predicts the nearest given frame:
+    copy-last for prediction. ``context_noise``: given frames are noised during training to a level drawn up to
+    this fraction of the path (the network is told the level through its per-frame time), so roll-outs on its own,
+    imperfect predictions do not drift; sampling gives them clean at time 0."""
+
+    objective = ""
+    flow = False  # v is the rectified-flow velocity rather than the VP v
+
+    def __init__(self, num_timesteps: int, prediction_type: str, min_snr_gamma: float | None, residual: bool,
+                 context_noise: float = 0.0):  # fmt: skip
+        if not 0.0 <= context_noise <= 1.0:
+            raise ValueError(f"context noise must be in [0, 1], got {context_noise}")
+        self.num_timesteps = num_timesteps
+        self.prediction_type = prediction_type
+        self.min_snr_gamma = min_snr_gamma
+        self.residual = residual
+        self.context_noise = context_noise
+
+    # ---- the path (subclasses)
+    def path(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, s) at native times t, same shape as t, on t's device (float64 where the device has it)."""
+        raise NotImplementedError
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The network's fp32 time input for native times t (0 = clean, num_timesteps - 1 ~ pure noise)."""
+        raise NotImplementedError
+
+    def point(self, t) -> tuple[float, float, float]:
+        """(a, s, model time) at one native time, as host numbers: a sampler's per-step arithmetic."""
+        raise NotImplementedError
+
+    def draw_times(self, n: int, generator, device, shape) -> torch.Tensor:
+        raise NotImplementedError
+
+    def context_times(self, n: int, generator, device) -> torch.Tensor:
+        """Noise levels of given frames in training, uniform in [0, context_noise] of the path."""
+        raise NotImplementedError
+
+    def time_at(self, level: float, n: int, device) -> torch.Tensor:
+        """(n,) native times at ``level`` in [0, 1] of the path (validation at fixed levels)."""
+        raise NotImplementedError
+
+    def sampling_times(self, steps: int, spacing: str, strength: float | None, shape) -> list:
+        """Decreasing native times of a sampling run (after the last, the clean sample); ``strength`` < 1 starts
+        part-way (refinement)."""
+        raise NotImplementedError
+
+    # ---- shared
+    def coefficients(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, s) at native times t (N,) or (N, T), broadcast against x, on x's device, in fp32 at least."""
+        a, s = self.path(t.to(x.device))
+        dt = compute_dtype(x)
+        return expand_to(a, x).to(dt), expand_to(s, x).to(dt)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward noising to native times t (N,) or (N, T), in fp32 at least whatever the inputs' dtype."""
+        a, s = self.coefficients(t, x0)
+        return a * x0.to(a.dtype) + s * noise.to(a.dtype)
+
+    def split(self, out: torch.Tensor, x_t: torch.Tensor, a, s) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) from an anchored network output (x0 when residual, else in the prediction type)."""
+        kind = "x0" if self.residual else self.prediction_type
+        return split_as(out, kind, x_t, a, s, self.flow)
+
+    def training_losses(
+        self,
+        model: Denoiser,
+        x0: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        *,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        augment: bool = False,
+        **model_kwargs,
+    ) -> dict[str, torch.Tensor]:
+        """Denoising loss on the frames that are not given.
+
+        Given frames enter clean at time 0 (noised to a small level when ``augment`` and context_noise > 0); the
+        rest share one time per sample. Noising, targets and weights are computed in fp32 (at least); only the
+        network runs in ``dtype`` (default: x0's) and it gets its times in fp32. Returns ``loss`` (scalar),
+        ``per_frame`` (N, T) unweighted errors and ``t`` (N,).
+        """
+        net_dtype = dtype or x0.dtype
+        x0 = x0.to(compute_dtype(x0))
+        n, num_frames = x0.shape[0], x0.shape[2]
+        if frame_mask is None:
+            frame_mask = torch.zeros(n, num_frames, dtype=torch.bool, device=x0.device)
+        if t is None:
+            t = self.draw_times(n, generator, x0.device, x0.shape)
+        noise = self._noise(x0, noise, generator)
+        given_t = torch.zeros_like(t)
+        context = x0
+        if augment and self.context_noise > 0:
+            given_t = self.context_times(n, generator, x0.device).to(t.dtype)
+            noisy_context = self.q_sample(x0, given_t, self._noise(x0, None, generator))
+            context = torch.where(expand_to(given_t > 0, x0), noisy_context, x0)
+        frame_t = torch.where(frame_mask, given_t[:, None], t[:, None])  # (N, T)
+        given = expand_to(frame_mask, x0)
+        x_t = torch.where(given, context, self.q_sample(x0, frame_t, noise))
+        out = model(x_t.to(net_dtype), self.model_time(frame_t), frame_mask, **model_kwargs).to(x0.dtype)
+        a_t, s_t = self.path(frame_t)  # (N, T)
+        a_t, s_t = a_t.to(x0.dtype), s_t.to(x0.dtype)
+        weight = None
+        if self.residual:  # x0 as a change from the given frame the network saw, scored in the objective's space
+            out = out + nearest_given(context, frame_mask)
+            target = x0
+            weight = residual_error_factor(self.prediction_type, a_t, s_t).pow(2)  # (N, T)
+        else:
+            target = target_as(self.prediction_type, x0, noise, expand_to(a_t, x0), expand_to(s_t, x0), self.flow)
+        if self.min_snr_gamma:
+            snr_weight = min_snr_weight_as(a_t, s_t, self.min_snr_gamma, self.prediction_type)
+            weight = snr_weight if weight is None else weight * snr_weight
+        loss, per_frame = masked_frame_loss(out, target, ~frame_mask, weight)
+        return {"loss": loss, "per_frame": per_frame.detach(), "t": t}
+
+    @staticmethod
+    def _noise(x0: torch.Tensor, noise, generator) -> torch.Tensor:
+        if noise is None:  # a seeded generator lives on the CPU; without one, draw where the data is
+            if generator is None:
+                return torch.randn_like(x0)
+            return torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        return noise.to(x0.dtype)
