@@ -45,13 +45,14 @@ def test_demo_runs_the_whole_path(tmp_path, capsys):
     assert d["data"]["resolution"] == [32, 32] and d["horizon"] == {"context": 4, "future": 4}
     assert d["model"]["preset"] == "demo" and d["model"]["parameters"] > 0
     assert m["protocol"]["clips"] == 4 and m["protocol"]["steps"] == 2
+    assert {"psnr_met", "ssim_met", "identity_met"} <= set(d["target"]) and 0 <= m["identity"] <= 1
     # the pictures: an animated GIF of the 8 frames, the strip and the per-frame plot as PNGs
     with Image.open(out / "prediction.gif") as gif:
         assert gif.n_frames == 8
     for name in ("prediction.png", "psnr_per_frame.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and min(image.size) >= 32
-    assert "| model |" in printed.out and "target (PSNR >= best baseline + 2 dB" in printed.out
+    assert "| model |" in printed.out and "target (PSNR >= best baseline + 4 dB" in printed.out
     assert f"{m['psnr']:.2f}" in printed.out
     assert list((out / "run" / "tb" / "unet3d").glob("events.*"))
 

@@ -21,6 +21,7 @@ from .options import arg
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 DIGITS = (1, 2)  # digits per clip
 VAL_FRACTION = 0.05
+TARGET = {"psnr_gain_db": 4.0, "ssim_gain": 0.10, "identity": 0.8}  # over the best baseline; identity: read right
 EVAL_RESERVE_MIN = 2.5  # minutes kept back from training for start-up, export and evaluation
 
 
@@ -47,7 +48,8 @@ def _finished_export(cfg) -> Path | None:
     except (FileNotFoundError, ValueError):
         return None
     same = export.cfg.trained_part() == cfg.trained_part()  # sampling settings do not change the trained model
-    return path if same and export.meta.get("steps", 0) >= cfg.train.max_steps else None
+    trained = export.meta.get("trained_steps", export.meta.get("steps", 0))  # select_by may export an earlier step
+    return path if same and trained >= cfg.train.max_steps else None
 
 
 def run_demo(opts: DemoOptions) -> dict:
@@ -119,7 +121,8 @@ def _train(cfg) -> tuple[Path, dict, int]:
         export = fit(cfg)[cfg.train.stages[-1]]
     meta = json.loads((export / "meta.json").read_text())
     minutes = round((time.time() - train_start) / 60, 2)
-    return export, {"steps": meta.get("steps"), "max_steps": cfg.train.max_steps, "minutes": minutes,
+    return export, {"steps": meta.get("trained_steps", meta.get("steps")), "exported_step": meta.get("steps"),
+                    "selected_by": meta.get("selected_by"), "max_steps": cfg.train.max_steps, "minutes": minutes,
                     "reused_export": reused, "workers": cfg.train.workers,
                     "batch_per_worker": cfg.train.batch_size}, params  # fmt: skip
 
@@ -158,12 +161,18 @@ def _summary(cfg, opts: DemoOptions, metrics: dict, training: dict, params: int,
             "prediction_type": cfg.diffusion.prediction_type,
             "schedule": cfg.diffusion.schedule,
             "zero_terminal_snr": cfg.diffusion.zero_terminal_snr,
+            "objective": cfg.diffusion.objective,
+            "residual": cfg.diffusion.residual,
+            "sampler": f"{cfg.sampling.sampler} x {cfg.sampling.steps}",
         },
         "training": training,
-        "target": {
-            "psnr_gain_db": 2.0,
-            "psnr_met": metrics["psnr"] >= best["psnr"] + 2.0,
-            "ssim_met": metrics["ssim_gain"] > 0,
+        "target": {  # issue 17's: sharp digits that keep their identity, at the default sampler
+            "psnr_gain_db": TARGET["psnr_gain_db"],
+            "psnr_met": metrics["psnr"] >= best["psnr"] + TARGET["psnr_gain_db"],
+            "ssim_gain": TARGET["ssim_gain"],
+            "ssim_met": metrics["ssim_gain"] >= TARGET["ssim_gain"],
+            "identity": TARGET["identity"],
+            "identity_met": (metrics.get("identity") or 0.0) >= TARGET["identity"],
         },
     }
 
@@ -174,10 +183,12 @@ def _report(metrics: dict, out: Path, export: Path) -> None:
     print(table(metrics))
     demo = metrics["demo"]
     tgt = demo["target"]
+    met = tgt["psnr_met"] and tgt["ssim_met"] and tgt["identity_met"]
+    identity = metrics.get("identity")
     print(
-        f"\ntarget (PSNR >= best baseline + 2 dB, SSIM above best baseline): "
-        f"{'met' if tgt['psnr_met'] and tgt['ssim_met'] else 'NOT met'} "
-        f"(gain {metrics['psnr_gain']:+.2f} dB, SSIM {metrics['ssim_gain']:+.3f})"
+        f"\ntarget (PSNR >= best baseline + {tgt['psnr_gain_db']:g} dB, SSIM >= best baseline + {tgt['ssim_gain']:g}, "
+        f"identity >= {tgt['identity']:g}): {'met' if met else 'NOT met'} (gain {metrics['psnr_gain']:+.2f} dB, "
+        f"SSIM {metrics['ssim_gain']:+.3f}, identity {'n/a' if identity is None else f'{identity:.2f}'})"
     )
     print(f"{out}/metrics.json  {out}/prediction.gif  {out}/prediction.png  {out}/psnr_per_frame.png")
     print(f"export: {export}   TensorBoard: tensorboard --logdir {out / 'run' / 'tb'}")

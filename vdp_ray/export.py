@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import Config, load_config
-from .fsutil import swap_in
+from .fsutil import check_replaceable, readable, swap_in
 
 WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
 DIFFUSERS_CONFIG = "diffusers_config.json"  # a VAE export wrapping a pretrained diffusers AutoencoderKL
@@ -46,7 +46,7 @@ def write_export(directory: str | Path, cfg: Config, stage: str, state: dict[str
                  vae_export: str | Path | None = None, files: dict[str, str] | None = None) -> Path:  # fmt: skip
     """Write an export atomically: into a sibling temp folder, then swapped in. ``files``: extra text files. A
     latent model's export carries its VAE export (``vae_export``, else the config's ``vae.export``)."""
-    directory = Path(directory)
+    directory = check_replaceable(directory, META, "an export")  # before anything is written
     if vae_export is None and stage == "dit":
         vae_export = cfg.vae.export
     tmp = directory.with_name(directory.name + ".writing")
@@ -61,7 +61,7 @@ def write_export(directory: str | Path, cfg: Config, stage: str, state: dict[str
         shutil.copytree(vae_export, tmp / "vae")
     if stage == "dit" and cfg.text.encoder and Path(cfg.text.encoder).is_dir():  # self-contained for serving
         shutil.copytree(cfg.text.encoder, tmp / TEXT_ENCODER)
-    swap_in(tmp, directory)
+    swap_in(tmp, directory, META)
     return directory
 
 
@@ -99,7 +99,7 @@ class Export:
     """A loaded export: config, metadata and the network(s), on the CPU in fp32."""
 
     def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
+        self.directory = readable(Path(directory), META)  # the previous export while a new one is swapped in
         for name in (WEIGHTS, CONFIG, META):
             if not (self.directory / name).is_file():
                 raise FileNotFoundError(f"{self.directory}: not an export (missing {name})")

@@ -80,7 +80,8 @@ def fit_frames(frames: np.ndarray, size: tuple[int, int], channels: int) -> np.n
     (T, H, W, C) uint8 in and out."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, C, H, W)
+    frames = np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames)  # decoded images: read-only
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, C, H, W)
     x = match_channels(x, channels, dim=1)
     top, left, ch, cw = centre_crop_box(*x.shape[-2:], *size)
     x = resize(x[:, :, top : top + ch, left : left + cw], size)

@@ -7,6 +7,7 @@ from __future__ import annotations
 SCHEDULES = ("linear", "cosine", "sigmoid")
 PREDICTION_TYPES = ("eps", "v", "x0")
 SAMPLERS = ("ddpm", "ddim", "dpm++", "euler", "heun")  # every one works on both objectives
+TIME_DRAWS = ("uniform", "logit_normal")  # how training draws noise levels
 OBJECTIVES = ("ddpm", "flow")  # Gaussian diffusion on a discrete schedule; flow matching on straight paths
 SPACINGS = ("trailing", "leading", "linspace")
 MASK_TASKS = ("prediction", "generation", "interpolation", "random")  # what a training frame mask asks for
@@ -22,6 +23,7 @@ INFERENCE_PRECISIONS = ("auto", *PRECISIONS)  # auto: the export's training prec
 
 # --- data
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+CONTAINER_NAMES = "mp4/mov, webm/mkv, avi or gif"  # the only containers opened (told from their bytes: containers.py)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 RESIZE_MODES = ("crop", "pad", "stretch")  # how `vdp shard` fits frames to a size
 CLIP_FORMATS = ("npy", "mp4")  # a clip's encoding inside a shard

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from support.hostile import SDP
 from support.videos import moving_square_frames, read_shard_samples, write_frame_folder, write_video
 
 from vdp_ray.data.shards import ShardError, ShardOptions, parse_split, read_manifest, shard
@@ -92,10 +93,31 @@ def test_dataset_yaml_sets_splits_and_clip_settings(tmp_path):
         shard(ShardOptions(out=str(tmp_path / "o4"), dataset=str(root / "missing.yaml")), log=quiet)
 
 
+def test_the_output_never_replaces_sources_or_folders_vdp_did_not_write(tmp_path):
+    """--out equal to the source folder, inside it, or a folder of other files: refused before any work, nothing
+    touched; an earlier output of vdp shard is replaced."""
+    src = tmp_path / "videos"
+    write_video(src / "a.avi", moving_square_frames(12))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    opts = dict(sources=[str(src)], frames=4, size=(24, 32))
+    for out, words in ((src, "not a `vdp shard` output: refusing"), (src / "shards", "overlaps --source"),
+                       (notes, "refusing to replace")):  # fmt: skip
+        with pytest.raises(ShardError, match=words):
+            shard(ShardOptions(out=str(out), **opts), log=quiet)
+    assert sorted(p.name for p in src.iterdir()) == ["a.avi"] and (notes / "keep.txt").read_text() == "mine"
+    out = tmp_path / "shards"
+    for _ in range(2):
+        assert shard(ShardOptions(out=str(out), **opts), log=quiet)["splits"]["train"]["count"] == 3
+
+
 def make_messy_source(root: Path) -> Path:
     write_video(root / "good.avi", moving_square_frames(12))
     write_video(root / "short.avi", moving_square_frames(3))
     (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
+    (root / "session.mp4").write_bytes(SDP)  # FFmpeg's probing would open an RTP session and wait for ever
+    (root / "playlist.mkv").write_bytes(b"ffconcat version 1.0\nfile good.avi\n")  # ...or read good.avi's frames
     folder = write_frame_folder(root / "mixed", moving_square_frames(6))
     from PIL import Image
 
@@ -112,7 +134,8 @@ def test_bad_sources_are_reported_skipped_and_strict_fails(tmp_path):
     summary = shard(opts, log=lines.append)
     assert summary["splits"]["train"]["count"] == 3  # good.avi: 12 frames -> 3 clips of 4
     reasons = {Path(s["path"]).name: s["reason"] for s in summary["skipped"]}
-    assert set(reasons) == {"short.avi", "corrupt.mp4", "mixed", "missing"}
+    assert set(reasons) == {"short.avi", "corrupt.mp4", "session.mp4", "playlist.mkv", "mixed", "missing"}
+    assert all("not a video we open" in reasons[n] for n in ("session.mp4", "playlist.mkv")), reasons
     assert reasons["short.avi"].startswith("too short: 3 frames, one clip needs 4")
     assert "unreadable video" in reasons["corrupt.mp4"] or "corrupt" in reasons["corrupt.mp4"]
     assert "frames of mixed sizes" in reasons["mixed"]
@@ -213,7 +236,7 @@ def test_cli_reports_and_strict_exit_code(tmp_path, capsys):
     base = ["shard", "--source", str(src), "--out", str(tmp_path / "out"), "--frames", "4", "--size", "24", "32"]
     assert main(base) == 0
     printed = capsys.readouterr()
-    assert "wrote train 3 clips in 1 shard(s)" in printed.out and "skipped 3 source(s)" in printed.out
+    assert "wrote train 3 clips in 1 shard(s)" in printed.out and "skipped 5 source(s)" in printed.out
     assert "short.avi: too short" in printed.out and "skipped" in printed.err  # the summary, and the live log
     assert main([*base, "--strict"]) == 1
     assert "--strict" in capsys.readouterr().err

@@ -89,6 +89,31 @@ def test_unreadable_and_corrupt_videos_raise_source_errors(tmp_path):
         list(frames)
 
 
+def test_only_real_containers_are_opened_never_by_probing(tmp_path):
+    """Texts FFmpeg would open as an RTP session (blocking for ever) or as a playlist of local files are refused
+    from their first bytes, for sources, inside shards (an .mp4 clip) and for uploads alike."""
+    from support.hostile import SDP
+
+    from vdp_ray.containers import ContainerError, container_format
+    from vdp_ray.data.codec import decode_mp4, encode_mp4
+
+    good = write_video(tmp_path / "good.avi", moving_square_frames(6))
+    playlist = tmp_path / "list.mp4"
+    playlist.write_bytes(f"ffconcat version 1.0\nfile {good}\n".encode())
+    for path, text in ((playlist, None), (tmp_path / "rtp.mkv", SDP)):
+        if text:
+            path.write_bytes(text)
+        with pytest.raises(SourceError, match=f"{path.name}: not a video we open"):
+            video_frames(str(path))
+    with pytest.raises(ContainerError, match="not an mp4"):
+        decode_mp4(SDP)
+    clip = moving_square_frames(4, 16, 16)
+    assert decode_mp4(encode_mp4(clip, 4.0)).shape == clip.shape
+    assert container_format(good.read_bytes()[:16]) == "avi"
+    for ext, fmt in ((".mkv", "matroska"), (".webm", "matroska"), (".mov", "mp4"), (".mp4", "mp4")):
+        assert container_format(write_video(tmp_path / f"v{ext}", clip).read_bytes()[:16]) == fmt
+
+
 @pytest.mark.parametrize("ext", [".avi", ".mkv"])
 def test_lossless_videos_decode_exactly(tmp_path, ext):
     frames = moving_square_frames(6)

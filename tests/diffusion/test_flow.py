@@ -67,6 +67,22 @@ def test_logit_normal_times_with_the_resolution_shift():
     assert times == pytest.approx([1.0, shift_times(0.75, 3.0), shift_times(0.5, 3.0), shift_times(0.25, 3.0)])
 
 
+def test_both_objectives_draw_uniform_or_logit_normal_times():
+    """diffusion.times: DDPM defaults to uniform timesteps, flow to logit-normal; either takes the other, and a
+    positive logit mean favours the noisy end (median sigmoid(mean))."""
+    g = torch.Generator().manual_seed(0)
+    ddpm = GaussianDiffusion("cosine", 1000, "x0").draw_times(20000, g, "cpu", SHAPE)
+    assert ddpm.dtype == torch.int64 and ddpm.float().median().item() == pytest.approx(500, abs=15)
+    noisy = GaussianDiffusion("cosine", 1000, "x0", times="logit_normal", logit_mean=1.0).draw_times(20000, g, "cpu",
+                                                                                                     SHAPE)  # fmt: skip
+    assert noisy.min() >= 0 and noisy.max() <= 999 and noisy.dtype == torch.int64
+    assert noisy.float().median().item() == pytest.approx(1000 * torch.sigmoid(torch.tensor(1.0)).item(), abs=15)
+    flat = FlowMatching(1000, "v", shift=1.0, times="uniform").draw_times(20000, g, "cpu", SHAPE)
+    assert flat.quantile(0.1).item() == pytest.approx(0.1, abs=0.01)  # uniform: deciles at 0.1, 0.2, ...
+    with pytest.raises(ValueError, match="training times must be one of uniform, logit_normal"):
+        GaussianDiffusion(times="beta")
+
+
 def transported(sampler, steps, ptype="v"):
     """Sample N(MU, S^2) data with the exact velocity field; return the error against the exact flow map."""
     fm = FlowMatching(1000, ptype, shift=1.0)

@@ -8,6 +8,7 @@ import json
 import random
 
 import numpy as np
+from support.hostile import DECODED_BYTES, corpus
 from support.videos import gray_frames, moving_square_frames, npz, png, write_video, zip_of
 
 
@@ -33,6 +34,7 @@ def test_health_model_docs_and_page(served):
         info = c.get("/v1/model", headers=served.auth()).json()
         assert info["family"] == "unet3d" and info["frames"] == 6 and info["size"] == [16, 16]
         assert info["channels"] == 1 and info["export"]["steps"] == 3 and info["model_id"] == health["model_id"]
+        assert info["eval_s"] > 0  # measured by the replica: what each request's work is estimated with
         spec = c.get("/openapi.json").json()
         for task in ("predict", "generate", "interpolate", "refine"):
             assert f"/v1/{task}" in spec["paths"]
@@ -162,6 +164,59 @@ def test_every_bad_input_gets_its_4xx_naming_the_field(served, tmp_path):
         assert_error(post(c, served, "generate", params={"batch": "99"}), 422, "batch")
         # and it still serves
         assert c.get("/healthz").status_code == 200
+
+
+def api_replica_rss() -> int:
+    """Resident bytes of the ingress replica's process (where uploads are decoded)."""
+    import psutil
+    from ray.util.state import list_actors
+
+    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if ":vdp:Api" in a.class_name]
+    assert len(actors) == 1, [a.class_name for a in actors]
+    return psutil.Process(actors[0].pid).memory_info().rss
+
+
+def test_hostile_uploads_are_refused_fast_and_leave_the_server_healthy(served):
+    """SDP / playlists that FFmpeg's probing would open as network sessions or local files, zip members that lie
+    or inflate without bound, frames that decode to hundreds of times their size, JSON that breaks parsers: each
+    gets its 4xx naming the field; the replica's memory stays bounded and a valid request is answered after."""
+    cases = corpus(DECODED_BYTES)
+    with served.client(timeout=30) as c:  # a case that hangs (an RTP session waiting for packets) fails here
+        warm = post(c, served, "predict", files={"file": ("c.zip", zip_of(gray_frames(3, size=32)), "application/zip")},
+                    data={"future": "1", "steps": "1", "resize": "true", "format": "npz"})  # fmt: skip
+        assert warm.status_code == 200, warm.text  # (resizing imports torch into the ingress: not the cases' cost)
+        before = api_replica_rss()
+        for case in cases:
+            r = post(c, served, "predict", **case.request)
+            assert r.status_code == case.status, (case.name, r.status_code, r.text[:300])
+            error = r.json()["error"]
+            assert error["field"] == case.field and case.word in error["message"], (case.name, error)
+        assert c.get("/healthz").status_code == 200
+        good = post(c, served, "predict", files={"file": ("c.zip", zip_of(gray_frames(3)), "application/zip")},
+                    data={"future": "2", "steps": "2", "format": "npz"})  # fmt: skip
+        assert good.status_code == 200 and npz(good.content)["frames"].shape == (2, 16, 16, 1)
+    grown = api_replica_rss() - before
+    assert grown < 150 * 2**20, f"the ingress grew by {grown / 2**20:.0f} MB over {len(cases)} hostile uploads"
+
+
+def test_who_may_call_the_key_stays_out_of_serve_and_pages_of_other_sites_are_refused(served):
+    """A keyless server answers only its own Host names (a DNS-rebinding page sends its own), no server serves a
+    page of another origin (a cross-site form post), and the API key is in none of Serve's records (the
+    dashboard and the GCS show deployment configs)."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    with served.client() as c:  # /slow is keyless
+        assert_error(c.post("/slow/v1/generate", params={"steps": 1}, headers={"Host": "attacker.example:80"}), 403,
+                     "host", "attacker.example")  # fmt: skip
+        assert c.get("/slow/healthz").status_code == 200
+        clip = {"file": ("c.zip", zip_of(gray_frames(3)), "application/zip")}
+        for origin in ("http://attacker.example", f"{served.url.replace('127.0.0.1', 'localhost')}", "null"):
+            assert_error(post(c, served, "predict", files=clip, headers={"Origin": origin}), 403, "origin")
+        r = post(c, served, "predict", files=clip, data={"steps": "1", "format": "npz"}, headers={"Origin": served.url})
+        assert r.status_code == 200, r.text  # the page itself (same origin)
+    details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote())
+    assert served.key not in json.dumps(details, default=str)
 
 
 def test_a_request_over_the_time_limit_gets_504(served):

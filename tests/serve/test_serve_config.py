@@ -67,6 +67,59 @@ def test_clips_decode_from_zips_images_and_json_and_encode_back():
     assert encode(frames[3:6], frames[:3], frames[3:5], "gif", 4.0, {})[:6] == b"GIF89a"
 
 
+def test_work_is_estimated_and_bounded_and_sampling_stops_at_its_deadline(tmp_path):
+    """A request's compute (windows x steps x evaluations per step x guidance branches x clips) is estimated when
+    it is parsed and refused past the budget, naming the fields; a started sampling call stops at the first step
+    after its deadline (the replica's check between steps) instead of running on for clients that are gone."""
+    import time
+
+    from support.exports import unet_export
+
+    from vdp_ray.predict import Predictor
+    from vdp_ray.serve.api import check_work, work
+    from vdp_ray.serve.model import Deadline, _stop_after
+
+    info = {**MODEL, "defaults": {"sampler": "ddim", "steps": 10, "guidance": 1.0}, "eval_s": 0.01}
+    limits = Limits(max_frames=64, max_steps=50)
+    p = parse_params("predict", {"future": 12, "steps": 20, "context": 3}, limits, info)
+    assert work(p, info) == (4 * 20, ["steps", "future"])  # 12 frames, 3 new per window: 4 windows
+    heavy = parse_params("predict", {"future": 12, "steps": 20, "sampler": "heun", "guidance": 2}, limits, info)
+    assert work(heavy, info)[0] == 4 * 20 * 2 * 2  # Heun: two evaluations per step; guidance: two branches
+    check_work(p, info, 1.0)  # ~0.8 s
+    with pytest.raises(ApiError) as err:
+        check_work(heavy, info, 1.0)
+    assert err.value.status == 422 and err.value.field == "steps,future" and "fewer steps, future" in err.value.message
+    g = parse_params("generate", {"batch": 4, "frames": 12}, limits, info)  # 1 + 6 more frames / 3 per window
+    assert work(g, info) == (3 * 10 * 4, ["steps", "frames", "batch"])
+
+    predictor = Predictor.from_export(unet_export(tmp_path))
+    seen, stop = [], _stop_after(time.monotonic() - 1)
+
+    def progress(i, n):
+        seen.append(i)
+        stop(i, n)
+
+    with pytest.raises(Deadline):
+        predictor.generate(steps=50, progress=progress)
+    assert seen == [1]
+
+
+def test_a_server_reachable_from_other_machines_needs_a_key_or_insecure(tmp_path):
+    from vdp_ray.options import OptionError
+    from vdp_ray.serve.options import ServeOptions
+
+    for host in ("0.0.0.0", "192.168.1.5", "::", "myhost"):
+        with pytest.raises(OptionError, match="set --api-key-env NAME, or pass --insecure"):
+            ServeOptions(export=str(tmp_path), host=host).check()
+        ServeOptions(export=str(tmp_path), host=host, insecure=True).check()
+        ServeOptions(export=str(tmp_path), host=host, api_key_env="KEY").check()
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        ServeOptions(export=str(tmp_path), host=host).check()
+    assert ServeOptions(export="x", host="0.0.0.0", insecure=True).trusted_hosts() is None
+    hosts = ServeOptions(export="x", host="0.0.0.0", insecure=True, allowed_hosts="Box.lan, proxy").trusted_hosts()
+    assert hosts == {"localhost", "127.0.0.1", "::1", "0.0.0.0", "box.lan", "proxy"}
+
+
 def test_vdp_serve_refuses_bad_options_before_starting(tmp_path):
     """The real command in a subprocess: refused with exit 2 and the option named, before Ray starts."""
     run = [sys.executable, "-m", "vdp_ray.cli", "serve"]

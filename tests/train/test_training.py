@@ -2,20 +2,23 @@
 time cap, worker failures and divergence. The shared runs come from conftest.py (`unet_run`, `latent_run`)."""
 
 import json
+import os
 import shutil
 
 import pytest
 import torch
 from support.runs import checkpoints, last_checkpoint, logged, train_config, trainer_state
 
+from vdp_ray.cli import main
 from vdp_ray.export import Export, load_state_dict
+from vdp_ray.fsutil import OutputError, run_lock
 from vdp_ray.models import build_denoiser
 from vdp_ray.train import TrainingError, export_checkpoint, fit
 
 pytestmark = pytest.mark.train
 
 
-def test_unet_trains_exports_and_reloads(unet_run, tmp_path):
+def test_unet_trains_exports_and_reloads(unet_run, tmp_path, monkeypatch, capsys):
     run = unet_run.dir
     rows = logged(run, "unet3d")
     assert [m["step"] for m in rows] == [5, 10, 15, 20]
@@ -38,8 +41,24 @@ def test_unet_trains_exports_and_reloads(unet_run, tmp_path):
     # the run folder records its config and its TensorBoard events
     assert (run / "config.yaml").is_file() and list((run / "tb" / "unet3d").glob("events.*"))
     # `vdp export` makes the same export from the checkpoint folder
-    again = export_checkpoint(last_checkpoint(run, "unet-unet3d"), tmp_path / "again")
+    checkpoint = last_checkpoint(run, "unet-unet3d")
+    again = export_checkpoint(checkpoint, tmp_path / "again")
     assert all(torch.equal(Export(again).model().state_dict()[k], v) for k, v in ema.items())
+    # ...and never over what it did not write: the run folder, the checkpoint it reads, the current folder
+    for out in (run, checkpoint):
+        with pytest.raises(OutputError, match="overlaps the checkpoint"):
+            export_checkpoint(checkpoint, out)
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", "."]) == 2
+    assert "not an export: refusing to replace" in capsys.readouterr().err and (tmp_path / "again").is_dir()
+
+
+def test_a_run_folder_has_one_writer(digits, tmp_path):
+    """A second `vdp train` on a run folder in use is refused before any Ray work, naming the holder."""
+    run = tmp_path / "run"
+    with run_lock(run, "vdp train"), pytest.raises(OutputError, match=rf"in use by vdp train \(pid {os.getpid()}\)"):
+        fit(train_config("tiny_unet", digits, run))
+    assert sorted(p.name for p in run.iterdir()) == [".vdp.lock"]
 
 
 def test_a_rerun_resumes_on_other_worker_counts_survives_a_failure_and_the_time_cap_still_exports(

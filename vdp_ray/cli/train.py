@@ -24,10 +24,14 @@ def run_train(args) -> int:
         print(cfg.to_yaml(), end="")
         print(f"# config OK: stages {list(cfg.train.stages)}; nothing started (--dry-run)", file=sys.stderr)
         return 0
+    from ..fsutil import OutputError
     from ..train import TrainingError, fit
 
     try:
         exports = fit(cfg)
+    except OutputError as exc:  # refused before anything started (another run holds the folder)
+        print(f"vdp train: {exc}", file=sys.stderr)
+        return 2
     except TrainingError as exc:
         print(f"vdp train: {exc}", file=sys.stderr)
         return 1
@@ -77,11 +81,12 @@ def add_export(p) -> None:
 
 
 def run_export(args) -> int:
+    from ..fsutil import OutputError
     from ..train import CheckpointError, export_checkpoint
 
     try:
         path = export_checkpoint(args.checkpoint, args.out)
-    except CheckpointError as exc:
+    except (CheckpointError, OutputError) as exc:
         print(f"vdp export: {exc}", file=sys.stderr)
         return 2
     print(f"export in {path}")

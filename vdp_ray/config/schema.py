@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..vocab import FAMILIES, MASK_TASKS, OBJECTIVES, PRECISIONS, PREDICTION_TYPES, SCHEDULES
+from ..vocab import FAMILIES, MASK_TASKS, OBJECTIVES, PRECISIONS, PREDICTION_TYPES, SCHEDULES, TIME_DRAWS
 from .fields import ConfigError, build, opt, plain, section
 from .sampling import SamplingConfig
 
@@ -160,8 +160,12 @@ class DiffusionConfig:
                                    "training and sampling. Unset: sqrt(elements per channel / (8 x 32 x 32)) of the "
                                    "network's input clip, within [0.5, 8] (SD3's resolution shift).",
                                    gt=0.0, le=100.0)  # fmt: skip
-    flow_logit_mean: float = opt(0.0, "flow: mean of the logit-normal training times.", ge=-5.0, le=5.0)
-    flow_logit_std: float = opt(1.0, "flow: std of the logit-normal training times.", gt=0.0, le=5.0)
+    times: str | None = opt(None, "How training draws noise levels: uniform, or logit_normal (time_logit_mean / "
+                            "_std of the path's fraction; a positive mean favours the noisy end, where a predictor "
+                            "learns where things go). Unset: uniform for ddpm, logit_normal for flow.",
+                            choices=TIME_DRAWS)  # fmt: skip
+    time_logit_mean: float = opt(0.0, "Mean of the logit-normal training times (diffusion.times).", ge=-5.0, le=5.0)
+    time_logit_std: float = opt(1.0, "Std of the logit-normal training times (diffusion.times).", gt=0.0, le=5.0)
     masks: MaskConfig = section(MaskConfig, "Frame-mask task mix for training.")
 
 

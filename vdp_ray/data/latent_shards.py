@@ -149,18 +149,19 @@ def encode_latents(opts: EncodeOptions, log=print) -> dict:
         rate = manifest["count"] / (time.perf_counter() - started)
         log(f"{folder}: {manifest['count']} clips -> {out / name} ({rate:.1f} clips/s on {device})")
     atomic_write(staging / MANIFEST, json.dumps({**summary, "splits": list(summary["splits"])}, indent=2))
-    swap_in(staging, out)
+    swap_in(staging, out, MANIFEST)
     return summary
 
 
 def _check_target(out: Path, sources: list[Path]) -> None:
     """Replace ``out`` only if it holds latent shards (our manifest), never a folder of anything else or one
     that overlaps the clip shards read."""
-    resolved = out.resolve()
-    for source in sources:
-        s = source.resolve()
-        if resolved == s or s in resolved.parents or resolved in s.parents:
-            raise OptionError("out", f"{out} overlaps the clip shards {source}: give a folder of its own")
+    from ..fsutil import OutputError, check_apart
+
+    try:
+        check_apart(out, [("the clip shards", s) for s in sources])
+    except OutputError as exc:
+        raise OptionError("out", str(exc)) from None
     if out.exists() and not holds_latents(out) and (not out.is_dir() or any(out.iterdir())):
         raise OptionError("out", f"{out} exists and does not hold latent shards: not replacing it")
 

@@ -261,7 +261,7 @@ def _write_split(directory: Path, members, opts, spec, reports, skipped, augment
         "created_by": _created_by(),
     }
     atomic_write(staging / MANIFEST, json.dumps(manifest, indent=2))
-    swap_in(staging, directory)
+    swap_in(staging, directory, MANIFEST)
     return manifest
 
 

@@ -105,10 +105,10 @@ def fit_frame(frame: np.ndarray, spec: ClipSpec) -> np.ndarray:
 
 def video_frames(path: str) -> tuple[Iterator[np.ndarray], float | None]:
     """Decoded RGB frames of a video, streamed, and its frame rate."""
-    import av
+    from ..containers import open_video
 
     try:
-        container = av.open(path)
+        container = open_video(path, Path(path).name)
         streams = container.streams.video
         if not streams:
             container.close()

@@ -35,19 +35,21 @@ def resolution_shift(shape) -> float:
 class FlowMatching(DiffusionProcess):
     objective = "flow"
     flow = True
+    default_times = "logit_normal"
 
     def __init__(self, num_timesteps: int = 1000, prediction_type: str = "v", min_snr_gamma: float | None = None,
                  residual: bool = False, context_noise: float = 0.0, shift: float | None = None,
-                 logit_mean: float = 0.0, logit_std: float = 1.0):  # fmt: skip
-        super().__init__(num_timesteps, prediction_type, min_snr_gamma, residual, context_noise)
+                 logit_mean: float = 0.0, logit_std: float = 1.0, times: str | None = None):  # fmt: skip
+        super().__init__(num_timesteps, prediction_type, min_snr_gamma, residual, context_noise, times, logit_mean,
+                         logit_std)  # fmt: skip
         if shift is not None and shift <= 0:
             raise ValueError(f"flow shift must be > 0, got {shift}")
-        self.shift, self.logit_mean, self.logit_std = shift, logit_mean, logit_std
+        self.shift = shift
 
     @classmethod
     def from_config(cls, cfg) -> FlowMatching:
         return cls(cfg.num_timesteps, cfg.prediction_type, cfg.min_snr_gamma, cfg.residual, cfg.context_noise,
-                   cfg.flow_shift, cfg.flow_logit_mean, cfg.flow_logit_std)  # fmt: skip
+                   cfg.flow_shift, cfg.time_logit_mean, cfg.time_logit_std, cfg.times)  # fmt: skip
 
     def shift_for(self, shape) -> float:
         return self.shift if self.shift is not None else resolution_shift(shape)
@@ -64,8 +66,7 @@ class FlowMatching(DiffusionProcess):
         return 1.0 - t, t, t * self.num_timesteps
 
     def draw_times(self, n: int, generator, device, shape) -> torch.Tensor:
-        u = torch.randn(n, generator=generator, dtype=torch.float64) * self.logit_std + self.logit_mean
-        return shift_times(torch.sigmoid(u), self.shift_for(shape)).to(device)
+        return shift_times(self.unit_times(n, generator), self.shift_for(shape)).to(device)
 
     def context_times(self, n: int, generator, device) -> torch.Tensor:
         return (torch.rand(n, generator=generator, dtype=torch.float64) * self.context_noise).to(device)

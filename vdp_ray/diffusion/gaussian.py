@@ -27,8 +27,12 @@ class GaussianDiffusion(DiffusionProcess):
         min_snr_gamma: float | None = None,
         residual: bool = False,
         context_noise: float = 0.0,
+        times: str | None = None,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
     ):
-        super().__init__(num_timesteps, prediction_type, min_snr_gamma, residual, context_noise)
+        super().__init__(num_timesteps, prediction_type, min_snr_gamma, residual, context_noise, times, logit_mean,
+                         logit_std)  # fmt: skip
         self.schedule = schedule
         self.alpha_bar = make_alpha_bar(schedule, num_timesteps, zero_terminal_snr)  # (T,) float64
         self.alpha_bar_values: list[float] = self.alpha_bar.tolist()  # for the samplers' per-step host arithmetic
@@ -38,7 +42,8 @@ class GaussianDiffusion(DiffusionProcess):
     def from_config(cls, cfg) -> GaussianDiffusion:
         """Build from a ``DiffusionConfig`` (or anything with the same attributes)."""
         return cls(cfg.schedule, cfg.num_timesteps, cfg.prediction_type, cfg.zero_terminal_snr, cfg.min_snr_gamma,
-                   getattr(cfg, "residual", False), getattr(cfg, "context_noise", 0.0))  # fmt: skip
+                   getattr(cfg, "residual", False), getattr(cfg, "context_noise", 0.0), getattr(cfg, "times", None),
+                   getattr(cfg, "time_logit_mean", 0.0), getattr(cfg, "time_logit_std", 1.0))  # fmt: skip
 
     def alpha_bar_on(self, device) -> torch.Tensor:
         """The float64 table on ``device``, copied there once (this sits on the training hot path)."""
@@ -70,7 +75,10 @@ class GaussianDiffusion(DiffusionProcess):
         return torch.randint(0, self.num_timesteps, (batch,), generator=generator).to(device)
 
     def draw_times(self, n: int, generator, device, shape) -> torch.Tensor:
-        return self.sample_timesteps(n, generator, device)
+        if self.times == "uniform":
+            return self.sample_timesteps(n, generator, device)
+        t = (self.unit_times(n, generator) * self.num_timesteps).long().clamp(0, self.num_timesteps - 1)
+        return t.to(device)
 
     def context_times(self, n: int, generator, device) -> torch.Tensor:
         top = round(self.context_noise * (self.num_timesteps - 1))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..vocab import TIME_DRAWS
 from .masks import nearest_given
 from .objectives import masked_frame_loss, min_snr_weight_as, residual_error_factor, split_as, target_as
 
@@ -44,10 +45,19 @@ class DiffusionProcess:
     objective = ""
     flow = False  # v is the rectified-flow velocity rather than the VP v
 
+    default_times = "uniform"  # how training draws times unless told (``times``)
+
     def __init__(self, num_timesteps: int, prediction_type: str, min_snr_gamma: float | None, residual: bool,
-                 context_noise: float = 0.0):  # fmt: skip
+                 context_noise: float = 0.0, times: str | None = None, logit_mean: float = 0.0,
+                 logit_std: float = 1.0):  # fmt: skip
         if not 0.0 <= context_noise <= 1.0:
             raise ValueError(f"context noise must be in [0, 1], got {context_noise}")
+        times = times or self.default_times
+        if times not in TIME_DRAWS:
+            raise ValueError(f"training times must be one of {', '.join(TIME_DRAWS)}, got {times!r}")
+        if logit_std <= 0:
+            raise ValueError(f"the logit-normal std must be > 0, got {logit_std}")
+        self.times, self.logit_mean, self.logit_std = times, float(logit_mean), float(logit_std)
         self.num_timesteps = num_timesteps
         self.prediction_type = prediction_type
         self.min_snr_gamma = min_snr_gamma
@@ -69,6 +79,14 @@ class DiffusionProcess:
 
     def draw_times(self, n: int, generator, device, shape) -> torch.Tensor:
         raise NotImplementedError
+
+    def unit_times(self, n: int, generator) -> torch.Tensor:
+        """n training times in (0, 1) (0 = clean, 1 = noise), float64 on the host: uniform, or logit-normal
+        (``logit_mean`` > 0 favours the noisy end, where a predictor learns where things go)."""
+        if self.times == "uniform":
+            return torch.rand(n, generator=generator, dtype=torch.float64)
+        normal = torch.randn(n, generator=generator, dtype=torch.float64)
+        return torch.sigmoid(normal * self.logit_std + self.logit_mean)
 
     def context_times(self, n: int, generator, device) -> torch.Tensor:
         """Noise levels of given frames in training, uniform in [0, context_noise] of the path."""

@@ -6,6 +6,7 @@ field. Uploads are read in ``uploads.py``, responses written in ``responses.py``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..config import SettingError, check_prompts, check_sampling
@@ -38,6 +39,10 @@ class Limits:
                                 show=lambda b: f"{b / 2**20:g} MB")  # fmt: skip
     max_frames: int = arg(256, "most frames in an upload, and frames asked for")
     max_pixels: int = 1024 * 1024  # per frame of an upload (decoded), before any resize
+    max_decoded_bytes: int = arg(256 * 1024 * 1024, "most bytes one upload's frames may decode to (RGB), in MB",
+                                 flag="--max-decoded-mb", parse=_mb, show=lambda b: f"{b / 2**20:g} MB")  # fmt: skip
+    decode_timeout_s: float = 30.0  # wall clock for decoding one upload
+    max_work_s: float | None = None  # estimated sampling seconds a request may ask for; None: the request timeout
     max_steps: int = 1000
     max_batch: int = 8  # clips one generate request may ask for
 
@@ -137,6 +142,45 @@ def parse_params(task: str, raw: dict, limits: Limits, model: dict) -> Params:
     return p
 
 
+def work(p: Params, model: dict) -> tuple[int, list[str]]:
+    """Network evaluations of one clip-window that request ``p`` asks for (windows x steps x evaluations per
+    step x guidance branches x clips) and the fields that set it. ``model`` is the Model deployment's info."""
+    d = model.get("defaults", {})
+    frames, most = model["frames"], model["max_context"]
+    steps = p.steps or d.get("steps") or 1
+    fields = ["steps"]
+    windows, clips = 1, 1
+    if p.task == "predict":
+        context = min(p.context or most, most)
+        windows = math.ceil(p.future / max(1, frames - context))
+        fields.append("future")
+    elif p.task == "generate":
+        windows = 1 + math.ceil(max(0, (p.frames or frames) - frames) / max(1, frames - most))
+        clips = p.batch
+        fields += ["frames", "batch"]
+    elif p.task == "refine":
+        steps = max(1, math.ceil(steps * p.strength))
+        fields.append("strength")
+    per_step = 2 if (p.sampler or d.get("sampler")) == "heun" else 1
+    guidance = p.guidance if p.guidance is not None else d.get("guidance") or 1.0
+    text_guidance = p.text_guidance if p.text_guidance is not None else d.get("text_guidance") or 1.0
+    branches = 1 + (guidance != 1.0) + (text_guidance != 1.0)
+    return windows * steps * per_step * branches * clips, fields
+
+
+def check_work(p: Params, model: dict, timeout_s: float) -> None:
+    """Refuse (422, naming the fields) a request whose estimated compute passes the request time limit, from
+    the replica's measured seconds per evaluation (``model["eval_s"]``)."""
+    seconds = model.get("eval_s")
+    if not seconds:
+        return
+    evals, fields = work(p, model)
+    if evals * seconds > timeout_s:
+        raise ApiError(422, ",".join(fields), f"about {evals} network evaluations (~{evals * seconds:.0f} s here), "
+                       f"past the server's {timeout_s:g} s of work per request: ask for fewer "
+                       f"{', '.join(fields)}")  # fmt: skip
+
+
 def _coerce(name: str, value, kind):
     if kind is bool:
         if isinstance(value, bool):
@@ -157,6 +201,8 @@ def _coerce(name: str, value, kind):
         number = float(value)
     except (TypeError, ValueError):
         raise ApiError(422, name, f"expected a number, got {str(value)[:40]!r}") from None
+    except OverflowError:  # an integer too long for a float (JSON allows 400 digits)
+        raise ApiError(422, name, f"expected a number in range, got one of {len(str(value))} digits") from None
     if number != number or number in (float("inf"), float("-inf")):
         raise ApiError(422, name, f"expected a finite number, got {value}")
     if kind is int:

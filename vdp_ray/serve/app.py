@@ -17,7 +17,7 @@ from ..vocab import TASKS
 from .api import Limits
 from .ingress import Api
 from .model import Model
-from .options import ServeOptions
+from .options import ServeOptions, key_digest
 
 
 def build_app(options: ServeOptions):
@@ -32,11 +32,12 @@ def build_app(options: ServeOptions):
     model = Model.options(**model_opts).bind(options.export, device, options.max_batch_size, options.batch_wait_s,
                                              options.precision)  # fmt: skip
     plain = asdict(options)
-    api_opts: dict = {"num_cpus": 0.1}
-    key = os.environ.get(options.api_key_env) if options.api_key_env else None
-    if key:  # the ingress replicas read the key from their environment, set here from this process's
-        api_opts["runtime_env"] = {"env_vars": {options.api_key_env: key}}
-    return Api.options(ray_actor_options=api_opts).bind(model, plain)
+    key = options.api_key()
+    guard = None
+    if key is not None:  # the ingress gets a salted digest: the key is in no deployment config, env or log
+        salt = os.urandom(16)
+        guard = {"salt": salt.hex(), "digest": key_digest(key, salt)}
+    return Api.options(ray_actor_options={"num_cpus": 0.1}).bind(model, plain, guard)
 
 
 def app_builder(args: dict):

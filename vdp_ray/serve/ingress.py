@@ -16,11 +16,11 @@ from ray import serve
 
 from ..latent import LatentFrameError, latent_frames
 from ..vocab import SAMPLERS
-from .api import FORMATS, ApiError, Limits, Params, parse_params
+from .api import FORMATS, ApiError, Limits, Params, check_work, parse_params
 from .model import Job
-from .options import ServeOptions
+from .options import ServeOptions, key_digest
 from .responses import encode
-from .uploads import decode_clip, decode_json_frames, fit_to_model
+from .uploads import decode_clip, decode_json_frames, model_fit
 
 STATIC = Path(__file__).parent / "static"
 
@@ -99,6 +99,22 @@ def _wants_clip(task: str, given, field: str, status: int, missing: str) -> bool
     return True
 
 
+def _hostname(netloc: str) -> str:
+    """The host of a Host header or netloc, lower case, without port or IPv6 brackets."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[1:].split("]", 1)[0]
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def _port(request) -> int | None:
+    host = (request.headers.get("host") or "").strip()
+    tail = host.rsplit("]", 1)[-1]
+    if ":" in tail and tail.rsplit(":", 1)[1].isdigit():
+        return int(tail.rsplit(":", 1)[1])
+    return None
+
+
 def _whole(frames: int, tc: int, field: str) -> None:
     """A number of frames must fill whole latent frames (``latent.latent_frames``), else 422 naming the field."""
     try:
@@ -112,10 +128,11 @@ def _whole(frames: int, tc: int, field: str) -> None:
 @serve.deployment(name="Api", max_ongoing_requests=256)
 @serve.ingress(fastapi_app)
 class Api:
-    def __init__(self, model, options: dict):
+    def __init__(self, model, options: dict, guard: dict | None = None):
         self.model = model
         self.options = ServeOptions(**{**options, "limits": Limits(**options["limits"])})
-        self.key = self.options.api_key()
+        self.guard = None if guard is None else (bytes.fromhex(guard["salt"]), guard["digest"])
+        self.hosts = None if guard is not None else self.options.trusted_hosts()  # keyless: only these Host names
         self.info: dict | None = None
 
     async def model_info(self) -> dict:
@@ -160,7 +177,8 @@ class Api:
 
     # ------------------------------------------------------------------------------------ handling
     def _authorize(self, request) -> None:
-        if self.key is None:
+        self._check_origin(request)
+        if self.guard is None:
             return
         given = request.headers.get("x-api-key") or ""
         auth = request.headers.get("authorization") or ""
@@ -168,19 +186,42 @@ class Api:
             given = auth[7:].strip()
         if not given:
             raise ApiError(401, "api_key", "missing: send the key as 'Authorization: Bearer KEY' or 'X-API-Key'")
-        if not hmac.compare_digest(given.encode(), self.key.encode()):
+        salt, digest = self.guard
+        if not hmac.compare_digest(key_digest(given, salt), digest):
             raise ApiError(401, "api_key", "wrong key")
+
+    def _check_origin(self, request) -> None:
+        """A keyless server answers only its own Host names (a DNS-rebinding page names another), and no request
+        from a page of another origin (a cross-site form post or fetch) is served."""
+        host = _hostname(request.headers.get("host") or "")
+        if self.hosts is not None and host not in self.hosts:
+            raise ApiError(403, "host", f"{host[:100] or 'no Host header'!r} is not a name this server answers "
+                           "(see vdp serve --allowed-hosts)")  # fmt: skip
+        origin = request.headers.get("origin")
+        if origin is not None and origin != "null":
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(origin)
+            same = _hostname(parts.netloc) == host and parts.port == _port(request)
+            if not same and _hostname(parts.netloc) not in self.options.extra_hosts():
+                raise ApiError(403, "origin", f"requests from pages of {origin[:100]!r} are not served here")
+        elif origin == "null":
+            raise ApiError(403, "origin", "requests from opaque origins (sandboxed pages, files) are not served")
 
     async def _handle(self, task: str, request: Request):
         try:
             self._authorize(request)
             info = await self.model_info()
-            raw, clip = await self._read(request, task)
-            params = parse_params(task, raw, self.options.limits, info)
+            raw, upload = await self._read(request, task)
+            params = parse_params(task, raw, self.options.limits, info)  # cheap checks before any decoding
+            check_work(params, info, self.options.limits.max_work_s or self.options.timeout_s)
+            clip = None if upload is None else await asyncio.to_thread(self._decode, upload, params, info)
             frames, given, truth = self._frames_for(task, params, clip, info)
+            del clip, upload  # the request holds only what the model and the answer need while it waits
             start = time.perf_counter()
             try:
-                out = await asyncio.wait_for(self.model.remote(Job(params, frames)), timeout=self.options.timeout_s)
+                job = Job(params, frames, timeout_s=self.options.timeout_s)
+                out = await asyncio.wait_for(self.model.remote(job), timeout=self.options.timeout_s)
             except asyncio.TimeoutError:
                 raise ApiError(504, "timeout", f"the model did not answer within {self.options.timeout_s:g} s; "
                                "ask for fewer steps or frames, or retry") from None  # fmt: skip
@@ -196,9 +237,18 @@ class Api:
         except ApiError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
 
-    async def _read(self, request, task: str) -> tuple[dict, np.ndarray | None]:
-        """Parameters (query string, form fields or JSON) and the uploaded clip, reading at most the byte
-        limit: a larger body is cut off with 413 while it streams in."""
+    def _decode(self, upload: tuple[str, object], params: Params, info: dict) -> np.ndarray:
+        """The uploaded clip, each frame fitted to the model as it is decoded (off the event loop)."""
+        field, payload = upload
+        fit = model_fit(info, params.resize)
+        if field == "frames":
+            return decode_json_frames(payload, self.options.limits, fit=fit)
+        return decode_clip(payload, self.options.limits, fit=fit)
+
+    async def _read(self, request, task: str) -> tuple[dict, tuple[str, object] | None]:
+        """Parameters (query string, form fields or JSON) and the upload, still encoded (``("file", bytes)`` or
+        ``("frames", list)``), reading at most the byte limit: a larger body is cut off with 413 while it
+        streams in."""
         limit = self.options.limits.max_upload_bytes
         length = request.headers.get("content-length")
         if length is not None:
@@ -215,7 +265,6 @@ class Api:
         body = b"".join(chunks)
         params = dict(request.query_params)
         kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-        limits = self.options.limits
         if not body:
             if task != "generate":
                 raise ApiError(400, "file", "no clip: upload one (multipart field 'file') or send JSON 'frames'")
@@ -225,13 +274,15 @@ class Api:
                 doc = json.loads(body)
             except (ValueError, UnicodeDecodeError):
                 raise ApiError(400, "body", "not valid JSON") from None
+            except RecursionError:
+                raise ApiError(400, "body", "JSON nested too deeply") from None
             if not isinstance(doc, dict):
                 raise ApiError(422, "body", f"expected a JSON object, got {type(doc).__name__}")
             frames = doc.pop("frames", None)
             params.update(doc)
             if not _wants_clip(task, frames, "frames", 422, "missing: a list of base64 PNG/JPEG frames"):
                 return params, None
-            return params, await asyncio.to_thread(decode_json_frames, frames, limits)
+            return params, ("frames", frames)
         if kind == "multipart/form-data":
             form = await _parse_form(request, body)
             upload = None
@@ -244,7 +295,7 @@ class Api:
                     params[name] = value
             if not _wants_clip(task, upload, "file", 400, "no clip: upload one in the multipart field 'file'"):
                 return params, None
-            return params, await asyncio.to_thread(decode_clip, upload, limits)
+            return params, ("file", upload)
         if kind in ("", "application/x-www-form-urlencoded") and task == "generate":
             return params, None
         raise ApiError(415, "content-type", f"{kind or 'none'}: send multipart/form-data (field 'file') or "
@@ -255,7 +306,6 @@ class Api:
         (predict, when the upload is longer than the context)."""
         if task == "generate":
             return None, None, None
-        clip = fit_to_model(clip, info, params.resize)
         tc = info.get("temporal_compression", 1)
         if task == "predict":
             context = params.context or min(len(clip), info["max_context"])
@@ -263,13 +313,14 @@ class Api:
                 raise ApiError(422, "context", f"{context} frames asked for, but the clip has {len(clip)}")
             _whole(context, tc, "context")
             params.context = context
-            truth = clip[context : context + params.future] if len(clip) > context else None
-            return clip[:context], clip[:context], truth
+            truth = clip[context : context + params.future].copy() if len(clip) > context else None
+            given = clip[:context].copy()  # copies: the rest of the upload is freed before the model runs
+            return given, given, truth
         if task == "interpolate":
             if len(clip) < 2 * tc:
                 raise ApiError(422, "file", f"{len(clip)} frame(s); interpolation needs the first and the last "
                                f"({2 * tc} frames for this model)")  # fmt: skip
-            ends = np.concatenate([clip[:tc], clip[-tc:]])
+            ends = np.concatenate([clip[:tc], clip[-tc:]])  # a copy
             return ends, None, None
         if len(clip) > info["frames"]:
             raise ApiError(422, "file", f"{len(clip)} frames; refine takes up to {info['frames']}")

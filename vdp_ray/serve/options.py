@@ -19,6 +19,25 @@ def parse_autoscale(text: str) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
+def key_digest(key: str, salt: bytes) -> str:
+    """What the ingress compares requests against, so the key itself never enters Serve's deployment config."""
+    import hashlib
+    import hmac
+
+    return hmac.new(salt, key.encode(), hashlib.sha256).hexdigest()
+
+
 def _ms(text: str) -> float:
     return float(text) / 1000
 
@@ -32,6 +51,10 @@ class ServeOptions:
     autoscale: tuple[int, int] | None = arg(None, "autoscale model replicas between MIN and MAX", metavar="MIN:MAX",
                                             parse=parse_autoscale, exclusive="scale")  # fmt: skip
     api_key_env: str | None = arg(None, "require the key held in this environment variable", metavar="NAME")
+    insecure: bool = arg(False, "allow binding an address other than loopback without an API key")
+    allowed_hosts: str | None = arg(None, "comma-separated names a keyless server answers besides loopback and "
+                                    "--host, and page origins it accepts (a proxy's public name)",
+                                    metavar="NAMES")  # fmt: skip
     device: str = arg("auto", "auto (a GPU per replica when the Ray cluster has GPUs), cpu, cuda")
     precision: str = arg("auto", "auto (the export's training precision on GPUs, fp32 on CPUs), fp16, bf16, fp32",
                          choices=INFERENCE_PRECISIONS)  # fmt: skip
@@ -49,6 +72,10 @@ class ServeOptions:
         for name in ("replicas", "max_batch_size", "port"):
             if getattr(self, name) < 1:
                 raise OptionError(name, "must be at least 1")
+        if not self.api_key_env and not self.insecure and not is_loopback(self.host):
+            raise OptionError("host", f"{self.host} is reachable from other machines and no --api-key-env is "
+                              "set: anyone there could use this server; set --api-key-env NAME, or pass "
+                              "--insecure")  # fmt: skip
         if self.limits.max_frames < 1:
             raise OptionError("max_frames", "must be at least 1")
         if self.autoscale is not None:
@@ -66,6 +93,17 @@ class ServeOptions:
             return gpu_placement(self.device, self.gpus_per_replica, cluster_has_gpus)
         except PlacementError as exc:
             raise OptionError("device", str(exc)) from None
+
+    def trusted_hosts(self) -> frozenset[str] | None:
+        """Host names (without port) a keyless server answers; None: any (an --insecure wildcard bind)."""
+        extra = self.extra_hosts()
+        if self.host in ("0.0.0.0", "::") and not extra:
+            return None
+        return frozenset({"localhost", "127.0.0.1", "::1", self.host.lower(), *extra})
+
+    def extra_hosts(self) -> frozenset[str]:
+        """--allowed-hosts: names answered (keyless) and page origins accepted (a proxy's public name)."""
+        return frozenset(h.strip().lower() for h in (self.allowed_hosts or "").split(",") if h.strip())
 
     def api_key(self) -> str | None:
         if not self.api_key_env:

@@ -123,14 +123,20 @@ def fit(cfg: Config, callbacks: list | None = None) -> dict[str, Path]:
     ``callbacks`` (Ray Train ``UserCallback``s, e.g. Tune's report callback) watch the last stage only: the
     stage whose model is the result.
     """
-    from ..export import WEIGHTS, with_vae, write_diffusers_vae_export
-    from ..raytools import init_ray
-    from .stages import STAGE_CLASSES
+    from ..fsutil import run_lock
 
     check_inputs(cfg)
     cfg = resolve_run(cfg)
     run_dir = Path(cfg.run.dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, "vdp train"):  # one writer per run folder (a second run would interleave checkpoints)
+        return _fit_stages(cfg, run_dir, callbacks)
+
+
+def _fit_stages(cfg: Config, run_dir: Path, callbacks: list | None) -> dict[str, Path]:
+    from ..export import WEIGHTS, with_vae, write_diffusers_vae_export
+    from ..raytools import init_ray
+    from .stages import STAGE_CLASSES
+
     cfg.save(run_dir / "config.yaml")
     needed = math.ceil(cfg.train.workers * cfg.train.cpus_per_worker) + 2  # room for Ray Data's tasks
     init_ray(num_cpus=max(os.cpu_count() or 1, needed))

@@ -165,7 +165,7 @@ def write_results(sweep: Sweep, out: Path, rows: list[TrialRow], wall_s: float) 
             tmp = out / "best_export.writing"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(source, tmp)
-            swap_in(tmp, out / "best_export")
+            swap_in(tmp, out / "best_export", "meta.json")
             best_export = out / "best_export"
     curves = {f"{r.trial} ({brief(r.params)})": ([s for s, _ in r.history], [v for _, v in r.history])
               for r in rows if r.history}  # fmt: skip

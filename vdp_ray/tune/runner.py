@@ -18,13 +18,9 @@ from .sweep_file import Sweep, SweepError, grid_size, load_sweep, param_space, s
 
 def sweep(sweep: Sweep | str | Path, overrides: list[str] | tuple[str, ...] = (), *, folder: str | Path | None = None,
           restart: bool = False, progress: bool = True) -> SweepResult:  # fmt: skip
-    """Run (or resume) a sweep; returns every trial's row and the winner. ``folder`` replaces the sweep's dir."""
-    import shutil
-    import time
-
-    from ray import tune
-
-    from ..raytools import init_ray
+    """Run (or resume) a sweep; returns every trial's row and the winner. ``folder`` replaces the sweep's dir.
+    The folder must be new, empty or this sweep's (its record), and one sweep at a time holds it."""
+    from ..fsutil import OutputError, check_replaceable, run_lock
     from ..train.trainer import check_inputs
 
     if not isinstance(sweep, Sweep):
@@ -33,9 +29,39 @@ def sweep(sweep: Sweep | str | Path, overrides: list[str] | tuple[str, ...] = ()
     base_cfg = sweep.config_for({})
     check_inputs(base_cfg)  # shards and VAE exports exist: before any Ray work
     identity = _identity(sweep)
-    if restart and out.exists():
-        shutil.rmtree(out)
-    _claim(out, identity)
+    try:
+        check_replaceable(out, STATE_FILE, "a sweep folder")  # --restart or not: never another folder's contents
+    except OutputError as exc:
+        raise SweepError(f"the sweep folder (dir= or --dir): {exc}") from None
+    try:
+        with run_lock(out, "vdp tune"):
+            if restart:
+                _clear(out)
+            _claim(out, identity)
+            return _run(sweep, out, base_cfg, progress)
+    except OutputError as exc:
+        raise SweepError(f"the sweep folder: {exc}") from None
+
+
+def _clear(out: Path) -> None:
+    """--restart: everything of the sweep's folder but the lock this process holds."""
+    import shutil
+
+    for child in out.iterdir():
+        if child.name == ".vdp.lock":
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _run(sweep: Sweep, out: Path, base_cfg, progress: bool) -> SweepResult:
+    import time
+
+    from ray import tune
+
+    from ..raytools import init_ray
 
     start = time.perf_counter()
     t = base_cfg.train
