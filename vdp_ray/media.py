@@ -71,22 +71,29 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 4.0) -> Path:
     """A GIF (looping) or MP4 (H.264), chosen by the extension; small frames enlarged for viewing."""
     path = Path(path)
     ext = path.suffix.lower()
-    frames = _rgb(enlarge(frames))
+    if ext not in (".gif", ".mp4"):
+        raise MediaError(f"{path}: unknown output format {ext!r}; expected .gif or .mp4")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if ext == ".gif":
+    path.write_bytes(video_bytes(frames, ext[1:], fps))
+    return path
+
+
+def video_bytes(frames: np.ndarray, fmt: str, fps: float = 4.0) -> bytes:
+    """The GIF or MP4 of ``frames`` (see ``write_video``), encoded in memory: no temporary files."""
+    import io
+
+    frames = _rgb(enlarge(frames))
+    if fmt == "gif":
         from PIL import Image
 
+        buf = io.BytesIO()
         images = [Image.fromarray(f) for f in frames]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    elif ext == ".mp4":
-        from .data.codec import encode_mp4
+        images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+        return buf.getvalue()
+    from .data.codec import encode_mp4
 
-        h, w = frames.shape[1:3]
-        frames = frames[:, : h - h % 2, : w - w % 2]
-        path.write_bytes(encode_mp4(frames, fps))
-    else:
-        raise MediaError(f"{path}: unknown output format {ext!r}; expected .gif or .mp4")
-    return path
+    h, w = frames.shape[1:3]
+    return encode_mp4(frames[:, : h - h % 2, : w - w % 2], fps)
 
 
 def strip(rows: list[tuple[str, np.ndarray | None]], gap: int = 2) -> np.ndarray:

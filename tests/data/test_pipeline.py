@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from support.videos import moving_square_frames, read_shard_samples, write_video
+from support.videos import corrupt_split, moving_square_frames, read_shard_samples, write_video
 
 from vdp_ray.config import load_config
-from vdp_ray.data.pipeline import check_shards, clip_dataset, epochs, list_shards
+from vdp_ray.data.pipeline import BadClips, check_shards, clip_dataset, epochs, list_shards
 from vdp_ray.data.shards import ShardError, ShardOptions, shard
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -84,3 +84,35 @@ def test_shard_lookup_and_early_checks(video_shards, tmp_path):
         list_shards(str(tmp_path / "empty"))
     with pytest.raises(ShardError, match=r"shards hold 8-frame clips but data\.frames is 12"):
         check_shards(str(video_shards), data_cfg(frames=12))
+
+
+def test_bad_clips_are_skipped_named_and_counted_and_a_truncated_shard_is_refused(video_shards, tmp_path):
+    """A clip that cannot be decoded is left out of its batch (not a failed Ray Data task, which would restart
+    the training group on the same file for ever), named with its shard, and counted against
+    data.max_bad_fraction; a shard whose size differs from its manifest is refused before anything starts."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    spoiled = corrupt_split(video_shards, bad, every=3)  # 5 of the 9 clips in 3 shards
+    noted = []
+    skips = BadClips(0.5, noted.append)
+    ds = clip_dataset(str(bad), data_cfg(), train=True, keep_bad=True)
+    batches = [b for _, b in epochs(ds.iterator(), batch_size=3, max_epochs=1, drop_last=False, bad=skips)]
+    keys = [k for b in batches for k in b["key"]]
+    assert len(spoiled) == 5 and sorted(keys) == sorted(set(keys)) and len(keys) == 4 and not set(keys) & set(spoiled)
+    assert all(b["clip"].shape[0] == len(b["key"]) == len(b["caption"]) for b in batches)
+    assert (skips.seen, skips.bad) == (9, 5) and skips.too_many()  # 5 > max(4, 0.5 x 9)
+    assert all(any(key in line and ".tar" in line for line in noted) for key in spoiled), noted
+    strict = BadClips(0.0, None)
+    strict.note([""] * 4 + ["x"] * 5)
+    assert strict.too_many() and "5 of 9 clips could not be read" in strict.message()
+    # without keep_bad (evaluation, vdp encode): left out (and named on the task's stderr)
+    rows = clip_dataset(str(bad), data_cfg(), train=False).take_all()
+    assert sorted(r["key"] for r in rows) == sorted(keys) and "bad" not in rows[0]
+
+    cut = tmp_path / "cut"
+    shutil.copytree(video_shards, cut)
+    first = sorted(cut.glob("*.tar"))[0]
+    first.write_bytes(first.read_bytes()[:1500])
+    with pytest.raises(ShardError, match=rf"{first.name}: 1500 bytes, its manifest says \d+: truncated"):
+        check_shards(str(cut), data_cfg())

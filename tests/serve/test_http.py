@@ -39,7 +39,9 @@ def test_health_model_docs_and_page(served):
         for task in ("predict", "generate", "interpolate", "refine"):
             assert f"/v1/{task}" in spec["paths"]
         assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
-        assert c.get("/docs").status_code == 200
+        docs = c.get("/docs")
+        assert docs.status_code == 200 and 'fetch("openapi.json")' in docs.text
+        assert "//" not in docs.text, "the docs page loads nothing from another site"
         page = c.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"] and 'id="form"' in page.text
 

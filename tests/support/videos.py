@@ -108,3 +108,31 @@ def digit_shards(out: Path, num_clips: int = 48) -> Path:
     shard(ShardOptions(out=str(out), synthetic="moving-digits", num_clips=num_clips, frames=8, size=(32, 32),
                        split={"train": 0.75, "val": 0.25}, digits=(1, 1)), log=lambda *_: None)  # fmt: skip
     return out
+
+
+def corrupt_split(src: Path, dst: Path, every: int = 3) -> list[str]:
+    """A copy of shard split SRC in DST where every EVERY-th clip's .npy member is garbage (the tar and its
+    manifest stay consistent, so only decoding finds it); returns the keys spoiled."""
+    import io
+    import json
+    import tarfile
+
+    dst.mkdir(parents=True)
+    manifest = json.loads((src / "manifest.json").read_text())
+    spoiled: list[str] = []
+    for entry in manifest["shards"]:
+        with tarfile.open(src / entry["file"]) as tar_in, tarfile.open(dst / entry["file"], "w") as tar_out:
+            keys = sorted({m.name.split(".", 1)[0] for m in tar_in.getmembers()})
+            bad = set(keys[::every])
+            for m in tar_in.getmembers():
+                data = tar_in.extractfile(m).read()
+                key = m.name.split(".", 1)[0]
+                if key in bad and m.name.endswith(".npy"):
+                    data = b"\x93NUMPY garbage, not an array"
+                info = tarfile.TarInfo(m.name)
+                info.size = len(data)
+                tar_out.addfile(info, io.BytesIO(data))
+        entry["bytes"] = (dst / entry["file"]).stat().st_size
+        spoiled += sorted(bad)
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return spoiled

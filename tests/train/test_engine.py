@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -257,6 +259,12 @@ def test_a_non_finite_loss_stops_fp16_the_same_clean_way(one_rank, tmp_path):
     status = (tmp_path / "logs" / "unet3d-status.json").read_text()
     assert "non-finite loss at step 1 of the unet3d stage" in status
     assert all(torch.equal(v, before[k]) for k, v in _weights(engine, False).items()), "no update was made"
+    # a finite loss with NaN gradients stops the same way in fp32 / bf16 (fp16's scaler skips such steps itself)
+    poisoned = replace(cfg, train=replace(cfg.train, fault="nan_grad"))
+    w = replace(w, cfg=poisoned, precision="fp32", log=RankZeroLog(tmp_path / "grad", "unet3d", 0))
+    assert _optimizer_step(w, iter([(0, batch)] * 2), Window(), Preview(stage, ema, w.device), step=0) is None
+    status = (tmp_path / "grad" / "logs" / "unet3d-status.json").read_text()
+    assert "non-finite gradients (of a finite loss) at step 1" in status
     # and DeepSpeed's own end of a diverged fp16 run is recognised, not re-raised as a crash
     exhausted = Exception("Current loss scale already at minimum - cannot decrease scale anymore. Exiting run.")
     assert faults.is_loss_scale_exhausted(exhausted) and not faults.is_loss_scale_exhausted(ValueError("shape"))

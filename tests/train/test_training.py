@@ -8,12 +8,13 @@ import shutil
 import pytest
 import torch
 from support.runs import checkpoints, last_checkpoint, logged, train_config, trainer_state
+from support.videos import corrupt_split
 
 from vdp_ray.cli import main
 from vdp_ray.export import Export, load_state_dict
 from vdp_ray.fsutil import OutputError, run_lock
 from vdp_ray.models import build_denoiser
-from vdp_ray.train import TrainingError, export_checkpoint, fit
+from vdp_ray.train import CheckpointError, TrainingError, export_checkpoint, fit
 
 pytestmark = pytest.mark.train
 
@@ -27,17 +28,20 @@ def test_unet_trains_exports_and_reloads(unet_run, tmp_path, monkeypatch, capsys
     assert [trainer_state(c)["step"] for c in checkpoints(run, "unet-unet3d")] == [10, 20]
     assert "val/loss" in (run / "logs" / "unet3d.log").read_text()
     export = Export(unet_run.exports["unet3d"])
-    assert export.directory == run / "export" and export.meta["steps"] == 20 and export.stage == "unet3d"
-    # train.select_by: the one preview (the last step) scored best, so its weights are the export's
-    assert export.meta["selected_by"]["metric"] == "val/psnr_gain" and export.meta["selected_by"]["step"] == 20
+    assert export.directory == run / "export" and export.meta["trained_steps"] == 20 and export.stage == "unet3d"
     assert export.cfg.train.zero_stage == 1 and export.cfg.model.family == "unet3d"
-    # the export holds exactly the EMA weights of the final checkpoint, and they are not the initial weights
+    # train.select_by: the untrained model (step 0: a residual model starts as copy-last) and the one preview of
+    # training (step 20) competed on the validation gain; the export holds the winner's EMA weights
+    chosen = export.meta["selected_by"]
+    assert chosen["metric"] == "val/psnr_gain" and chosen["step"] in (0, 20) and export.meta["steps"] == chosen["step"]
+    assert "best val/psnr_gain so far" in (run / "logs" / "unet3d.log").read_text()
     ema = load_state_dict(last_checkpoint(run, "unet-unet3d") / "ema.safetensors")
-    model = export.model()
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.items())
     torch.manual_seed(export.cfg.run.seed)  # as every rank does before building the model
     initial = build_denoiser(export.cfg).state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in ema.items()), "training moved the weights"
+    model = export.model()
+    winner = ema if chosen["step"] == 20 else initial
+    assert all(torch.allclose(model.state_dict()[k], v) for k, v in winner.items())
     # the run folder records its config and its TensorBoard events
     assert (run / "config.yaml").is_file() and list((run / "tb" / "unet3d").glob("events.*"))
     # `vdp export` makes the same export from the checkpoint folder
@@ -48,9 +52,37 @@ def test_unet_trains_exports_and_reloads(unet_run, tmp_path, monkeypatch, capsys
     for out in (run, checkpoint):
         with pytest.raises(OutputError, match="overlaps the checkpoint"):
             export_checkpoint(checkpoint, out)
+    # every rank's files are recorded with their digests: a damaged or replaced one is refused, naming it
+    digests = json.loads((checkpoint / "trainer_state.json").read_text())["digests"]
+    assert {"ema.safetensors", "config.yaml", "rng_rank0.pt", "rng_rank1.pt"} <= set(digests)
+    assert any(name.startswith("ds/") for name in digests)
+    damaged = shutil.copytree(checkpoint, tmp_path / "damaged")
+    weights = bytearray((damaged / "ema.safetensors").read_bytes())
+    weights[-1] ^= 1
+    (damaged / "ema.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(CheckpointError, match=r"ema\.safetensors does not match its digest"):
+        export_checkpoint(damaged, tmp_path / "never")
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--checkpoint", str(checkpoint), "--out", "."]) == 2
     assert "not an export: refusing to replace" in capsys.readouterr().err and (tmp_path / "again").is_dir()
+
+
+def test_unreadable_clips_in_training_are_skipped_named_and_past_the_limit_stop_the_run(digits, tmp_path):
+    """Half the training clips are garbage inside intact tars: each one met is skipped and named (shard and key)
+    in the run log; past data.max_bad_fraction the run stops at once with that reason, instead of failing inside
+    Ray Data and restarting the group on the same file until train.max_failures is spent."""
+    data = tmp_path / "digits"
+    spoiled = corrupt_split(digits / "train", data / "train", every=2)
+    shutil.copytree(digits / "val", data / "val")
+    run = tmp_path / "run"
+    cfg = train_config("tiny_unet", data, run, "train.workers=1", "train.max_steps=40", "train.max_failures=2",
+                       "data.max_bad_fraction=0.1")  # fmt: skip
+    with pytest.raises(TrainingError, match=r"clips could not be read \(over data.max_bad_fraction 0.1; the last: "):
+        fit(cfg)
+    text = (run / "logs" / "unet3d.log").read_text()
+    named = [k for k in spoiled if f"skipped clip {k} in shard-000000.tar" in text]
+    assert len(named) >= 5, text[-2000:]
+    assert "resumed" not in text, "stopped, not restarted"
 
 
 def test_a_run_folder_has_one_writer(digits, tmp_path):

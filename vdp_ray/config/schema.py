@@ -49,6 +49,9 @@ class DataConfig:
         le=1.0,
     )
     shuffle_buffer: int = opt(256, "Clips in the local shuffle buffer of each training worker (0 = off).", ge=0)
+    max_bad_fraction: float = opt(0.01, "Clips that cannot be decoded (or are too short) are skipped and named in "
+                                  "the log; past this fraction of the clips seen (and a few clips) the run stops.",
+                                  ge=0.0, le=1.0)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -232,8 +235,9 @@ class TrainConfig:
     max_failures: int = opt(1, "Worker-group restarts after a failure (-1 = unlimited).", ge=-1)
     preview_every: int = opt(500, "Steps between preview strips (sampling on validation clips) in TensorBoard.", ge=1)
     val_batches: int = opt(4, "Validation batches per worker at each validation.", ge=1)
-    fault: str = opt("none", "Drills: raise once, SIGKILL rank 0 once, or make the loss NaN, at fault_step.",
-                     choices=("none", "raise", "kill", "nan"))  # fmt: skip
+    fault: str = opt("none", "Drills: raise once, SIGKILL rank 0 once, make the loss NaN, or keep the loss finite "
+                     "and make its gradients NaN (nan_grad), at fault_step.",
+                     choices=("none", "raise", "kill", "nan", "nan_grad"))  # fmt: skip
     fault_step: int = opt(1, "The step at which train.fault strikes.", ge=1)
 
 

@@ -112,6 +112,7 @@ def check_shards(spec: str | list[str], data_cfg) -> dict | None:
     manifest = shard_manifest(spec)
     if manifest and manifest.get("kind") == LATENTS:
         return manifest  # their geometry is checked against the run's VAE (latent_shards.check_latents)
+    _check_sizes(spec, manifest)
     if manifest and manifest.get("shape"):
         t = manifest["shape"][0]
         if t < data_cfg.frames:
@@ -122,9 +123,26 @@ def check_shards(spec: str | list[str], data_cfg) -> dict | None:
     return manifest
 
 
-def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0, with_meta: bool = False):
+def _check_sizes(spec, manifest: dict | None) -> None:
+    """Each local shard has the size its manifest recorded: a truncated (or replaced) tar is named before training,
+    not met as a failed read in the middle of it."""
+    recorded = {s["file"]: s.get("bytes") for s in (manifest or {}).get("shards", []) if isinstance(s, dict)}
+    for path in list_shards(spec):
+        expected = recorded.get(path.rsplit("/", 1)[-1])
+        if expected is None or _is_uri(path):
+            continue
+        actual = Path(path).stat().st_size
+        if actual != expected:
+            raise ShardError(f"{path}: {actual} bytes, its manifest says {expected}: truncated or replaced since "
+                             "`vdp shard` wrote it; re-run vdp shard (or restore the file)")  # fmt: skip
+
+
+def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0, with_meta: bool = False,
+                 keep_bad: bool = False):  # fmt: skip
     """A Ray Dataset of {"clip": uint8 (C, T, H, W), "key": str, "caption": str} rows (and "meta": each clip's JSON
-    text, "" when it has none, with ``with_meta``)."""
+    text, "" when it has none, with ``with_meta``). A clip that cannot be decoded is left out and named on
+    stderr, or (``keep_bad``: for training, which counts them against data.max_bad_fraction) kept as a row with
+    its reason in "bad" ("" for the good ones)."""
     import ray
     from ray.data import FileShuffleConfig
 
@@ -142,6 +160,7 @@ def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0,
         decoder=None,  # raw bytes: decoding happens in the batched stage below
         suffixes=["npy", "mp4", "json"],
         shuffle=FileShuffleConfig(seed=seed) if train else None,
+        include_paths=True,  # a clip that cannot be decoded is named by shard and key
     )
     return ds.map_batches(
         decode_batch,
@@ -155,24 +174,30 @@ def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0,
             "hflip": hflip if train else False,
             "crop_scale": crop_scale if train else 1.0,
             "with_meta": with_meta,
+            "keep_bad": keep_bad,
         },
     )
 
 
 def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, hflip: bool, crop_scale: float,
-                 with_meta: bool = False) -> dict:  # fmt: skip
+                 with_meta: bool = False, keep_bad: bool = False) -> dict:  # fmt: skip
     """Decode, cut to T frames, match channels and size, augment; (B, C, T, H, W) uint8 (a resize rounds to the
     nearest level, as any stored frame is)."""
     import torch
 
     rng = np.random.default_rng() if train else None
     keys = batch["__key__"]
-    fmt = "npy" if "npy" in batch and batch["npy"][0] is not None else "mp4"
-    clips, captions = [], []
+    clips, captions, bad = [], [], []
     for i in range(len(keys)):
-        clip = decode_clip(batch[fmt][i], fmt, channels)  # (T, H, W, C) uint8
-        if clip.shape[0] < frames:
-            raise ShardError(f"clip {keys[i]} has {clip.shape[0]} frames, data.frames is {frames}")
+        try:
+            clip = _one_clip(batch, i, channels, frames)
+        except Exception as exc:  # a bad member: skipped (and named) by `epochs`, not a failed Ray Data task
+            clips.append(torch.zeros((channels, frames, *size), dtype=torch.uint8))
+            captions.append("")
+            where = Path(str(batch["path"][i])).name if "path" in batch else "?"
+            bad.append(f"{keys[i]} in {where}: {str(exc)[:200] or type(exc).__name__}")
+            continue
+        bad.append("")
         offset = int(rng.integers(0, clip.shape[0] - frames + 1)) if train else 0
         x = torch.from_numpy(np.ascontiguousarray(clip[offset : offset + frames]))
         x = x.permute(3, 0, 1, 2).float()  # (C, T, H, W) pixel values
@@ -181,11 +206,64 @@ def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, 
             x = x.flip(-1)
         clips.append(x.round().clamp(0, 255).to(torch.uint8))
         captions.append(_pick_caption(batch.get("json"), i, rng))
-    out = {"clip": torch.stack(clips).numpy(), "key": np.asarray(keys), "caption": np.asarray(captions, dtype=object)}
+    out = {"clip": torch.stack(clips).numpy(), "key": np.asarray(keys), "caption": np.asarray(captions, dtype=object),
+           "bad": np.asarray(bad, dtype=object)}  # fmt: skip
     if with_meta:
         metas = batch.get("json")
         out["meta"] = np.asarray([_text(metas[i]) if metas is not None else "" for i in range(len(keys))], dtype=object)
-    return out
+    if keep_bad or not any(bad):
+        return out
+    import sys
+
+    for reason in filter(None, bad):
+        print(f"[vdp data] skipped clip {reason}", file=sys.stderr, flush=True)
+    ok = out.pop("bad") == ""
+    return {k: v[ok] for k, v in out.items()}
+
+
+def _one_clip(batch: dict, i: int, channels: int, frames: int) -> np.ndarray:
+    """Sample i's clip, (T, H, W, C) uint8, at least ``frames`` long; raises on anything else."""
+    for fmt in ("npy", "mp4"):
+        if fmt in batch and batch[fmt][i] is not None:
+            clip = decode_clip(batch[fmt][i], fmt, channels)
+            break
+    else:
+        raise ShardError("no .npy or .mp4 member")
+    if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[-1] not in (1, 3):
+        raise ShardError(f"not a uint8 (T, H, W, 1|3) clip: {clip.dtype} {clip.shape}")
+    if clip.shape[0] < frames:
+        raise ShardError(f"{clip.shape[0]} frames, data.frames is {frames}")
+    return clip
+
+
+class BadClips:
+    """Clips met in training that cannot be decoded (or are too short): skipped as they come, counted, each named
+    through ``report(text)``; ``too_many()`` once they pass ``max_fraction`` of the clips seen (and a few)."""
+
+    FLOOR = 4  # clips that may be bad before the fraction applies: bad ones met first do not stop a run
+
+    def __init__(self, max_fraction: float, report=None):
+        self.max_fraction, self.report = max_fraction, report
+        self.seen = self.bad = 0
+        self.last = ""
+
+    def note(self, reasons) -> np.ndarray:
+        """The batch's good rows (a boolean mask); the bad ones counted and reported."""
+        ok = np.asarray([not r for r in reasons], dtype=bool)
+        self.seen += len(ok)
+        for reason in (r for r in reasons if r):
+            self.bad += 1
+            self.last = reason
+            if self.report is not None:
+                self.report(f"skipped clip {reason} ({self.bad} of {self.seen} so far)")
+        return ok
+
+    def too_many(self) -> bool:
+        return self.bad > max(self.FLOOR, self.max_fraction * self.seen)
+
+    def message(self) -> str:
+        return (f"{self.bad} of {self.seen} clips could not be read (over data.max_bad_fraction "
+                f"{self.max_fraction:g}; the last: {self.last}): check the shards (re-run vdp shard)")  # fmt: skip
 
 
 def _text(raw) -> str:
@@ -208,12 +286,14 @@ def _pick_caption(metas, i: int, rng) -> str:
 
 def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: bool = True,
            max_epochs: int | None = None, start_epoch: int = 0, pin_memory: bool = False,
-           prefetch: int = PREFETCH) -> Iterator[tuple[int, dict]]:  # fmt: skip
+           prefetch: int = PREFETCH, bad: BadClips | None = None) -> Iterator[tuple[int, dict]]:  # fmt: skip
     """Endless (epoch, batch) pairs from a Ray DataIterator (or dataset shard), reshuffled each epoch.
 
     A batch is {"clip": torch uint8 (B, C, T, H, W) on the CPU (in pinned memory with ``pin_memory``, for an
     asynchronous copy to a GPU), "key": list of str, "caption": list of str ("" where a clip has none)}; the
     caller moves the clips to its device and makes them floats there. ``prefetch`` batches are prepared ahead.
+    Clips that could not be decoded are left out of their batch and noted in ``bad`` (a batch of them only is
+    skipped).
     """
     import torch
 
@@ -227,8 +307,14 @@ def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: boo
             drop_last=drop_last,
             prefetch_batches=prefetch,
         ):
-            seen += 1
             name = "latent" if "latent" in batch else "clip"  # latent shards: fp16 posteriors (B, 2, C, t, h, w)
+            if "bad" in batch:
+                ok = bad.note(batch["bad"]) if bad is not None else np.asarray([not r for r in batch["bad"]])
+                if not ok.all():
+                    batch = {k: v[ok] for k, v in batch.items()}
+                    if not ok.any():
+                        continue
+            seen += 1
             clips = torch.from_numpy(np.require(batch[name], requirements="W"))  # Ray hands out read-only arrays
             if pin_memory:
                 clips = clips.pin_memory()

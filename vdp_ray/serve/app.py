@@ -64,19 +64,24 @@ def serve_forever(options: ServeOptions, ready=None) -> None:
     Export(options.export)  # a wrong path or a broken export fails here, before Ray starts
     options.api_key()  # a named but unset key variable too
     replicas = options.autoscale[1] if options.autoscale else options.replicas
+    import ray
+
     init_ray(num_cpus=max(os.cpu_count() or 1, math.ceil(replicas * options.cpus_per_replica) + 1))
-    serve.start(http_options={"host": options.host, "port": options.port,
-                              "request_timeout_s": options.timeout_s + 30})  # fmt: skip
-    serve.run(build_app(options), name="vdp", route_prefix="/")
-    url = f"http://{options.host}:{options.port}/"
-    if ready:
-        ready(url)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
-    serve.delete("vdp")
-    serve.shutdown()
+    try:
+        serve.start(http_options={"host": options.host, "port": options.port,
+                                  "request_timeout_s": options.timeout_s + 30})  # fmt: skip
+        serve.run(build_app(options), name="vdp", route_prefix="/")
+        url = f"http://{options.host}:{options.port}/"
+        if ready:
+            ready(url)
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
+        serve.delete("vdp")
+        serve.shutdown()
+    finally:  # an embedded Ray goes down whole (dashboard, agents); on a cluster this only disconnects
+        ray.shutdown()
 
 
 __all__ = ["TASKS", "Api", "Model", "ServeOptions", "app_builder", "build_app", "serve_forever"]

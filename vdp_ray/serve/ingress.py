@@ -29,6 +29,8 @@ def _fastapi_app() -> FastAPI:
     return FastAPI(
         title="vdp_ray",
         version="1",
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: /docs is ours, all served from here
+        redoc_url=None,
         description="Video diffusion: predict the future of a clip, generate, interpolate, refine. Upload a "
         "clip as multipart (field `file`: mp4, webm, gif, or a zip of PNG/JPEG frames) or send JSON "
         "(`frames`: base64 PNG/JPEG). Every error is JSON `{error: {field, message, status}}` with a 4xx.",
@@ -144,6 +146,10 @@ class Api:
     @fastapi_app.get("/", include_in_schema=False)
     async def page(self):
         return HTMLResponse((STATIC / "index.html").read_text())
+
+    @fastapi_app.get("/docs", include_in_schema=False)
+    async def docs(self):
+        return HTMLResponse((STATIC / "docs.html").read_text())
 
     @fastapi_app.get("/healthz", summary="Readiness: 200 once the model answers, 503 otherwise")
     async def healthz(self):

@@ -15,7 +15,7 @@ def encode(frames: np.ndarray, given: np.ndarray | None, truth: np.ndarray | Non
     """The response body. gif / mp4: the given frames then the made ones (a red border marks those), beside
     the true future when the upload had one, clips side by side; npz: arrays ``frames`` (made), ``context``
     (given), ``truth``; json: the same as base64 PNGs, with ``meta`` (model id, timing, parameters)."""
-    from ..media import animation
+    from ..media import animation, video_bytes  # encoded in memory: a full temporary disk cannot fail a response
 
     clips = frames if frames.ndim == 5 else frames[None]
     if fmt == "npz":
@@ -39,17 +39,6 @@ def encode(frames: np.ndarray, given: np.ndarray | None, truth: np.ndarray | Non
     for panel in panels[1:]:  # generate with batch > 1: the clips side by side
         video = np.concatenate([video, gap, panel], axis=2)
     return video_bytes(video, fmt, fps)
-
-
-def video_bytes(frames: np.ndarray, fmt: str, fps: float) -> bytes:
-    import tempfile
-    from pathlib import Path
-
-    from ..media import write_video
-
-    with tempfile.TemporaryDirectory(prefix="vdp-serve-") as tmp:
-        path = write_video(Path(tmp) / f"out.{fmt}", frames, fps=fps)
-        return path.read_bytes()
 
 
 def png_b64(frame: np.ndarray) -> str:

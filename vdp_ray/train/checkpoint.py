@@ -6,8 +6,12 @@ A checkpoint folder (one per `train.checkpoint_every` steps, merged by Ray Train
     ema.safetensors       the EMA weights (rank 0): what an export ships
     rng_rank<N>.pt        rank N's random streams: CPU, its CUDA device, NumPy, Python (randomness.py; tensors and
                           plain values only, loaded with weights_only=True)
-    trainer_state.json    stage, step, epoch, EMA updates, the stage's extra results, the world size
+    trainer_state.json    stage, step, epoch, EMA updates, the stage's extra results, the world size, and the
+                          SHA-256 of every other file (all ranks'), checked before anything is loaded
     config.yaml           the resolved config of the stage
+
+DeepSpeed's files are pickles: a checkpoint folder is a trust boundary (only training should write it; servers
+get exports, which are safetensors and YAML/JSON). The digests catch a damaged or partly replaced checkpoint.
 
 Every rank saves into its own temporary folder and then calls ``ray.train.report`` with it (a barrier); Ray
 moves the files into the run's storage, so a checkpoint is either complete or absent.
@@ -59,11 +63,13 @@ def save(engine, ema, cfg: Config, stage: str, progress: Progress, metrics: dict
         averaged = ema.state_dict(everywhere=False)  # every rank calls it: under ZeRO-3 rank 0 gathers partitions
         if rank == 0:
             save_state_dict(averaged, tmp / EMA_FILE)
+            cfg.save(tmp / CONFIG)
+        digests = _all_digests(tmp)
+        if rank == 0:
             world = dist.get_world_size() if dist.is_initialized() else 1
             state = {"stage": stage, "step": progress.step, "epoch": progress.epoch, "ema_updates": ema.updates,
-                     "extra": progress.extra, "world_size": world}  # fmt: skip
+                     "extra": progress.extra, "world_size": world, "digests": digests}  # fmt: skip
             (tmp / STATE).write_text(json.dumps(state))
-            cfg.save(tmp / CONFIG)
         ray.train.report({"step": progress.step, **metrics}, checkpoint=Checkpoint.from_directory(str(tmp)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -80,6 +86,7 @@ def restore(engine, ema, cfg: Config, world: int, rank: int, log) -> Progress | 
     with checkpoint.as_directory() as directory:
         directory = Path(directory)
         state = json.loads((directory / STATE).read_text())
+        verify(directory, state)
         step, epoch = state["step"], state["epoch"]
         _load_engine(engine, directory, state, cfg, world, step, log)
         ema.load(load_state_dict(directory / EMA_FILE), state["ema_updates"])
@@ -89,6 +96,40 @@ def restore(engine, ema, cfg: Config, world: int, rank: int, log) -> Progress | 
         else:  # a rank the checkpoint had no state for (the run grew): streams of its own
             seed_rank(cfg.run.seed, rank, step)
         return Progress(step, epoch, state.get("extra", {}))
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _all_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file this rank wrote, merged over all ranks (one collective)."""
+    mine = {str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    if not dist.is_initialized():
+        return mine
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return {k: v for part in gathered for k, v in part.items()}
+
+
+def verify(directory: Path, state: dict, only: tuple[str, ...] | None = None) -> None:
+    """Every file the checkpoint recorded (or the ``only`` ones) is there with its digest; CheckpointError naming
+    the first that is not. Checkpoints written before digests were recorded pass."""
+    for name, digest in (state.get("digests") or {}).items():
+        if only is not None and name not in only:
+            continue
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{directory}: {name} is missing (the checkpoint is incomplete)")
+        if _digest(path) != digest:
+            raise CheckpointError(f"{directory}: {name} does not match its digest in {STATE} (damaged or replaced "
+                                  "since training wrote it): not loading it")  # fmt: skip
 
 
 def _load_engine(engine, directory: Path, state: dict, cfg: Config, world: int, step: int, log) -> None:
@@ -140,6 +181,7 @@ def export_checkpoint(checkpoint_dir: str | Path, export_dir: str | Path, cfg: C
         if not (checkpoint_dir / name).is_file():
             raise CheckpointError(f"{checkpoint_dir}: not a vdp_ray checkpoint (missing {name})")
     state = json.loads((checkpoint_dir / STATE).read_text())
+    verify(checkpoint_dir, state, only=(EMA_FILE, CONFIG))  # what an export is made of
     stage = state["stage"]
     cfg = STAGE_CLASSES[stage].exported_config(cfg or load_config(checkpoint_dir / CONFIG), state.get("extra", {}))
     meta = {"steps": state["step"], "epoch": state["epoch"], "scale_factor": cfg.vae.scale_factor}

@@ -14,12 +14,13 @@ def _group() -> bool:
     return dist.is_initialized()
 
 
-def all_finite(loss: torch.Tensor) -> bool:
-    """True when the loss is finite on every rank: one non-finite loss anywhere stops them all at the same step."""
-    flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
+def step_flags(loss: torch.Tensor, stop: bool) -> tuple[bool, bool]:
+    """(the loss is finite on every rank, some rank asks to stop): one collective for both checks of a step."""
+    flags = torch.stack([(~torch.isfinite(loss.detach()).all()).float(), torch.tensor(float(stop), device=loss.device)])
     if _group():
-        dist.all_reduce(flag)
-    return flag.item() == 0
+        dist.all_reduce(flags)
+    bad_loss, stop_any = flags.tolist()
+    return bad_loss == 0, stop_any > 0
 
 
 def rank0_decides(flag: bool, device) -> bool:

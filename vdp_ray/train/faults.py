@@ -15,10 +15,25 @@ HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_S = 1.0
 
 
+class _NanGradient(torch.autograd.Function):
+    """The identity forward, NaN gradients backward: a finite loss whose update would destroy the weights."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
 def poisoned(loss: torch.Tensor, cfg, step: int) -> torch.Tensor:
-    """The ``nan`` drill: from train.fault_step on, the loss is NaN (as a diverged run's would be)."""
+    """The ``nan`` drill: from train.fault_step on, the loss is NaN (as a diverged run's would be); ``nan_grad``:
+    the loss stays finite and its gradients are NaN."""
     if cfg.train.fault == "nan" and step + 1 >= cfg.train.fault_step:
         return loss * float("nan")
+    if cfg.train.fault == "nan_grad" and step + 1 >= cfg.train.fault_step:
+        return _NanGradient.apply(loss)
     return loss
 
 
@@ -44,6 +59,14 @@ def inject(cfg, run_dir: Path, stage: str, step: int, rank: int) -> None:
 def is_loss_scale_exhausted(exc: BaseException) -> bool:
     """DeepSpeed's fp16 loss scaler gave up: every step overflowed down to its minimum scale (a diverged run)."""
     return "loss scale" in str(exc).lower() and "minimum" in str(exc).lower()
+
+
+def stop_run(log, stage: str, step: int, reason: str) -> None:
+    """Stop the stage for ``reason`` (what the driver raises as the run's error); the last checkpoint is kept."""
+    message = f"{reason}; the {stage} stage stopped at step {step + 1}, the last good checkpoint is kept"
+    log.status({"status": "stopped", "step": step + 1, "message": message})
+    log.line(message)
+    log.close()
 
 
 def stop_non_finite(log, stage: str, step: int, reason: str = "non-finite loss") -> None:

@@ -8,6 +8,8 @@ all ranks must share ``collectives.py``'s and what people see ``runlog.py``'s; t
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +19,11 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config
-from ..data.pipeline import epochs
+from ..data.pipeline import BadClips, epochs
 from ..latent import LatentBatch
 from ..pixels import to_model_range
 from . import checkpoint, faults
-from .collectives import all_finite, broadcast_from_rank0, mean_across, rank0_decides
+from .collectives import broadcast_from_rank0, mean_across, rank0_decides, step_flags
 from .ema import EMA
 from .engine import build_engine, configure_device, resolve_precision, stage_settings
 from .randomness import seed_rank
@@ -50,6 +52,7 @@ class Worker:
     engine: object  # the DeepSpeed engine
     batch_size: int
     max_steps: int
+    bad: BadClips | None = None  # the clips this rank skipped (set by the loop)
 
 
 def start(config: dict) -> Worker:
@@ -93,13 +96,18 @@ def train_loop_per_worker(config: dict) -> None:
     progress = resumed or checkpoint.Progress(step=0, epoch=0, extra={})
     step, epoch, extra = progress.step, progress.epoch, progress.extra
 
+    w.bad = BadClips(cfg.data.max_bad_fraction, log.line if w.rank == 0 else _rank_line(w))
     train_iter = epochs(ray.train.get_dataset_shard("train"), batch_size=w.batch_size,
                         shuffle_buffer=cfg.data.shuffle_buffer, start_epoch=epoch,
-                        pin_memory=device.type == "cuda")  # fmt: skip
+                        pin_memory=device.type == "cuda", bad=w.bad)  # fmt: skip
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
     preview = Preview(w.stage, w.ema, device)
     selection = Selection(cfg.train.select_by if cfg.data.val else "last", w.run_dir, w.name, w.rank,
                           resumed is not None)  # fmt: skip
+    if resumed is None and selection.metric == "val/psnr_gain" and cfg.diffusion.residual and w.name != "vae":
+        # the untrained model is a candidate too: a residual model starts as copy-last, so a run whose training
+        # never beats that on the validation clips exports copy-last rather than something worse
+        selection.offer(_validate_and_preview(w, 0, w.max_steps, val_shard, preview), 0, w.ema, log)
     window = Window()
     total, run_start, start_step = w.max_steps, time.perf_counter(), step
     metrics: dict = {}
@@ -120,6 +128,7 @@ def train_loop_per_worker(config: dict) -> None:
         if step % cfg.train.log_every == 0 or step == total:
             metrics = window.metrics(step, epoch, engine, w.world, device, w.precision)
             metrics.update({k: mean_across(v, device) for k, v in w.stage.step_metrics().items()})
+            metrics["skipped_clips"] = round(mean_across(w.bad.bad, device) * w.world)  # over all ranks so far
             rate = (step - start_step) / (time.perf_counter() - run_start)
             log.metrics(metrics, total, eta=(total - step) / rate if rate > 0 else None)
             window = Window()
@@ -158,9 +167,16 @@ def _optimizer_step(w: Worker, train_iter, window: Window, preview: Preview, ste
         preview.offer_training_clips(clips, batch["caption"])
         loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), cfg, step)
         losses = losses + loss.detach().float()
-        if micro == cfg.train.grad_accum - 1 and not all_finite(losses):
-            faults.stop_non_finite(w.log, w.name, step)
-            return None
+        if micro == cfg.train.grad_accum - 1:
+            mine = w.bad is not None and w.bad.too_many()
+            finite, too_many_bad = step_flags(losses, mine)
+            if too_many_bad:  # every rank stops at this step; the rank that met them named each bad clip
+                faults.stop_run(w.log, w.name, step, w.bad.message() if mine else
+                                "too many unreadable clips on another rank (each is named in the log)")  # fmt: skip
+                return None
+            if not finite:
+                faults.stop_non_finite(w.log, w.name, step)
+                return None
         engine.backward(loss)
         try:
             engine.step()
@@ -169,8 +185,30 @@ def _optimizer_step(w: Worker, train_iter, window: Window, preview: Preview, ste
                 raise
             faults.stop_non_finite(w.log, w.name, step, reason="the fp16 loss scale reached its minimum")
             return None
+        if micro == cfg.train.grad_accum - 1 and not _finite_gradients(engine, w.precision):
+            # the same on every rank (the norm is global); stopped before anything is checkpointed
+            faults.stop_non_finite(w.log, w.name, step, reason="non-finite gradients (of a finite loss)")
+            return None
         window.add(loss, clips.shape[0])
     return epoch
+
+
+def _finite_gradients(engine, precision: str) -> bool:
+    """Whether the step's global gradient norm (DeepSpeed's, all ranks) is finite. fp16's loss scaler skips an
+    overflowing step by design (and gives up at its minimum scale: handled above), so only fp32 / bf16 ask."""
+    if precision == "fp16":
+        return True
+    norm = engine.get_global_grad_norm()
+    return norm is None or math.isfinite(float(norm))
+
+
+def _rank_line(w: Worker):
+    """Another rank's notes: to its stdout (Ray shows it with the worker's prefix), not to rank 0's run log."""
+
+    def line(text: str) -> None:
+        print(f"[vdp {w.name} rank {w.rank}] {text}", file=sys.__stdout__, flush=True)
+
+    return line
 
 
 def _validate_and_preview(w: Worker, step: int, total: int, val_shard, preview: Preview) -> dict:

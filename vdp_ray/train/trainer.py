@@ -165,9 +165,9 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path, callback
     t = cfg.train
     use_gpu = t.use_gpu == "true" or (t.use_gpu == "auto" and cluster_has_gpus())
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
-    datasets = {"train": clip_dataset(cfg.data.train, cfg.data, train=True, seed=cfg.run.seed)}
+    datasets = {"train": clip_dataset(cfg.data.train, cfg.data, train=True, seed=cfg.run.seed, keep_bad=True)}
     if cfg.data.val:
-        datasets["val"] = clip_dataset(cfg.data.val, cfg.data, train=False)
+        datasets["val"] = clip_dataset(cfg.data.val, cfg.data, train=False, keep_bad=True)
     status_file = run_dir / "logs" / f"{stage}-{STATUS}"
     status_file.unlink(missing_ok=True)
 
