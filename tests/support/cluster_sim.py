@@ -59,7 +59,7 @@ def lose_node(mode: str, shards: str, run_dir: str, *overrides: str) -> None:
             "train.workers=2", "train.cpus_per_worker=2", "train.placement=spread", "train.max_steps=80",
             "train.batch_size=4", "train.val_every=1000", "train.checkpoint_every=4", "train.log_every=2",
             "train.preview_every=1000", "train.val_batches=1", "train.warmup_steps=2", "train.max_failures=3",
-            *extra, *overrides,
+            "train.select_by=last", *extra, *overrides,
         ])  # fmt: skip
         result: dict = {}
         thread = threading.Thread(target=lambda: result.update(fit(cfg)), daemon=True)
@@ -181,7 +181,8 @@ def main(shards: str, run_dir: str, *overrides: str, address: str | None = None)
             f"data.train={shards}/train", f"data.val={shards}/val", f"run.dir={run_dir}", "run.name=multinode",
             "train.workers=2", "train.cpus_per_worker=1", "train.placement=strict_spread", "train.max_steps=10",
             "train.batch_size=4", "train.val_every=5", "train.checkpoint_every=5", "train.log_every=5",
-            "train.preview_every=1000", "train.val_batches=1", "train.warmup_steps=2", *overrides,
+            "train.preview_every=1000", "train.val_batches=1", "train.warmup_steps=2", "train.select_by=last",
+            *overrides,
         ])  # fmt: skip
         exports = fit(cfg)
         ips = sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"])
