@@ -38,8 +38,12 @@ def _say(text: str) -> None:
     print(f"[vdp demo] {text}", file=sys.stderr, flush=True)
 
 
+FINISHED = "demo_finished.json"  # in run.dir: the training ran to its end (max_steps or the time budget)
+
+
 def _finished_export(cfg) -> Path | None:
-    """The export of an earlier demo run that reached max_steps with the same model, data and diffusion."""
+    """The export of an earlier demo run whose training finished (all its steps, or its time budget) with the
+    same model, data and diffusion."""
     from .export import Export
 
     path = Path(cfg.run.dir) / "export"
@@ -49,7 +53,8 @@ def _finished_export(cfg) -> Path | None:
         return None
     same = export.cfg.trained_part() == cfg.trained_part()  # sampling settings do not change the trained model
     trained = export.meta.get("trained_steps", export.meta.get("steps", 0))  # select_by may export an earlier step
-    return path if same and trained >= cfg.train.max_steps else None
+    finished = (Path(cfg.run.dir) / FINISHED).is_file() or trained >= cfg.train.max_steps
+    return path if same and finished else None
 
 
 def run_demo(opts: DemoOptions) -> dict:
@@ -116,9 +121,11 @@ def _train(cfg) -> tuple[Path, dict, int]:
     export = _finished_export(cfg)
     reused = export is not None
     if reused:
-        _say(f"training: {export} already holds {cfg.train.max_steps} steps of this config; reusing it")
+        _say(f"training: {export} already holds a finished training of this config; reusing it")
     else:
+        (Path(cfg.run.dir) / FINISHED).unlink(missing_ok=True)
         export = fit(cfg)[cfg.train.stages[-1]]
+        (Path(cfg.run.dir) / FINISHED).write_text(json.dumps({"export": str(export)}))
     meta = json.loads((export / "meta.json").read_text())
     minutes = round((time.time() - train_start) / 60, 2)
     return export, {"steps": meta.get("trained_steps", meta.get("steps")), "exported_step": meta.get("steps"),
