@@ -4,13 +4,11 @@ Left to probe, FFmpeg tries every demuxer it has: a short SDP text opens an RTP 
 waits for ever), an ``ffconcat`` or HLS playlist opens files relative to the working directory and returns their
 frames. So every reader of videos (uploads to the server, ``vdp shard``'s sources, ``vdp predict``, the mp4 clips
 inside shards) goes through ``open_video``: the container is read from the first bytes, its demuxer is forced,
-and anything else is refused with the name of what was given. Decoding is bounded by ``decode_frames``'s frame
-count and wall-clock deadline.
+and anything else is refused with the name of what was given. ``decode_frames`` bounds the frames decoded.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -39,9 +37,10 @@ def container_format(head: bytes) -> str | None:
     return None
 
 
-def open_video(source: str | Path | BinaryIO, name: str | None = None):
+def open_video(source: str | Path | BinaryIO, name: str | None = None, only: str | None = None):
     """A PyAV input container for a file path or a seekable binary file object, its demuxer forced from the
-    signature. Raises ContainerError naming ``name`` (default: the path) for anything else."""
+    signature (``only``: that container and no other). Raises ContainerError naming ``name`` (default: the path)
+    for anything else."""
     import av
 
     label = name or str(source)
@@ -55,20 +54,16 @@ def open_video(source: str | Path | BinaryIO, name: str | None = None):
         source.seek(position)
         target = source
     fmt = container_format(head)
-    if fmt is None:
-        raise ContainerError(f"{label}: not a video we open ({CONTAINER_NAMES}; told from its first bytes, "
-                             f"which are {head[:8]!r})")  # fmt: skip
+    what = f"not a video we open ({CONTAINER_NAMES})" if only is None else f"not an {only}"
+    if fmt is None or (only is not None and fmt != only):
+        raise ContainerError(f"{label}: {what} (told from its first bytes, which are {head[:8]!r})")
     return av.open(target, mode="r", format=fmt)
 
 
-def decode_frames(container, stream, *, max_frames: int | None = None, deadline_s: float | None = None,
-                  name: str = "video") -> Iterator:  # fmt: skip
-    """The stream's decoded frames (PyAV VideoFrames), at most ``max_frames`` and for at most ``deadline_s``
-    seconds of wall clock; past either, ContainerError naming ``name``."""
-    end = None if deadline_s is None else time.monotonic() + deadline_s
+def decode_frames(container, stream, max_frames: int, name: str = "video") -> Iterator:
+    """The stream's decoded frames (PyAV VideoFrames), at most ``max_frames``; past that, ContainerError naming
+    ``name``."""
     for count, frame in enumerate(container.decode(stream), 1):
-        if max_frames is not None and count > max_frames:
+        if count > max_frames:
             raise ContainerError(f"{name}: more than {max_frames} frames")
-        if end is not None and time.monotonic() > end:
-            raise ContainerError(f"{name}: decoding took longer than {deadline_s:g} s")
         yield frame

@@ -54,16 +54,13 @@ def encode_mp4(clip: np.ndarray, fps: float, crf: int = 18) -> bytes:
 
 def decode_mp4(payload: bytes, max_frames: int = 4096) -> np.ndarray:
     """An mp4 clip's RGB frames; anything that is not an mp4 (told from its bytes) raises ContainerError."""
-    from ..containers import ContainerError, container_format, decode_frames, open_video
+    from ..containers import ContainerError, decode_frames, open_video
 
-    if container_format(payload[:16]) != "mp4":
-        raise ContainerError(f"an .mp4 clip that is not an mp4 (its first bytes are {payload[:8]!r})")
-    with open_video(io.BytesIO(payload), "an .mp4 clip") as container:
+    with open_video(io.BytesIO(payload), "an .mp4 clip", only="mp4") as container:
         if not container.streams.video:
             raise ContainerError("an .mp4 clip without a video stream")
         stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in decode_frames(container, stream, max_frames=max_frames,
-                                                                       name="an .mp4 clip")]  # fmt: skip
+        frames = [f.to_ndarray(format="rgb24") for f in decode_frames(container, stream, max_frames, "an .mp4 clip")]
     if not frames:
         raise ContainerError("an .mp4 clip without frames")
     return np.stack(frames)

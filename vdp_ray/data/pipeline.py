@@ -297,6 +297,7 @@ def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: boo
     """
     import torch
 
+    skips = bad if bad is not None else BadClips(1.0)  # (1.0: counted, never too many)
     epoch = start_epoch
     while max_epochs is None or epoch < max_epochs:
         seen = 0
@@ -309,7 +310,7 @@ def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: boo
         ):
             name = "latent" if "latent" in batch else "clip"  # latent shards: fp16 posteriors (B, 2, C, t, h, w)
             if "bad" in batch:
-                ok = bad.note(batch["bad"]) if bad is not None else np.asarray([not r for r in batch["bad"]])
+                ok = skips.note(batch["bad"])
                 if not ok.all():
                     batch = {k: v[ok] for k, v in batch.items()}
                     if not ok.any():

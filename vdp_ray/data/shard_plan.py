@@ -160,13 +160,14 @@ class Plan:
     augment: dict | None = None
 
 
-def _check_output(out: str, inputs: list[tuple[str, str]]) -> None:
+def _check_output(out: str, inputs: list[tuple[str, str]], replaceable: bool = True) -> None:
     """--out is new, empty or an earlier `vdp shard` output (its manifest), and apart from every source: replacing
     its splits must never delete a user's videos."""
     from ..fsutil import OutputError, check_apart, check_replaceable
 
     try:
-        check_replaceable(out, "manifest.json", "a `vdp shard` output")
+        if replaceable:
+            check_replaceable(out, "manifest.json", "a `vdp shard` output")
         check_apart(out, inputs)
     except OutputError as exc:
         raise ShardError(f"--out: {exc}") from None
@@ -202,7 +203,7 @@ def plan(opts: ShardOptions, log) -> Plan:
             raise ShardError(f"--strict: {skipped[0]['path']}: {skipped[0]['reason']}")
         if not sources:
             raise ShardError("no video files or frame folders found in " + ", ".join(map(str, opts.sources)))
-    _check_output(opts.out, [("the source", s.path) for s in sources])
+    _check_output(opts.out, [("the source", s.path) for s in sources], replaceable=False)  # (checked above)
     frames = opts.frames or settings.get("frames") or 16
     size = tuple(opts.size or settings.get("size") or (64, 64))
     spec = _clip_spec(opts, frames, size, opts.interval or settings.get("interval") or 1)

@@ -23,7 +23,7 @@ from ..containers import ContainerError, open_video
 from ..vocab import CONTAINER_NAMES
 from .api import ApiError, Limits
 
-ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}  # bzip2 / LZMA: unbounded to inflate
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # bzip2 / LZMA: unbounded to inflate
 CHUNK = 1 << 20
 Fit = Callable[[np.ndarray, str], np.ndarray]
 
@@ -39,12 +39,15 @@ class Frames:
         self.size: tuple[int, int, str] | None = None
         self.end = time.monotonic() + limits.decode_timeout_s
 
+    def check_pixels(self, width: int, height: int, where: str) -> None:
+        if width * height > self.limits.max_pixels:
+            raise ApiError(413, where, f"a {width}x{height} frame exceeds the server's limit of "
+                           f"{self.limits.max_pixels} pixels per frame")  # fmt: skip
+
     def admit(self, width: int, height: int, name: str | None = None) -> None:
         """Before a frame's pixels are decoded: refuse it (413) if it passes any limit."""
         lim, where = self.limits, name or self.field
-        if width * height > lim.max_pixels:
-            raise ApiError(413, where, f"a {width}x{height} frame exceeds the server's limit of {lim.max_pixels} "
-                           "pixels per frame")  # fmt: skip
+        self.check_pixels(width, height, where)
         if len(self.frames) >= lim.max_frames:
             raise ApiError(413, self.field, f"more than {lim.max_frames} frames (the server's limit)")
         self.decoded += width * height * 3
@@ -98,8 +101,7 @@ def _video_frames(data: bytes, frames: Frames) -> None:
             if not streams:
                 raise ApiError(415, field, "no video stream in the upload")
             stream = streams[0]
-            frames.admit(stream.codec_context.width, stream.codec_context.height)
-            frames.decoded = 0  # the header's size was checked; frames are counted as they come
+            frames.check_pixels(stream.codec_context.width, stream.codec_context.height, field)  # before decoding
             for frame in container.decode(stream):
                 frames.admit(frame.width, frame.height)
                 frames.add(frame.to_ndarray(format="rgb24"))
