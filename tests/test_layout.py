@@ -44,7 +44,8 @@ def test_tiny_experiments_build_and_run(repo_root, name):
         assert recon.shape == x.shape
         x = post.sample()
     out = build_denoiser(cfg)(x, torch.full((2,), 10.0), None)
-    assert out.shape == x.shape
+    k = cfg.diffusion.motion_kernel  # a motion model also outputs K^2 weights per pixel
+    assert out.shape == (x.shape[0], x.shape[1] + k * k, *x.shape[2:])
 
 
 @pytest.mark.parametrize("name", ["seed_unet", "seed_dit"])

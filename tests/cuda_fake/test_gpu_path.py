@@ -167,3 +167,21 @@ def test_inference_precision_follows_the_export_on_gpus_and_is_fp32_on_cpus():
     assert inference_precision("fp32", cpu, "bf16") == ("bf16", torch.bfloat16)
     with pytest.raises(PredictError, match="precision 'half'"):
         inference_precision("fp16", cpu, "half")
+
+
+def test_motion_kernels_train_and_sample_on_the_gpu_without_host_reads(fake):
+    """The motion chain on a GPU takes the sync-free path: no value is read back (FakeTensorMode would raise)."""
+    cfg = config("tiny_unet", "diffusion.motion_kernel=5", "diffusion.prediction_type=x0")
+    with unset_fake_temporarily():
+        stage = DiffusionStage(cfg, CUDA)
+        mask = torch.zeros(2, cfg.data.frames, dtype=torch.bool)
+        mask[:, :3] = True
+    model = stage.model.to(CUDA)
+    clips = clips_on_gpu(cfg)
+    out = stage.diffusion.training_losses(model, clips, mask.to(CUDA))
+    assert out["loss"].device == CUDA and out["loss"].dtype == torch.float32
+    cond = Condition.first_frames(clips[:, :, :3], clips.shape[2])
+    settings = SamplingConfig(sampler="ddim", steps=2, guidance=2.0)
+    generator = torch.Generator().manual_seed(0)
+    pred = sample(model.eval(), stage.diffusion, tuple(clips.shape), cond, settings, generator=generator, device=CUDA)
+    assert pred.device == CUDA and pred.shape == clips.shape

@@ -116,3 +116,28 @@ def test_bad_clips_are_skipped_named_and_counted_and_a_truncated_shard_is_refuse
     first.write_bytes(first.read_bytes()[:1500])
     with pytest.raises(ShardError, match=rf"{first.name}: 1500 bytes, its manifest says \d+: truncated"):
         check_shards(str(cut), data_cfg())
+
+
+def test_flips_time_reversal_and_channel_shuffles_are_exact_transforms_of_the_clip(video_shards):
+    """Each training clip is its source clip vertically flipped, played backwards and/or with its colour channels
+    reordered (nothing else changes: no crop, no horizontal flip); validation clips never are."""
+    import itertools
+
+    truth = {k: v[0].transpose(3, 0, 1, 2) for k, v in read_shard_samples(video_shards).items()}  # (C, T, H, W)
+    cfg = data_cfg(vflip="true", reverse="true", channel_shuffle="true")
+    seen = set()
+    for seed in range(2):
+        batch = clip_dataset(str(video_shards), cfg, train=True, seed=seed).take_batch(9)
+        for clip, key in zip(batch["clip"], batch["key"], strict=True):
+            src = truth[key]
+            variants = {}
+            for vf, rev, perm in itertools.product((False, True), (False, True), itertools.permutations(range(3))):
+                x = src[list(perm)]
+                x = x[:, ::-1] if rev else x
+                variants[(vf, rev, perm)] = x[:, :, ::-1] if vf else x
+            match = [name for name, x in variants.items() if np.array_equal(clip, x)]
+            assert match, key
+            seen.add(match[0])
+    assert len(seen) > 4  # the draws vary
+    val = clip_dataset(str(video_shards), cfg, train=False).take_batch(9)
+    assert all(np.array_equal(c, truth[k]) for c, k in zip(val["clip"], val["key"], strict=True))

@@ -1,4 +1,5 @@
 import itertools
+import math
 
 import pytest
 import torch
@@ -81,3 +82,21 @@ def test_loss_covers_only_frames_not_given(ptype):
     assert torch.equal(x_in[:, :, :2], x0[:, :, :2]), "given frames enter clean"
     assert (t_in[:, :2] == 0).all() and torch.equal(t_in[:, 2:], t[:, None].expand(4, 4).float())
     assert torch.equal(m_in, mask)
+
+
+def test_the_log_mse_loss_is_minus_the_mean_frame_psnr_and_weighs_frames_by_relative_error():
+    from vdp_ray.diffusion.objectives import LOG_FLOOR, masked_frame_loss
+
+    target = torch.zeros(2, 1, 3, 4, 4)
+    pred = target.clone()
+    pred[0] += 0.1  # an easy clip, small error
+    pred[1] += 1.0  # a hard clip, large error
+    frames = torch.tensor([[False, True, True], [False, True, True]])
+    loss, per_frame = masked_frame_loss(pred, target, frames, kind="log_mse")
+    expected = (2 * math.log(0.01 + LOG_FLOOR) + 2 * math.log(1.0 + LOG_FLOOR)) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and per_frame[0, 1].item() == pytest.approx(0.01)
+    for kind, easy_wins in (("mse", False), ("log_mse", True)):
+        p = pred.clone().requires_grad_(True)
+        masked_frame_loss(p, target, frames, kind=kind)[0].backward()
+        easy, hard = p.grad[0].abs().sum().item(), p.grad[1].abs().sum().item()
+        assert (easy > hard) == easy_wins, kind  # mse: the hard clip's gradient dominates; log_mse: the easy one's

@@ -116,3 +116,19 @@ def test_a_window_folded_into_channels_is_a_2d_unet_over_the_clip():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     with pytest.raises(ValueError, match="folds a window of exactly 6 frames"):
         net(torch.randn(1, 2, 4, 16, 16), torch.zeros(1))
+
+
+@pytest.mark.parametrize("kw", [dict(patch=2), dict(patch=1), dict(patch=2, fold_frames=4)])
+def test_a_pointwise_head_adds_output_channels_that_start_at_zero(kw):
+    """The extra channels (motion weights) come after the regular ones, in the same (N, C, T, H, W) layout, per
+    pixel and frame, whatever the patch and frame folding."""
+    net = small_unet(pointwise_channels=9, **kw)
+    x = torch.randn(2, 2, 4, 16, 16)
+    out = net(x, torch.rand(2) * 999)
+    assert out.shape == (2, 2 + 9, 4, 16, 16) and out.abs().max() == 0
+    with torch.no_grad():
+        net.point_out.bias.copy_(torch.arange(net.point_out.bias.numel(), dtype=torch.float32))
+    out = net(x, torch.rand(2) * 999)
+    assert out[:, :2].abs().max() == 0  # the regular head is untouched
+    channel_of = out[0, 2:, 0, 0, 0]  # bias k lands on one channel, frame and pixel of the head's layout
+    assert len(set(out[0, 2:].flatten().tolist())) == net.point_out.bias.numel() and channel_of.unique().numel() == 9

@@ -12,19 +12,21 @@ from vdp_ray.export import write_export
 from vdp_ray.models import build_denoiser, build_vae
 from vdp_ray.pixels import clips_to_model, clips_to_uint8
 
-OBJECTIVES = [("ddpm", "x0"), ("ddpm", "v"), ("ddpm", "eps"), ("flow", "v"), ("flow", "x0")]
+PLAIN = [("ddpm", "x0", 0), ("ddpm", "v", 0), ("ddpm", "eps", 0), ("flow", "v", 0), ("flow", "x0", 0)]
+OBJECTIVES = [*PLAIN, ("ddpm", "x0", 5), ("flow", "v", 3)]  # the last two with motion kernels
 
 
-def fresh_unet(folder, objective, ptype):
+def fresh_unet(folder, objective, ptype, kernel=0):
     torch.manual_seed(0)
     cfg = load_config(None, [*PIXEL, f"diffusion.objective={objective}", f"diffusion.prediction_type={ptype}",
-                             "diffusion.zero_terminal_snr=false"])  # fmt: skip
-    return write_export(folder / f"unet-{objective}-{ptype}", cfg, "unet3d", build_denoiser(cfg).state_dict(), {})
+                             "diffusion.zero_terminal_snr=false", f"diffusion.motion_kernel={kernel}"])  # fmt: skip
+    net = build_denoiser(cfg).state_dict()
+    return write_export(folder / f"unet-{objective}-{ptype}-{kernel}", cfg, "unet3d", net, {})
 
 
-@pytest.mark.parametrize(("objective", "ptype"), OBJECTIVES)
-def test_a_fresh_unet_predicts_the_last_given_frame(tmp_path, objective, ptype):
-    p = Predictor.from_export(fresh_unet(tmp_path, objective, ptype), device="cpu")
+@pytest.mark.parametrize(("objective", "ptype", "kernel"), OBJECTIVES)
+def test_a_fresh_unet_predicts_the_last_given_frame(tmp_path, objective, ptype, kernel):
+    p = Predictor.from_export(fresh_unet(tmp_path, objective, ptype, kernel), device="cpu")
     ctx = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16, 1), dtype=np.uint8)
     for sampler in ("ddim", "ddpm", "dpm++", "euler", "heun"):
         out = p.predict(ctx, 7, sampler=sampler, steps=5, seed=0)  # 7 frames: a roll-out over two windows
@@ -36,13 +38,14 @@ def test_a_fresh_unet_predicts_the_last_given_frame(tmp_path, objective, ptype):
     assert np.array_equal(between[:2], np.stack([first] * 2)) and np.array_equal(between[2:], np.stack([last] * 2))
 
 
-@pytest.mark.parametrize(("objective", "ptype"), [("ddpm", "v"), ("flow", "v")])
-def test_a_fresh_dit_predicts_the_last_given_latent(tmp_path, objective, ptype):
+@pytest.mark.parametrize(("objective", "ptype", "kernel"), [("ddpm", "v", 0), ("flow", "v", 0), ("ddpm", "x0", 3)])
+def test_a_fresh_dit_predicts_the_last_given_latent(tmp_path, objective, ptype, kernel):
     """In a latent space copy-last holds for latents: the future is the decoded clip whose latent frames after the
     context repeat the last given one."""
     torch.manual_seed(0)
     cfg = load_config(ROOT / "experiments" / "tiny_dit.yaml", ["vae.scale_factor=0.7", "sampling.steps=3",
-                      f"diffusion.objective={objective}", f"diffusion.prediction_type={ptype}"])  # fmt: skip
+                      f"diffusion.objective={objective}", f"diffusion.prediction_type={ptype}",
+                      f"diffusion.motion_kernel={kernel}"])  # fmt: skip
     vae = write_export(tmp_path / "vae", cfg, "vae", build_vae(cfg).state_dict(), {})
     dit = write_export(tmp_path / "dit", cfg, "dit", build_denoiser(cfg).state_dict(), {}, vae_export=vae)
     p = Predictor.from_export(dit, device="cpu")

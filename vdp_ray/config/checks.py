@@ -77,6 +77,11 @@ def _check_diffusion(cfg) -> None:
             "diffusion.prediction_type: eps cannot be sampled under diffusion.objective flow (the path starts at pure "
             "noise, where the noise says nothing about the clip): use v (the velocity) or x0, or diffusion.residual"
         )
+    if df.motion_kernel and (df.motion_kernel % 2 == 0 or not df.residual):
+        raise ConfigError(
+            f"diffusion.motion_kernel ({df.motion_kernel}): needs an odd size (3, 5, 7, ...) and diffusion.residual: "
+            "true (the kernels move the nearest given frame); 0 turns it off"
+        )
     mk = df.masks
     if sum(mk.probs().values()) <= 0:
         raise ConfigError(

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..vocab import FAMILIES, MASK_TASKS, OBJECTIVES, PRECISIONS, PREDICTION_TYPES, SCHEDULES, TIME_DRAWS
+from ..vocab import FAMILIES, LOSSES, MASK_TASKS, OBJECTIVES, PRECISIONS, PREDICTION_TYPES, SCHEDULES, TIME_DRAWS
 from .fields import ConfigError, build, opt, plain, section
 from .sampling import SamplingConfig
 
@@ -48,6 +48,12 @@ class DataConfig:
         gt=0.0,
         le=1.0,
     )
+    vflip: bool = opt(False, "Random vertical flips (same for every frame): with hflip, 4 orientations of each "
+                      "video, against memorising a few videos.")  # fmt: skip
+    reverse: bool = opt(False, "Random time reversal: half the clips play backwards (a pan the other way; motion "
+                        "stays physical for cameras and most objects).")  # fmt: skip
+    channel_shuffle: bool = opt(False, "Random order of the colour channels per clip (RGB): new colours for the same "
+                                "textures and motion, against memorising a few videos.")  # fmt: skip
     shuffle_buffer: int = opt(256, "Clips in the local shuffle buffer of each training worker (0 = off).", ge=0)
     max_bad_fraction: float = opt(0.01, "Clips that cannot be decoded (or are too short) are skipped and named in "
                                   "the log; past this fraction of the clips seen (and a few clips) the run stops.",
@@ -156,6 +162,15 @@ class DiffusionConfig:
     residual: bool = opt(True, "The network predicts the clean clip as a change from the nearest given frame (for "
                          "every prediction_type; the loss stays in its space). Its output layers start at zero, so "
                          "an untrained model predicts the last given frame (copy-last).")  # fmt: skip
+    motion_kernel: int = opt(0, "With diffusion.residual: the network also predicts, per frame and pixel, the "
+                             "weights of a K x K neighbourhood that moves the previous frame (from the nearest given "
+                             "one) before the change is added, so moving content keeps its shape; K // 2 pixels of "
+                             "motion per frame. Odd; 0 = off. The weights start as the identity (copy-last).",
+                             ge=0, le=15)  # fmt: skip
+    loss: str = opt("mse", "How each predicted frame's error enters the training loss: mse, or log_mse (the mean of "
+                    "log(error + 1e-4), minus the frame's PSNR up to constants: every clip counts by its relative "
+                    "error, as mean PSNR does, so a few fast, textured clips do not dominate).",
+                    choices=LOSSES)  # fmt: skip
     context_noise: float = opt(0.0, "Noise augmentation of the given frames in training: each clip's given frames "
                                "noised to a level drawn in [0, this] of the path (the network sees the level), so "
                                "roll-outs on its own predictions drift less. 0 = off.", ge=0.0, le=1.0)  # fmt: skip

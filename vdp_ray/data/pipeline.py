@@ -173,16 +173,30 @@ def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0,
             "train": train,
             "hflip": hflip if train else False,
             "crop_scale": crop_scale if train else 1.0,
+            "more": {k: bool(getattr(data_cfg, k, False)) and train for k in ("vflip", "reverse", "channel_shuffle")},
             "with_meta": with_meta,
             "keep_bad": keep_bad,
         },
     )
 
 
+def _augment(x, more: dict, rng):
+    """Vertical flip, time reversal and a colour-channel permutation of one (C, T, H, W) clip, each where switched
+    on and drawn (flips and reversal at 1/2)."""
+    if more.get("vflip") and rng.uniform() < 0.5:
+        x = x.flip(-2)
+    if more.get("reverse") and rng.uniform() < 0.5:
+        x = x.flip(1)
+    if more.get("channel_shuffle") and x.shape[0] > 1:
+        x = x[rng.permutation(x.shape[0])]
+    return x
+
+
 def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, hflip: bool, crop_scale: float,
-                 with_meta: bool = False, keep_bad: bool = False) -> dict:  # fmt: skip
+                 more: dict | None = None, with_meta: bool = False, keep_bad: bool = False) -> dict:  # fmt: skip
     """Decode, cut to T frames, match channels and size, augment; (B, C, T, H, W) uint8 (a resize rounds to the
-    nearest level, as any stored frame is)."""
+    nearest level, as any stored frame is). ``more``: the other augmentations switched on (vflip, reverse,
+    channel_shuffle), each drawn per clip."""
     import torch
 
     rng = np.random.default_rng() if train else None
@@ -204,6 +218,7 @@ def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, 
         x = crop_and_resize(match_channels(x, channels, dim=0), size, crop_scale, rng)
         if hflip and rng.uniform() < 0.5:
             x = x.flip(-1)
+        x = _augment(x, more or {}, rng)
         clips.append(x.round().clamp(0, 255).to(torch.uint8))
         captions.append(_pick_caption(batch.get("json"), i, rng))
     out = {"clip": torch.stack(clips).numpy(), "key": np.asarray(keys), "caption": np.asarray(captions, dtype=object),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .masks import nearest_given
+from .motion import anchored
 from .process import DiffusionProcess, expand_to
 
 
@@ -85,11 +85,9 @@ class ConditionedDenoiser:
             given = expand_to(cond.mask, x_t)
             x_in = torch.where(given, cond.given, x_t)
             t_cond = torch.where(cond.mask, torch.zeros_like(t_full), t_full)
-            # a residual model predicts the change from the nearest given frame (none: the null mask)
-            anchor = nearest_given(cond.given.to(x_t.dtype), cond.mask) if self.diffusion.residual else 0.0
             mask = cond.mask
         else:
-            x_in, t_cond, mask, anchor = x_t, t_full, None, 0.0
+            x_in, t_cond, mask = x_t, t_full, None
         g_ctx = self.guidance if cond.has_frames else 1.0
         g_txt = self.text_guidance
         # Branches (Brooks et al. 2023, eq. 3 for two conditions): full = context + text; ctx = context +
@@ -100,12 +98,15 @@ class ConditionedDenoiser:
         if g_ctx != 1.0:
             branches["uncond"] = (x_t, t_full, None, cond.null_kwargs if g_txt != 1.0 else cond.model_kwargs)
         outs = self._run(branches)
-        full = outs["full"] + anchor
+        given = cond.given.to(x_t.dtype) if mask is not None else None
+        # a residual model predicts the change from the nearest given frame (none: the null mask)
+        outs = {k: self._anchor(v, None if k == "uncond" else given, mask) for k, v in outs.items()}
+        full = outs["full"]
         if g_txt != 1.0 and g_ctx != 1.0:
-            ctx = outs["ctx"] + anchor
+            ctx = outs["ctx"]
             out = outs["uncond"] + g_ctx * (ctx - outs["uncond"]) + g_txt * (full - ctx)
         elif g_txt != 1.0:
-            ctx = outs["ctx"] + anchor
+            ctx = outs["ctx"]
             out = ctx + g_txt * (full - ctx)
         elif g_ctx != 1.0:
             out = outs["uncond"] + g_ctx * (full - outs["uncond"])
@@ -121,6 +122,11 @@ class ConditionedDenoiser:
             x0 = torch.where(given, cond.given, x0)
             eps = torch.where(given, (x_t - a * cond.given) / max(s, 1e-12), eps)
         return x0, eps
+
+    def _anchor(self, out: torch.Tensor, given: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        if not self.diffusion.residual:
+            return out
+        return anchored(out, given, mask, self.diffusion.motion_kernel)
 
     def _run(self, branches: dict) -> dict:
         """All branches in one batched network call (a null mask is all False)."""

@@ -116,17 +116,27 @@ def min_snr_weight_as(a: torch.Tensor, s: torch.Tensor, gamma: float, prediction
     return clipped * s.pow(2)
 
 
+LOG_FLOOR = 1e-4  # log_mse: the error below which a frame counts as right (46 dB on [-1, 1] data; sensor noise)
+
+
 def masked_frame_loss(
-    prediction: torch.Tensor, target: torch.Tensor, loss_frames: torch.Tensor, weight: torch.Tensor | None = None
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    loss_frames: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    kind: str = "mse",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean squared error over the frames selected by ``loss_frames``.
+    """Mean squared error over the frames selected by ``loss_frames``; ``kind`` log_mse averages each frame's
+    log(error + LOG_FLOOR) instead, which is minus the frame's PSNR up to constants: every frame counts by its
+    relative error, as in the mean-PSNR metric, not by its absolute one (where a few hard clips dominate).
 
     prediction, target: (N, C, T, ...); loss_frames: (N, T) bool or float; weight: (N, T) or None.
-    Returns the scalar loss and the per-frame errors (N, T) (unweighted, for logging).
+    Returns the scalar loss and the per-frame errors (N, T) (unweighted squared errors, for logging).
     """
     per_frame = (prediction.float() - target.float()).pow(2).transpose(1, 2).flatten(2).mean(-1)  # (N, T)
     w = loss_frames.float()
     if weight is not None:
         w = w * weight.float()
     denom = loss_frames.float().sum().clamp(min=1.0)
-    return (per_frame * w).sum() / denom, per_frame
+    term = per_frame if kind == "mse" else torch.log(per_frame + LOG_FLOOR)
+    return (term * w).sum() / denom, per_frame

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..vocab import TIME_DRAWS
-from .masks import nearest_given
+from ..vocab import LOSSES, TIME_DRAWS
+from .motion import anchored
 from .objectives import masked_frame_loss, min_snr_weight_as, residual_error_factor, split_as, target_as
 
 Denoiser = Callable[..., torch.Tensor]
@@ -40,7 +40,8 @@ class DiffusionProcess:
     sets the loss weighting). Its output layers start at zero, so a fresh model predicts the nearest given frame:
     copy-last for prediction. ``context_noise``: given frames are noised during training to a level drawn up to
     this fraction of the path (the network is told the level through its per-frame time), so roll-outs on its own,
-    imperfect predictions do not drift; sampling gives them clean at time 0."""
+    imperfect predictions do not drift; sampling gives them clean at time 0. ``motion_kernel``: the residual
+    network also outputs K x K motion weights per pixel that carry each frame forward (``motion.anchored``)."""
 
     objective = ""
     flow = False  # v is the rectified-flow velocity rather than the VP v
@@ -49,7 +50,9 @@ class DiffusionProcess:
 
     def __init__(self, num_timesteps: int, prediction_type: str, min_snr_gamma: float | None, residual: bool,
                  context_noise: float = 0.0, times: str | None = None, logit_mean: float = 0.0,
-                 logit_std: float = 1.0):  # fmt: skip
+                 logit_std: float = 1.0, motion_kernel: int = 0, loss: str = "mse"):  # fmt: skip
+        if motion_kernel and (not residual or motion_kernel < 0 or motion_kernel % 2 == 0):
+            raise ValueError(f"a motion kernel needs the residual parametrisation and an odd size, got {motion_kernel}")
         if not 0.0 <= context_noise <= 1.0:
             raise ValueError(f"context noise must be in [0, 1], got {context_noise}")
         times = times or self.default_times
@@ -62,6 +65,10 @@ class DiffusionProcess:
         self.prediction_type = prediction_type
         self.min_snr_gamma = min_snr_gamma
         self.residual = residual
+        self.motion_kernel = int(motion_kernel)
+        if loss not in LOSSES:
+            raise ValueError(f"the training loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        self.loss = loss
         self.context_noise = context_noise
 
     # ---- the path (subclasses)
@@ -160,7 +167,7 @@ class DiffusionProcess:
         a_t, s_t = a_t.to(x0.dtype), s_t.to(x0.dtype)
         weight = None
         if self.residual:  # x0 as a change from the given frame the network saw, scored in the objective's space
-            out = out + nearest_given(context, frame_mask)
+            out = anchored(out, context, frame_mask, self.motion_kernel)
             target = x0
             weight = residual_error_factor(self.prediction_type, a_t, s_t).pow(2)  # (N, T)
         else:
@@ -168,7 +175,7 @@ class DiffusionProcess:
         if self.min_snr_gamma:
             snr_weight = min_snr_weight_as(a_t, s_t, self.min_snr_gamma, self.prediction_type)
             weight = snr_weight if weight is None else weight * snr_weight
-        loss, per_frame = masked_frame_loss(out, target, ~frame_mask, weight)
+        loss, per_frame = masked_frame_loss(out, target, ~frame_mask, weight, self.loss)
         return {"loss": loss, "per_frame": per_frame.detach(), "t": t}
 
     @staticmethod

@@ -19,12 +19,14 @@ PRESETS: dict[str, dict[str, dict]] = {"unet3d": unet3d.PRESETS, "dit": dit.PRES
 def build_denoiser(cfg) -> nn.Module:
     """The denoiser named by ``cfg.model.family``, sized by its resolved section of the config."""
     family = cfg.model.family
+    kernel = getattr(cfg.diffusion, "motion_kernel", 0)  # diffusion.motion_kernel: K^2 more outputs per pixel
     if family == "unet3d":
         arch = _arch(cfg.model.unet3d)
         arch["fold_frames"] = cfg.data.frames if arch.pop("fold_frames", None) else None
-        return UNet3D(in_channels=cfg.data.channels, **arch)
+        return UNet3D(in_channels=cfg.data.channels, pointwise_channels=kernel * kernel, **arch)
     if family == "dit":
-        return DiT(in_channels=cfg.vae.latent_channels, **_arch(cfg.model.dit))
+        latent = cfg.vae.latent_channels
+        return DiT(in_channels=latent, out_channels=latent + kernel * kernel, **_arch(cfg.model.dit))
     raise ValueError(f"model.family: unknown denoiser family {family!r}; expected one of ['unet3d', 'dit']")
 
 

@@ -109,10 +109,14 @@ class UNet3D(nn.Module):
         out_channels: int | None = None,
         patch: int = 1,
         fold_frames: int | None = None,
+        pointwise_channels: int = 0,
     ):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
+        # more output channels from a 1x1x1 head (per-pixel weights such as motion kernels: at K^2 channels a 3x3x3
+        # head would cost more than the rest of a small network), after the out_channels ones
+        self.pointwise_channels = pointwise_channels
         self.patch = patch  # space-to-depth: p x p pixels become p^2 channels (undone at the output)
         # frames folded into channels (MCVD's design, Voleti et al. 2022): a 2D U-Net over a fixed window of this
         # many frames, about T times cheaper per clip than convolving every frame
@@ -155,6 +159,8 @@ class UNet3D(nn.Module):
                 self.upsample.append(nn.Conv3d(ch, ch, 3, padding=1))
         self.norm_out = group_norm(ch)
         self.conv_out = zero_module(nn.Conv3d(ch, self.out_channels * patch**2 * frames, 3, padding=1))
+        point = pointwise_channels * patch**2 * frames
+        self.point_out = zero_module(nn.Conv3d(ch, point, 1)) if pointwise_channels else None
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_channels:
@@ -197,9 +203,16 @@ class UNet3D(nn.Module):
             if i < len(self.upsample):
                 h = F.interpolate(h, scale_factor=(1, 2, 2), mode="nearest")
                 h = self.upsample[i](h)
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        h = F.silu(self.norm_out(h))
+        out = self._unpack(self.conv_out(h))
+        if self.point_out is not None:
+            out = torch.cat([out, self._unpack(self.point_out(h))], dim=1)
+        return out
+
+    def _unpack(self, out: torch.Tensor) -> torch.Tensor:
+        """A head's output back to (N, C, T, H, W): frames out of channels, patches back to pixels."""
         if self.fold_frames:
             out = rearrange(out, "n (t c) 1 h w -> n c t h w", t=self.fold_frames)
-        if p > 1:
-            out = rearrange(out, "n (c p q) t h w -> n c t (h p) (w q)", p=p, q=p)
+        if self.patch > 1:
+            out = rearrange(out, "n (c p q) t h w -> n c t (h p) (w q)", p=self.patch, q=self.patch)
         return out

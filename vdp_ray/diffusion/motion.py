@@ -1,0 +1,96 @@
+"""The anchored (residual) parametrisation of a network's clean-clip estimate, with optional motion kernels.
+
+A residual network predicts the clean clip as a change from the nearest given frame. With motion kernels
+(``diffusion.motion_kernel`` K > 0) it also predicts, for every frame and pixel, the weights of a K x K
+neighbourhood: each predicted frame is first built by moving the frame before it (towards the nearest given
+frame, which starts the chain) with those weights, and the change is added to that. Content that moves is then
+carried forward as it is, shape and texture included, instead of being redrawn from scratch every frame: the
+dynamic filters of Jia et al. (2016) and the convolutional transforms of Finn et al. (2016), chained frame to
+frame so that a K x K kernel covers K // 2 pixels of motion per frame at any horizon. The weights are the
+identity plus the network's output, so an output of zeros (a fresh model, whose output layer starts at zero)
+still predicts copy-last exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .masks import nearest_given
+
+
+def anchored(out: torch.Tensor, frames: torch.Tensor | None, mask: torch.Tensor | None, kernel: int) -> torch.Tensor:
+    """The clean-clip estimate of a residual network: ``out`` (N, C [+ K^2], T, H, W) read as the change from the
+    nearest given frame of ``frames`` (N, C, T, H, W) under ``mask`` (N, T) bool, moved by the motion weights when
+    ``kernel`` > 0. No frames (generation, a null condition): the change alone."""
+    channels = out.shape[1] - (kernel * kernel if kernel else 0)
+    change = out[:, :channels] if kernel else out
+    if frames is None or mask is None:
+        return change
+    if not kernel:
+        return change + nearest_given(frames, mask)
+    return change + moved(frames.to(out.dtype), mask, out[:, channels:], kernel)
+
+
+def chain(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame, the number of steps to its nearest given frame (0 for given frames, and for every frame of a clip
+    with none) and the neighbouring frame one step closer to it (the earlier side on a tie, as ``nearest_given``).
+    mask (N, T) bool -> (distance, source), both (N, T) long."""
+    n, t = mask.shape
+    idx = torch.arange(t, device=mask.device).expand(n, t)
+    before = torch.cummax(torch.where(mask, idx, torch.full_like(idx, -1)), dim=1).values
+    after = torch.where(mask, idx, torch.full_like(idx, t)).flip(1).cummin(dim=1).values.flip(1)
+    far = 2 * t
+    d_before = torch.where(before >= 0, idx - before, torch.full_like(idx, far))
+    d_after = torch.where(after < t, after - idx, torch.full_like(idx, far))
+    from_before = d_before <= d_after
+    distance = torch.where(from_before, d_before, d_after)
+    distance = torch.where(mask.any(1, keepdim=True), distance, torch.zeros_like(distance))
+    source = torch.where(from_before, idx - 1, idx + 1).clamp(0, t - 1)
+    return distance, torch.where(distance > 0, source, idx)
+
+
+def moved(frames: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, kernel: int,
+          sync_free: bool | None = None) -> torch.Tensor:  # fmt: skip
+    """Every frame built from its neighbour towards the nearest given frame, moved by ``weights`` (N, K^2, T, H, W)
+    added to the identity kernel; given frames stay as given, a clip with no given frame is all zeros.
+
+    Two ways to the same result: on the CPU each frame is computed once, in order of its distance to a given frame
+    (which needs that order on the host); elsewhere (``sync_free``) every distance is a pass over the whole clip,
+    more arithmetic but no wait for the device."""
+    if kernel % 2 == 0:
+        raise ValueError(f"a motion kernel needs an odd size, got {kernel}")
+    n, _, t, h, w = frames.shape
+    distance, source = chain(mask)
+    has = mask.any(1).view(n, 1, 1, 1, 1).to(frames.dtype)
+    current = (torch.where(mask.view(n, 1, t, 1, 1), frames, torch.zeros_like(frames)) * has).transpose(1, 2)
+    taps = weights.transpose(1, 2).reshape(n, t, 1, kernel * kernel, h * w)  # (N, T, 1, K^2, H W)
+    if sync_free if sync_free is not None else frames.device.type != "cpu":
+        index = source.view(n, t, 1, 1, 1).expand_as(current)
+        flat_taps = taps.flatten(0, 1)
+        for level in range(1, t):  # the longest chain a T-frame clip can have
+            prev = torch.gather(current, 1, index).flatten(0, 1)
+            step = shift_sum(prev, flat_taps, kernel).view_as(current)
+            current = torch.where((distance == level).view(n, t, 1, 1, 1), step, current)
+        return current.transpose(1, 2)
+    pending = distance.nonzero()  # (M, 2): every frame that is built, with its sample
+    if len(pending):
+        order = distance[pending[:, 0], pending[:, 1]]
+        levels = torch.bincount(order).tolist()  # frames per distance (the host sync)
+        pending = pending[torch.argsort(order, stable=True)]
+        start = levels[0]
+        for count in levels[1:]:
+            b, f = pending[start : start + count].unbind(1)
+            start += count
+            step = shift_sum(current[b, source[b, f]], taps[b, f], kernel)  # (count, C, H, W)
+            current = current.index_put((b, f), step)
+    return current.transpose(1, 2)
+
+
+def shift_sum(x: torch.Tensor, taps: torch.Tensor, kernel: int) -> torch.Tensor:
+    """x (M, C, H, W) plus the weighted sum of its K x K shifts (edges repeated), sum_j w_j(p) x(p + o_j), with
+    ``taps`` (M, 1, K^2, H W) the weights of each of the M frames."""
+    m, c, h, w = x.shape
+    r = kernel // 2
+    patches = F.unfold(F.pad(x, (r, r, r, r), mode="replicate"), kernel)  # (M, C K^2, H W)
+    return x + (patches.view(m, c, kernel * kernel, h * w) * taps).sum(2).view(m, c, h, w)
