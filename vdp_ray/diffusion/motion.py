@@ -16,15 +16,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .masks import nearest_given
+from .masks import nearest_given, nearest_side
 
 
 def anchored(out: torch.Tensor, frames: torch.Tensor | None, mask: torch.Tensor | None, kernel: int) -> torch.Tensor:
     """The clean-clip estimate of a residual network: ``out`` (N, C [+ K^2], T, H, W) read as the change from the
     nearest given frame of ``frames`` (N, C, T, H, W) under ``mask`` (N, T) bool, moved by the motion weights when
     ``kernel`` > 0. No frames (generation, a null condition): the change alone."""
-    channels = out.shape[1] - (kernel * kernel if kernel else 0)
-    change = out[:, :channels] if kernel else out
+    channels = out.shape[1] - kernel * kernel
+    change = out[:, :channels]
     if frames is None or mask is None:
         return change
     if not kernel:
@@ -38,13 +38,7 @@ def chain(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mask (N, T) bool -> (distance, source), both (N, T) long."""
     n, t = mask.shape
     idx = torch.arange(t, device=mask.device).expand(n, t)
-    before = torch.cummax(torch.where(mask, idx, torch.full_like(idx, -1)), dim=1).values
-    after = torch.where(mask, idx, torch.full_like(idx, t)).flip(1).cummin(dim=1).values.flip(1)
-    far = 2 * t
-    d_before = torch.where(before >= 0, idx - before, torch.full_like(idx, far))
-    d_after = torch.where(after < t, after - idx, torch.full_like(idx, far))
-    from_before = d_before <= d_after
-    distance = torch.where(from_before, d_before, d_after)
+    from_before, _, distance = nearest_side(mask)
     distance = torch.where(mask.any(1, keepdim=True), distance, torch.zeros_like(distance))
     source = torch.where(from_before, idx - 1, idx + 1).clamp(0, t - 1)
     return distance, torch.where(distance > 0, source, idx)
@@ -58,12 +52,9 @@ def moved(frames: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, kerne
     Two ways to the same result: on the CPU each frame is computed once, in order of its distance to a given frame
     (which needs that order on the host); elsewhere (``sync_free``) every distance is a pass over the whole clip,
     more arithmetic but no wait for the device."""
-    if kernel % 2 == 0:
-        raise ValueError(f"a motion kernel needs an odd size, got {kernel}")
     n, _, t, h, w = frames.shape
     distance, source = chain(mask)
-    has = mask.any(1).view(n, 1, 1, 1, 1).to(frames.dtype)
-    current = (torch.where(mask.view(n, 1, t, 1, 1), frames, torch.zeros_like(frames)) * has).transpose(1, 2)
+    current = torch.where(mask.view(n, 1, t, 1, 1), frames, torch.zeros_like(frames)).transpose(1, 2)
     taps = weights.transpose(1, 2).reshape(n, t, 1, kernel * kernel, h * w)  # (N, T, 1, K^2, H W)
     if sync_free if sync_free is not None else frames.device.type != "cpu":
         index = source.view(n, t, 1, 1, 1).expand_as(current)
