@@ -1,9 +1,13 @@
 """Recipe search for the demo: train a denoiser from an experiment config in a plain loop (one process, no
-Ray) for a fixed wall-clock budget on in-memory moving digits, then predict held-out clips and score them
-against the baselines. The training step is vdp_ray's own (DiffusionStage.loss, the same masks and EMA),
-so what wins here carries over to `vdp train` / `vdp demo`.
+Ray) for a fixed wall-clock budget on in-memory moving digits (or photo pans), then predict held-out clips and
+score them against the baselines. The training step is vdp_ray's own (DiffusionStage.loss, the same masks and
+EMA), so what wins here carries over to `vdp train` / `vdp demo`.
 
     python experiments/bench/demo_recipe.py experiments/demo.yaml --minutes 8 [key=value ...]
+    python experiments/bench/demo_recipe.py experiments/footage.yaml --data pans --minutes 8 [key=value ...]
+
+``--data pans``: photo pans split by photo as `vdp shard --synthetic photo-pans --split train=0.75,val=0.25`
+does; the held-out photos are scored twice, as pans and filmed by a still camera (``still_*`` entries).
 """
 
 from __future__ import annotations
@@ -34,6 +38,26 @@ def clips(n: int, seed: int, frames: int, size, digits) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
+def pan_clips(n: int, seed: int, frames: int, size, channels: int, split: str, still: bool = False) -> torch.Tensor:
+    """n photo-pan clips of the photos in ``split`` (cached under the temp folder: they take ~70 ms each)."""
+    import tempfile
+
+    from vdp_ray.data.photo_pans import photo_pan_clip
+    from vdp_ray.data.shards import ShardOptions, photos_of
+
+    name = f"pans-{split}-{n}-{seed}-{frames}-{size[0]}x{size[1]}-{channels}-{still}.npy"
+    cache = Path(tempfile.gettempdir()) / "vdp-recipe" / name
+    if not cache.is_file():
+        opts = ShardOptions(out=str(cache.parent), synthetic="photo-pans", num_clips=n, frames=frames, size=size,
+                            split={"train": 0.75, "val": 0.25}, seed=0)  # fmt: skip
+        photos = photos_of(split, opts)
+        out = np.stack([photo_pan_clip(i, seed, photos[i % len(photos)], frames, size, still=still,
+                                       channels=channels)[0] for i in range(n)])  # fmt: skip
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, out)
+    return torch.from_numpy(np.load(cache)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+
+
 def evaluate(model, task, test: torch.Tensor, k: int, steps_list, data_mean: float, batch: int = 32) -> dict:
     res = {}
     for steps in steps_list:
@@ -62,13 +86,27 @@ def main() -> None:
     ap.add_argument("--test-clips", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, nargs="+", default=(10, 20))
+    ap.add_argument("--data", choices=("digits", "pans"), default="digits")
+    ap.add_argument(
+        "--schedule",
+        choices=("time", "steps"),
+        default="time",
+        help="the cosine LR decay over the --minutes budget (time) or over train.max_steps (steps)",
+    )
+    ap.add_argument("--save", help="write the EMA weights here (torch.save) for a closer look")
     args = ap.parse_intermixed_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = load_config(args.config, args.overrides)
     d, tr = cfg.data, cfg.train
-    train = clips(args.train_clips, 0, d.frames, tuple(d.size), tuple(args.digits))
-    test = clips(args.test_clips, 12345, d.frames, tuple(d.size), tuple(args.digits))
+    tests = {}
+    if args.data == "pans":
+        train = pan_clips(args.train_clips, 0, d.frames, tuple(d.size), d.channels, "train")
+        test = pan_clips(args.test_clips, 12345, d.frames, tuple(d.size), d.channels, "val")
+        tests["still_"] = pan_clips(args.test_clips // 2, 54321, d.frames, tuple(d.size), d.channels, "val", True)
+    else:
+        train = clips(args.train_clips, 0, d.frames, tuple(d.size), tuple(args.digits))
+        test = clips(args.test_clips, 12345, d.frames, tuple(d.size), tuple(args.digits))
     task = DiffusionStage(cfg, torch.device("cpu"))
     net = task.model.train()
     ema = EMA(net, tr.ema_decay)
@@ -80,6 +118,8 @@ def main() -> None:
     while time.time() - start < budget:
         frac = (time.time() - start) / budget
         lr = tr.lr * min(1.0, (step + 1) / max(1, tr.warmup_steps))
+        if args.schedule == "steps":  # as `vdp train` did before train.max_minutes set the schedule's length
+            frac = step / tr.max_steps
         lr *= tr.min_lr_ratio + (1 - tr.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -102,10 +142,14 @@ def main() -> None:
     train_s = time.time() - start
     model = task.new_model()
     model.load_state_dict(ema.state_dict())
+    if args.save:
+        torch.save(ema.state_dict(), args.save)
     model.eval()
     k = d.context_frames
     t0 = time.time()
     res = evaluate(model, task, test, k, args.steps, train.mean().item())
+    for prefix, extra in tests.items():
+        res.update({prefix + n: v for n, v in evaluate(model, task, extra, k, args.steps, train.mean().item()).items()})
     best = max(res[b][0] for b in ("copy_last", "context_mean", "blank"))
     best_ssim = max(res[b][1] for b in ("copy_last", "context_mean", "blank"))
     summary = {
@@ -116,6 +160,9 @@ def main() -> None:
         **{name: [round(v[0], 2), round(v[1], 3)] for name, v in res.items()},
         "gain_db": {n: round(v[0] - best, 2) for n, v in res.items() if n.startswith("ddim")},
         "ssim_gain": {n: round(v[1] - best_ssim, 3) for n, v in res.items() if n.startswith("ddim")},
+        "vs_copy_last_db": {
+            n: round(v[0] - res[n.split("ddim")[0] + "copy_last"][0], 2) for n, v in res.items() if "ddim" in n
+        },
         "eval_s": round(time.time() - t0, 1),
     }
     print(json.dumps(summary))

@@ -6,7 +6,7 @@ import torch
 
 from vdp_ray.config import load_config
 from vdp_ray.train.ema import EMA
-from vdp_ray.train.engine import build_engine, deepspeed_config, resolve_precision, stage_settings
+from vdp_ray.train.engine import build_engine, deepspeed_config, lr_ratio, resolve_precision, stage_settings
 
 
 def test_fp16_falls_back_to_fp32_on_every_cpu():
@@ -38,6 +38,27 @@ def test_deepspeed_config_follows_ours():
         and vae["optimizer"]["params"]["lr"] == 1e-3
         and stage_settings(cfg, "vae").max_steps == 7
     )
+
+
+def test_the_lr_schedule_ends_with_the_run_by_steps_or_by_time():
+    """Without a time cap the schedule is DeepSpeed's WarmupCosineLR (after its warm-up); under train.max_minutes
+    the loop sets the LR itself, and the cosine reaches its floor when the time budget is spent even if the steps
+    are far from done, so a run stopped by the clock ends on a decayed learning rate."""
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    ds = WarmupCosineLR(opt, total_num_steps=40, warmup_num_steps=5, warmup_type="linear", cos_min_ratio=0.1)
+    for step in range(45):
+        ds.step()  # DeepSpeed's iteration `step` now
+        if step >= 5:
+            assert lr_ratio(step, 40, 5, 0.1) == pytest.approx(ds.get_lr()[0], rel=1e-9), step
+    assert [lr_ratio(s, 40, 5, 0.1) for s in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    # 10 of 100000 steps, but half the time used: half-way down the cosine; all of it: the floor
+    assert lr_ratio(10, 100_000, 5, 0.1, used=0.5) == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-3)
+    assert lr_ratio(10, 100_000, 5, 0.1, used=1.0) == pytest.approx(0.1)
+    assert lr_ratio(10, 100_000, 5, 0.1, used=0.0) == pytest.approx(1.0, abs=1e-6)
+    cfg = load_config(None, ["train.max_minutes=3"])
+    assert "scheduler" not in deepspeed_config(cfg, "unet3d", world_size=1, precision="fp32")
 
 
 def test_ema_follows_weights_with_warmup():

@@ -135,6 +135,9 @@ def test_a_rerun_resumes_on_other_worker_counts_survives_a_failure_and_the_time_
     later = [m["step"] for m in rows if m["workers"] == 2][4:]
     assert later and min(later) > 30, "the last run went on from step 30, never from 0"
     assert rows[-1]["step"] == steps and rows[-1]["loss"] < rows[0]["loss"]
+    # the 100000-step schedule alone would still be at its peak; the time cap brought the LR down with the clock
+    capped = [m["lr"] for m in rows if m["step"] > 30]
+    assert capped[-1] < 0.9e-3 and capped == sorted(capped, reverse=True)
     assert trainer_state(last_checkpoint(run, "unet-unet3d"))["step"] == steps
     assert len(json.loads((run / "logs" / "unet3d-workers.json").read_text())) == 2
 

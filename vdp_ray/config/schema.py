@@ -224,7 +224,10 @@ class TrainConfig:
                                  "encode every step (or train from `vdp encode` latent shards).", ge=0)  # fmt: skip
     max_steps: int = opt(1000, "Optimizer steps per stage.", ge=1)
     max_minutes: float | None = opt(
-        None, "Wall-clock cap per stage: stop (checkpoint and export) at the first step past it. Unset = none.", gt=0.0
+        None,
+        "Wall-clock cap per stage: stop (checkpoint and export) at the first step past it; the learning rate's "
+        "cosine then ends with whichever of max_steps and max_minutes comes first. Unset = none.",
+        gt=0.0,
     )
     lr: float = opt(1e-4, "Peak learning rate (AdamW).", gt=0.0, le=1.0)
     weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0.0)

@@ -117,7 +117,7 @@ def _shard_synthetic(first: int, count: int, split_of: list[str], opts: ShardOpt
     return report
 
 
-def _photos_of(split: str, opts: ShardOptions) -> list[str]:
+def photos_of(split: str, opts: ShardOptions) -> list[str]:
     from .photo_pans import PHOTOS
 
     split_of = synthetic_splits(replace(opts, num_clips=len(PHOTOS)))
@@ -233,7 +233,7 @@ def _write_split(directory: Path, members, opts, spec, reports, skipped, augment
         shards.append({"file": name, "count": count, "bytes": (staging / name).stat().st_size})
     if opts.synthetic:
         what = ({"digits": list(opts.digits), "stochastic": opts.stochastic} if opts.synthetic == "moving-digits" else
-                {"photos": _photos_of(split, opts), "still": opts.still, "sprites": list(opts.sprites),
+                {"photos": photos_of(split, opts), "still": opts.still, "sprites": list(opts.sprites),
                  "noise": opts.noise})  # fmt: skip
         sources = [{"path": opts.synthetic, "clips": len(members), "seed": opts.seed, **what}]
     else:

@@ -23,12 +23,13 @@ def step_flags(loss: torch.Tensor, stop: bool) -> tuple[bool, bool]:
     return bad_loss == 0, stop_any > 0
 
 
-def rank0_decides(flag: bool, device) -> bool:
-    """Rank 0's answer for everyone (e.g. its clock says the time is up): all ranks stop at the same step."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+def rank0_value(value: float, device) -> float:
+    """Rank 0's number for everyone (e.g. how much of the time budget its clock says is used): all ranks stop,
+    and set their learning rate, the same way at the same step (float64 on the wire)."""
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     if _group():
         dist.broadcast(t, src=0)
-    return t.item() > 0
+    return t.item()
 
 
 def mean_across(value: float, device) -> float:

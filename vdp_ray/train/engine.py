@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 log = logging.getLogger("vdp_ray.train")
@@ -117,7 +118,9 @@ def deepspeed_config(cfg, stage: str, world_size: int, precision: str, num_param
                 "torch_adam": True,
             },
         },
-        "scheduler": {
+    }
+    if t.max_minutes is None:  # with a time cap the loop sets the LR itself (``lr_ratio``): the run ends by time
+        ds["scheduler"] = {
             "type": "WarmupCosineLR",
             "params": {
                 "total_num_steps": steps,
@@ -126,14 +129,32 @@ def deepspeed_config(cfg, stage: str, world_size: int, precision: str, num_param
                 "warmup_type": "linear",
                 "cos_min_ratio": t.min_lr_ratio,
             },
-        },
-    }
+        }
     if precision == "fp16":
         ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                       "hysteresis": 2, "min_loss_scale": 1}  # fmt: skip
     elif precision == "bf16":
         ds["bf16"] = {"enabled": True}
     return ds
+
+
+def lr_ratio(step: int, total: int, warmup: int, min_ratio: float, used: float = 0.0) -> float:
+    """The factor on the peak learning rate for the update after ``step`` optimizer steps: a linear warm-up over
+    ``warmup`` steps, then a cosine down to ``min_ratio`` at the end of the run, which is ``total`` steps or, under
+    train.max_minutes, the moment ``used`` (the fraction of the time budget spent) reaches 1, whichever comes
+    first. Without a time cap this is DeepSpeed's WarmupCosineLR after its warm-up; with one, a run stopped by the
+    clock still ends on a decayed learning rate instead of mid-schedule at nearly the peak."""
+    warmup = min(warmup, max(total - 1, 0))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, max((step - warmup + 1) / max(1, total - warmup), used))
+    return max(0.0, min_ratio + (1.0 - min_ratio) * (1.0 + math.cos(math.pi * progress)) / 2)
+
+
+def set_lr(engine, lr: float) -> None:
+    """The learning rate of every parameter group, as DeepSpeed's own schedulers set it."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
 
 
 MAX_BUCKET = 200_000_000  # elements per gradient-reduce / all-gather bucket at most: bounded memory

@@ -23,9 +23,9 @@ from ..data.pipeline import BadClips, epochs
 from ..latent import LatentBatch
 from ..pixels import to_model_range
 from . import checkpoint, faults
-from .collectives import broadcast_from_rank0, mean_across, rank0_decides, step_flags
+from .collectives import broadcast_from_rank0, mean_across, rank0_value, step_flags
 from .ema import EMA
-from .engine import build_engine, configure_device, resolve_precision, stage_settings
+from .engine import build_engine, configure_device, lr_ratio, resolve_precision, set_lr, stage_settings
 from .randomness import seed_rank
 from .runlog import RankZeroLog, record_placement
 from .selection import Selection
@@ -112,7 +112,11 @@ def train_loop_per_worker(config: dict) -> None:
     total, run_start, start_step = w.max_steps, time.perf_counter(), step
     metrics: dict = {}
 
+    limit, used = cfg.train.max_minutes, 0.0  # the fraction of the time budget spent, as rank 0's clock says
+    peak = stage_settings(cfg, w.name).lr
     while step < total:
+        if limit is not None:  # the schedule ends with the run, by steps or by time (engine.lr_ratio)
+            set_lr(engine, peak * lr_ratio(step, w.max_steps, cfg.train.warmup_steps, cfg.train.min_lr_ratio, used))
         stepped = _optimizer_step(w, train_iter, window, preview, step)
         if stepped is None:  # diverged: every rank stopped, the last checkpoint kept
             return
@@ -120,17 +124,21 @@ def train_loop_per_worker(config: dict) -> None:
         step += 1
         w.ema.update(engine.module)
         faults.inject(cfg, w.run_dir, w.name, step, w.rank)
-        limit = cfg.train.max_minutes
-        if limit is not None and step < total and rank0_decides(time.perf_counter() - run_start > 60 * limit, device):
-            log.line(f"train.max_minutes={limit:g} reached at step {step}: finishing the stage here")
-            total = step  # this step becomes the last: validated, checkpointed, exported
+        if limit is not None and step < total:
+            used = rank0_value((time.perf_counter() - run_start) / (60 * limit), device)
+            if used > 1:
+                log.line(f"train.max_minutes={limit:g} reached at step {step}: finishing the stage here")
+                total = step  # this step becomes the last: validated, checkpointed, exported
 
         if step % cfg.train.log_every == 0 or step == total:
             metrics = window.metrics(step, epoch, engine, w.world, device, w.precision)
             metrics.update({k: mean_across(v, device) for k, v in w.stage.step_metrics().items()})
             metrics["skipped_clips"] = round(mean_across(w.bad.bad, device) * w.world)  # over all ranks so far
             rate = (step - start_step) / (time.perf_counter() - run_start)
-            log.metrics(metrics, total, eta=(total - step) / rate if rate > 0 else None)
+            eta = (total - step) / rate if rate > 0 else None
+            if limit is not None:  # the clock ends it first when that comes first
+                eta = min(eta if eta is not None else math.inf, max(0.0, 60 * limit * (1 - used)))
+            log.metrics(metrics, total, eta=eta)
             window = Window()
         val = _validate_and_preview(w, step, total, val_shard, preview)
         if val:
