@@ -172,6 +172,7 @@ def test_an_elastic_worker_range_sets_min_and_max_workers():
         (["diffusion.objective=rf"], "diffusion.objective: 'rf' is not allowed"),
         (["diffusion.motion_kernel=4"], "diffusion.motion_kernel (4): needs an odd size"),
         (["diffusion.motion_kernel=3", "diffusion.residual=false"], "and diffusion.residual: true"),
+        (["diffusion.anchor=motion"], "diffusion.anchor: motion needs diffusion.motion_kernel"),
         (["train.select_by=val/psnr"], "train.select_by: 'val/psnr' is not allowed"),
         (["diffusion.masks.context_max=16"], "diffusion.masks.context_max (16) must be < data.frames (16)"),
         (

@@ -9,6 +9,7 @@ PREDICTION_TYPES = ("eps", "v", "x0")
 SAMPLERS = ("ddpm", "ddim", "dpm++", "euler", "heun")  # every one works on both objectives
 TIME_DRAWS = ("uniform", "logit_normal")  # how training draws noise levels
 LOSSES = ("mse", "log_mse")  # how a frame's error enters the training loss
+ANCHORS = ("last", "motion")  # what a residual model's motion starts from: copy-last, or the given frames' motion
 OBJECTIVES = ("ddpm", "flow")  # Gaussian diffusion on a discrete schedule; flow matching on straight paths
 SPACINGS = ("trailing", "leading", "linspace")
 MASK_TASKS = ("prediction", "generation", "interpolation", "random")  # what a training frame mask asks for

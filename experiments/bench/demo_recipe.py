@@ -70,10 +70,16 @@ def evaluate(model, task, test: torch.Tensor, k: int, steps_list, data_mean: flo
             preds.append(sample(model, task.diffusion, tuple(x.shape), cond, settings, generator=g))
         pred = torch.cat(preds).clamp(-1, 1)[:, :, k:]
         truth = test[:, :, k:]
-        res[f"ddim{steps}"] = (psnr(pred, truth).mean().item(), ssim(pred, truth).mean().item())
+        res[f"ddim{steps}"] = scores(pred, truth)
     for name, guess in baselines(test[:, :, :k], test.shape[2] - k, data_mean).items():
-        res[name] = (psnr(guess, truth).mean().item(), ssim(guess, truth).mean().item())
+        res[name] = scores(guess, truth)
     return res
+
+
+def scores(pred: torch.Tensor, truth: torch.Tensor) -> tuple[float, float, list]:
+    """Mean PSNR, mean SSIM and PSNR per predicted frame."""
+    per = psnr(pred, truth)
+    return per.mean().item(), ssim(pred, truth).mean().item(), [round(v, 2) for v in per.mean(0).tolist()]
 
 
 def main() -> None:
@@ -150,6 +156,8 @@ def main() -> None:
     res = evaluate(model, task, test, k, args.steps, train.mean().item())
     for prefix, extra in tests.items():
         res.update({prefix + n: v for n, v in evaluate(model, task, extra, k, args.steps, train.mean().item()).items()})
+    # the untrained model (copy-last, or the motion anchor's extrapolation): what training added
+    untrained = evaluate(task.new_model().eval(), task, test, k, [1], train.mean().item())["ddim1"]
     best = max(res[b][0] for b in ("copy_last", "context_mean", "blank"))
     best_ssim = max(res[b][1] for b in ("copy_last", "context_mean", "blank"))
     summary = {
@@ -158,6 +166,8 @@ def main() -> None:
         "clips_per_s": round(step * batch / train_s, 1),
         "final_loss": round(float(np.mean(losses[-100:])), 4),
         **{name: [round(v[0], 2), round(v[1], 3)] for name, v in res.items()},
+        "untrained": [round(untrained[0], 2), round(untrained[1], 3)],
+        "per_frame_psnr": {"untrained": untrained[2], **{n: v[2] for n, v in res.items()}},
         "gain_db": {n: round(v[0] - best, 2) for n, v in res.items() if n.startswith("ddim")},
         "ssim_gain": {n: round(v[1] - best_ssim, 3) for n, v in res.items() if n.startswith("ddim")},
         "vs_copy_last_db": {

@@ -169,9 +169,11 @@ def test_inference_precision_follows_the_export_on_gpus_and_is_fp32_on_cpus():
         inference_precision("fp16", cpu, "half")
 
 
-def test_motion_kernels_train_and_sample_on_the_gpu_without_host_reads(fake):
-    """The motion chain on a GPU takes the sync-free path: no value is read back (FakeTensorMode would raise)."""
-    cfg = config("tiny_unet", "diffusion.motion_kernel=5", "diffusion.prediction_type=x0")
+@pytest.mark.parametrize("anchor", ["last", "motion"])
+def test_motion_kernels_train_and_sample_on_the_gpu_without_host_reads(fake, anchor):
+    """The motion chain (and the motion anchor's estimate) on a GPU take the sync-free path: no value is read back
+    (FakeTensorMode would raise)."""
+    cfg = config("tiny_unet", "diffusion.motion_kernel=5", "diffusion.prediction_type=x0", f"diffusion.anchor={anchor}")
     with unset_fake_temporarily():
         stage = DiffusionStage(cfg, CUDA)
         mask = torch.zeros(2, cfg.data.frames, dtype=torch.bool)

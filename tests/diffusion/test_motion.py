@@ -87,11 +87,81 @@ def test_the_sync_free_path_equals_the_per_frame_path_values_and_gradients():
                          False]])  # fmt: skip
     g = torch.Generator().manual_seed(3)
     base = torch.randn(2, 9, 7, 10, 12, generator=g) * 0.2
-    results = []
-    for sync_free in (False, True):
-        wts = base.clone().requires_grad_(True)
-        out = moved(x, mask, wts, 3, sync_free=sync_free)
-        out.square().sum().backward()
-        results.append((out.detach(), wts.grad))
-    assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
-    assert torch.allclose(results[0][1], results[1][1], atol=1e-4)
+    for prior in (None, torch.softmax(torch.randn(2, 9, 7, 10, 12, generator=g) * 3, 1) - torch.eye(9)[4].view(9, 1,
+                  1, 1)):  # fmt: skip
+        results = []
+        for sync_free in (False, True):
+            wts = base.clone().requires_grad_(True)
+            out = moved(x, mask, wts, 3, sync_free=sync_free, prior=prior)
+            out.square().sum().backward()
+            results.append((out.detach(), wts.grad))
+        assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
+        assert torch.allclose(results[0][1], results[1][1], atol=1e-4)
+
+
+def _moving_square(n=2, t=6, size=16, start=2, dy=1, dx=1, side=6, seed=0):
+    """A textured square on a flat background, moving (dy, dx) pixels per frame: (N, 1, T, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    texture = torch.rand(n, 1, side, side, generator=g) * 1.6 - 0.8
+    x = torch.full((n, 1, t, size, size), -0.5)
+    for i in range(t):
+        y0, x0 = start + i * dy, start + i * dx
+        x[:, :, i, y0 : y0 + side, x0 : x0 + side] = texture
+    return x
+
+
+@pytest.mark.parametrize(("dy", "dx", "kernel"), [(1, 1, 3), (0, -2, 5), (2, 1, 5)])
+def test_the_motion_prior_carries_a_moving_object_on_exactly(dy, dx, kernel):
+    from vdp_ray.diffusion.motion_prior import motion_prior
+
+    x = _moving_square(t=6, size=24, start=2, dy=dy, dx=abs(dx))
+    if dx < 0:  # moving left: the mirror image
+        x = torch.flip(x, dims=(-1,))
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[:, :2] = True
+    prior, built = motion_prior(x, mask, kernel)
+    gpu_prior, gpu_built = motion_prior(x, mask, kernel, sync_free=True)  # the GPU path: the same
+    assert torch.allclose(gpu_prior, prior, atol=1e-6) and torch.allclose(gpu_built, built, atol=1e-6)
+    assert torch.allclose(built, x, atol=1e-5)  # the clip the network sees beside its input: the continuation
+    assert prior.shape == (2, kernel * kernel, 6, 24, 24) and torch.equal(
+        prior[:, :, :2], torch.zeros_like(prior[:, :, :2])
+    )
+    out = anchored(torch.zeros(2, 1 + kernel * kernel, 6, 24, 24), x, mask, kernel, prior)
+    assert torch.allclose(out, x, atol=1e-5), (out - x).abs().amax(dim=(0, 1, 3, 4))
+    # without the prior the same fresh output is copy-last
+    assert torch.equal(anchored(torch.zeros_like(out[:, :1].expand(-1, 1 + kernel * kernel, -1, -1, -1)), x, mask,
+                                kernel), nearest_given(x, mask))  # fmt: skip
+
+
+def test_the_motion_prior_keeps_still_noisy_content_and_moves_nothing_it_cannot_match():
+    from vdp_ray.diffusion.motion_prior import motion_prior
+
+    g = torch.Generator().manual_seed(3)
+    scene = torch.rand(2, 3, 1, 16, 16, generator=g) * 2 - 1
+    still = scene + torch.randn(2, 3, 6, 16, 16, generator=g) * (2 / 255)  # a still camera's sensor noise
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[:, :3] = True
+    prior, built = motion_prior(still, mask, 5)
+    assert prior.abs().max() < 1e-3 and torch.allclose(
+        built, nearest_given(still, mask), atol=1e-3
+    )  # offset zero everywhere: noise never moves anything
+    # interpolation (first and last given) and a lone given frame: no pair of given frames to match, so no motion
+    # (the steps next to a given frame get the identity; further ones match two copies of it: still no motion)
+    moving = _moving_square(t=6)
+    for given in ([0, 5], [2]):
+        mask = torch.zeros(2, 6, dtype=torch.bool)
+        mask[:, given] = True
+        prior, _ = motion_prior(moving, mask, 5)
+        distance, _ = chain(mask)
+        assert torch.equal(prior[:, :, distance[0] == 1], torch.zeros_like(prior[:, :, distance[0] == 1])), given
+        out = anchored(torch.zeros(2, 1 + 25, 6, 16, 16), moving, mask, 5, prior)
+        assert torch.allclose(out, nearest_given(moving, mask), atol=1e-5), given
+    prior, built = motion_prior(still, torch.zeros(2, 6, dtype=torch.bool), 5)  # nothing given: nothing to move
+    assert torch.equal(prior, torch.zeros(2, 25, 6, 16, 16)) and torch.equal(built, torch.zeros_like(still))
+
+
+def test_the_motion_anchor_needs_motion_kernels():
+    with pytest.raises(ValueError, match="motion kernels"):
+        GaussianDiffusion(prediction_type="x0", residual=True, anchor="motion")
+    with pytest.raises(ValueError, match="anchor"):
+        GaussianDiffusion(prediction_type="x0", residual=True, motion_kernel=3, anchor="flow")

@@ -132,3 +132,14 @@ def test_activation_checkpointing_changes_memory_not_results(family):
     (a, ga), (b, gb) = runs
     torch.testing.assert_close(a, b)
     assert all(torch.allclose(u, v, atol=1e-6, rtol=1e-5) for u, v in zip(ga, gb, strict=True))
+
+
+def test_a_reference_clip_enters_beside_the_input_and_none_means_zeros():
+    net = perturbed(tiny(reference_channels=4))
+    x, t = torch.randn(2, 4, 4, 8, 8), torch.full((2,), 300.0)
+    ref = torch.randn(2, 4, 4, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(net(x, t, reference=ref), net(x, t))
+        assert torch.equal(net(x, t), net(x, t, reference=torch.zeros_like(ref)))
+    with pytest.raises(ValueError, match="reference clip must be"):
+        net(x, t, reference=ref[:, :, :2])

@@ -132,3 +132,19 @@ def test_a_pointwise_head_adds_output_channels_that_start_at_zero(kw):
     assert out[:, :2].abs().max() == 0  # the regular head is untouched
     channel_of = out[0, 2:, 0, 0, 0]  # bias k lands on one channel, frame and pixel of the head's layout
     assert len(set(out[0, 2:].flatten().tolist())) == net.point_out.bias.numel() and channel_of.unique().numel() == 9
+
+
+@pytest.mark.parametrize("kw", [{}, {"patch": 2}, {"fold_frames": 4}])
+def test_a_reference_clip_enters_beside_the_input_and_none_means_zeros(kw):
+    """reference_channels (diffusion.anchor: motion): the network sees a reference clip (the motion estimate it
+    corrects); leaving it out equals passing zeros, and a network without those channels refuses one."""
+    net = randomize(small_unet(reference_channels=2, **kw))
+    x, t = torch.randn(2, 2, 4, 16, 16), torch.rand(2) * 999
+    ref = torch.randn(2, 2, 4, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(net(x, t, reference=ref), net(x, t))
+        assert torch.equal(net(x, t), net(x, t, reference=torch.zeros_like(ref)))
+    with pytest.raises(ValueError, match="reference clip must be"):
+        net(x, t, reference=ref[:, :1])
+    with pytest.raises(ValueError, match="takes no reference"):
+        small_unet()(x, t, reference=ref)

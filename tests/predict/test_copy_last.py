@@ -58,3 +58,24 @@ def test_a_fresh_dit_predicts_the_last_given_latent(tmp_path, objective, ptype, 
         z_full = torch.cat([z, z[:, :, -1:].repeat(1, 1, p.latent.latent_frames(frames) - kl, 1, 1)], dim=2)
         expected = clips_to_uint8(p.latent.decode(z_full).clamp(-1, 1))[:, k:]
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1  # decoder arithmetic: one grey level at most
+
+
+@pytest.mark.parametrize(("objective", "ptype"), [("ddpm", "x0"), ("flow", "v")])
+def test_a_fresh_unet_with_the_motion_anchor_carries_moving_content_on(tmp_path, objective, ptype):
+    """diffusion.anchor: motion: the untrained model already continues what moves in the given frames (here a
+    textured square, one pixel down and right per frame, over a roll-out of two windows) and keeps what stands
+    still (the flat background, a still clip), for every sampler."""
+    torch.manual_seed(0)
+    cfg = load_config(None, [*PIXEL, f"diffusion.objective={objective}", f"diffusion.prediction_type={ptype}",
+                             "diffusion.zero_terminal_snr=false", "diffusion.motion_kernel=3",
+                             "diffusion.anchor=motion"])  # fmt: skip
+    p = Predictor.from_export(write_export(tmp_path / "unet", cfg, "unet3d", build_denoiser(cfg).state_dict(), {}))
+    texture = np.random.default_rng(0).integers(100, 256, (4, 4, 1), dtype=np.uint8)
+    clip = np.full((9, 16, 16, 1), 40, dtype=np.uint8)
+    for i in range(9):
+        clip[i, 1 + i : 5 + i, 1 + i : 5 + i] = texture
+    still = np.repeat(clip[:1], 9, axis=0)
+    for sampler in ("ddim", "dpm++", "euler", "heun"):
+        out = p.predict(np.stack([clip[:2], still[:2]]), 7, sampler=sampler, steps=3, seed=0)
+        assert np.array_equal(out[0], clip[2:]), sampler
+        assert np.array_equal(out[1], still[2:]), sampler

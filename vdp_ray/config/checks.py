@@ -82,6 +82,11 @@ def _check_diffusion(cfg) -> None:
             f"diffusion.motion_kernel ({df.motion_kernel}): needs an odd size (3, 5, 7, ...) and diffusion.residual: "
             "true (the kernels move the nearest given frame); 0 turns it off"
         )
+    if df.anchor == "motion" and not df.motion_kernel:
+        raise ConfigError(
+            "diffusion.anchor: motion needs diffusion.motion_kernel (e.g. 5 or 7: the motion per frame it can carry "
+            "is K // 2 pixels) and diffusion.residual: true"
+        )
     mk = df.masks
     if sum(mk.probs().values()) <= 0:
         raise ConfigError(

@@ -17,7 +17,17 @@ from typing import Any
 
 import yaml
 
-from ..vocab import FAMILIES, LOSSES, MASK_TASKS, OBJECTIVES, PRECISIONS, PREDICTION_TYPES, SCHEDULES, TIME_DRAWS
+from ..vocab import (
+    ANCHORS,
+    FAMILIES,
+    LOSSES,
+    MASK_TASKS,
+    OBJECTIVES,
+    PRECISIONS,
+    PREDICTION_TYPES,
+    SCHEDULES,
+    TIME_DRAWS,
+)
 from .fields import ConfigError, build, opt, plain, section
 from .sampling import SamplingConfig
 
@@ -167,6 +177,11 @@ class DiffusionConfig:
                              "one) before the change is added, so moving content keeps its shape; K // 2 pixels of "
                              "motion per frame. Odd; 0 = off. The weights start as the identity (copy-last).",
                              ge=0, le=15)  # fmt: skip
+    anchor: str = opt("last", "With diffusion.motion_kernel: what the motion weights start from. last: the identity, "
+                      "so an untrained model predicts the last given frame (copy-last); motion: the motion of the "
+                      "given frames carried on (block matching between consecutive frames, re-estimated along the "
+                      "prediction), so an untrained model already extrapolates moving content and keeps still "
+                      "content; training learns what that gets wrong.", choices=ANCHORS)  # fmt: skip
     loss: str = opt("mse", "How each predicted frame's error enters the training loss: mse, or log_mse (the mean of "
                     "log(error + 1e-4), minus the frame's PSNR up to constants: every clip counts by its relative "
                     "error, as mean PSNR does, so a few fast, textured clips do not dominate).",

@@ -74,6 +74,8 @@ class ConditionedDenoiser:
         self.guidance = guidance
         self.text_guidance = text_guidance if self.cond.null_kwargs else 1.0
         self.clip_x0 = clip_x0
+        # the motion anchor's estimate (weights, the clip they build): from the given frames alone, made once
+        self.estimate = diffusion.prior(self.cond.given, self.cond.mask) if diffusion.residual else None
 
     def __call__(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) at the process's native time t (a DDPM step, or a flow time in [0, 1])."""
@@ -92,11 +94,14 @@ class ConditionedDenoiser:
         g_txt = self.text_guidance
         # Branches (Brooks et al. 2023, eq. 3 for two conditions): full = context + text; ctx = context +
         # null text; uncond = no context (+ the text when text guidance is off, else the null text).
-        branches = {"full": (x_in, t_cond, mask, cond.model_kwargs)}
+        seen = {} if self.estimate is None else {"reference": self.estimate[1].to(x_t.dtype)}  # what it corrects
+        branches = {"full": (x_in, t_cond, mask, {**cond.model_kwargs, **seen})}
         if g_txt != 1.0:
-            branches["ctx"] = (x_in, t_cond, mask, cond.null_kwargs)
+            branches["ctx"] = (x_in, t_cond, mask, {**cond.null_kwargs, **seen})
         if g_ctx != 1.0:
-            branches["uncond"] = (x_t, t_full, None, cond.null_kwargs if g_txt != 1.0 else cond.model_kwargs)
+            unseen = {k: torch.zeros_like(v) for k, v in seen.items()}  # the null condition: no frames, no estimate
+            branches["uncond"] = (x_t, t_full, None, {**(cond.null_kwargs if g_txt != 1.0 else cond.model_kwargs),
+                                                      **unseen})  # fmt: skip
         outs = self._run(branches)
         given = cond.given.to(x_t.dtype) if mask is not None else None
         # a residual model predicts the change from the nearest given frame (none: the null mask)
@@ -126,7 +131,8 @@ class ConditionedDenoiser:
     def _anchor(self, out: torch.Tensor, given: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         if not self.diffusion.residual:
             return out
-        return anchored(out, given, mask, self.diffusion.motion_kernel)
+        prior = None if given is None or self.estimate is None else self.estimate[0]
+        return anchored(out, given, mask, self.diffusion.motion_kernel, prior)
 
     def _run(self, branches: dict) -> dict:
         """All branches in one batched network call (a null mask is all False)."""

@@ -32,9 +32,10 @@ class GaussianDiffusion(DiffusionProcess):
         logit_std: float = 1.0,
         motion_kernel: int = 0,
         loss: str = "mse",
+        anchor: str = "last",
     ):
         super().__init__(num_timesteps, prediction_type, min_snr_gamma, residual, context_noise, times, logit_mean,
-                         logit_std, motion_kernel, loss)  # fmt: skip
+                         logit_std, motion_kernel, loss, anchor)  # fmt: skip
         self.schedule = schedule
         self.alpha_bar = make_alpha_bar(schedule, num_timesteps, zero_terminal_snr)  # (T,) float64
         self.alpha_bar_values: list[float] = self.alpha_bar.tolist()  # for the samplers' per-step host arithmetic
@@ -46,7 +47,8 @@ class GaussianDiffusion(DiffusionProcess):
         return cls(cfg.schedule, cfg.num_timesteps, cfg.prediction_type, cfg.zero_terminal_snr, cfg.min_snr_gamma,
                    getattr(cfg, "residual", False), getattr(cfg, "context_noise", 0.0), getattr(cfg, "times", None),
                    getattr(cfg, "time_logit_mean", 0.0), getattr(cfg, "time_logit_std", 1.0),
-                   getattr(cfg, "motion_kernel", 0), getattr(cfg, "loss", "mse"))  # fmt: skip
+                   getattr(cfg, "motion_kernel", 0), getattr(cfg, "loss", "mse"),
+                   getattr(cfg, "anchor", "last"))  # fmt: skip
 
     def alpha_bar_on(self, device) -> torch.Tensor:
         """The float64 table on ``device``, copied there once (this sits on the training hot path)."""

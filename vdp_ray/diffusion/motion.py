@@ -19,17 +19,21 @@ import torch.nn.functional as F
 from .masks import nearest_given, nearest_side
 
 
-def anchored(out: torch.Tensor, frames: torch.Tensor | None, mask: torch.Tensor | None, kernel: int) -> torch.Tensor:
+def anchored(out: torch.Tensor, frames: torch.Tensor | None, mask: torch.Tensor | None, kernel: int,
+             prior: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """The clean-clip estimate of a residual network: ``out`` (N, C [+ K^2], T, H, W) read as the change from the
     nearest given frame of ``frames`` (N, C, T, H, W) under ``mask`` (N, T) bool, moved by the motion weights when
-    ``kernel`` > 0. No frames (generation, a null condition): the change alone."""
+    ``kernel`` > 0. ``prior`` (N, K^2, T, H, W): the motion estimated from the given frames (``motion_prior``),
+    applied first at every step, the network's weights then correcting its result (None: the network's alone).
+    No frames (generation, a null condition): the change alone."""
     channels = out.shape[1] - kernel * kernel
     change = out[:, :channels]
     if frames is None or mask is None:
         return change
     if not kernel:
         return change + nearest_given(frames, mask)
-    return change + moved(frames.to(out.dtype), mask, out[:, channels:], kernel)
+    prior = None if prior is None else prior.to(out.dtype)
+    return change + moved(frames.to(out.dtype), mask, out[:, channels:], kernel, prior=prior)
 
 
 def chain(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,9 +49,12 @@ def chain(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def moved(frames: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, kernel: int,
-          sync_free: bool | None = None) -> torch.Tensor:  # fmt: skip
+          sync_free: bool | None = None, prior: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Every frame built from its neighbour towards the nearest given frame, moved by ``weights`` (N, K^2, T, H, W)
-    added to the identity kernel; given frames stay as given, a clip with no given frame is all zeros.
+    added to the identity kernel; given frames stay as given, a clip with no given frame is all zeros. ``prior``
+    (same shape, or None): weights applied before ``weights`` at every step, so that ``weights`` correct the prior's
+    move instead of having to repeat it (the network does not see the prior: a correction of zero is its easy
+    answer wherever the prior is right).
 
     Two ways to the same result: on the CPU each frame is computed once, in order of its distance to a given frame
     (which needs that order on the host); elsewhere (``sync_free``) every distance is a pass over the whole clip,
@@ -56,12 +63,18 @@ def moved(frames: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, kerne
     distance, source = chain(mask)
     current = torch.where(mask.view(n, 1, t, 1, 1), frames, torch.zeros_like(frames)).transpose(1, 2)
     taps = weights.transpose(1, 2).reshape(n, t, 1, kernel * kernel, h * w)  # (N, T, 1, K^2, H W)
+    first = None if prior is None else prior.transpose(1, 2).reshape(n, t, 1, kernel * kernel, h * w)
+
+    def step_of(prev, taps, first):  # prev (M, C, H, W) one step on: the prior's move, then the weights'
+        return shift_sum(prev if first is None else shift_sum(prev, first, kernel), taps, kernel)
+
     if sync_free if sync_free is not None else frames.device.type != "cpu":
         index = source.view(n, t, 1, 1, 1).expand_as(current)
         flat_taps = taps.flatten(0, 1)
+        flat_first = None if first is None else first.flatten(0, 1)
         for level in range(1, t):  # the longest chain a T-frame clip can have
             prev = torch.gather(current, 1, index).flatten(0, 1)
-            step = shift_sum(prev, flat_taps, kernel).view_as(current)
+            step = step_of(prev, flat_taps, flat_first).view_as(current)
             current = torch.where((distance == level).view(n, t, 1, 1, 1), step, current)
         return current.transpose(1, 2)
     pending = distance.nonzero()  # (M, 2): every frame that is built, with its sample
@@ -73,7 +86,7 @@ def moved(frames: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, kerne
         for count in levels[1:]:
             b, f = pending[start : start + count].unbind(1)
             start += count
-            step = shift_sum(current[b, source[b, f]], taps[b, f], kernel)  # (count, C, H, W)
+            step = step_of(current[b, source[b, f]], taps[b, f], None if first is None else first[b, f])
             current = current.index_put((b, f), step)
     return current.transpose(1, 2)
 
@@ -81,7 +94,12 @@ def moved(frames: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, kerne
 def shift_sum(x: torch.Tensor, taps: torch.Tensor, kernel: int) -> torch.Tensor:
     """x (M, C, H, W) plus the weighted sum of its K x K shifts (edges repeated), sum_j w_j(p) x(p + o_j), with
     ``taps`` (M, 1, K^2, H W) the weights of each of the M frames."""
+    return x + (neighbourhood(x, kernel) * taps).sum(2).view_as(x)
+
+
+def neighbourhood(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """x (M, C, H, W) at each of the K x K offsets o_j around every pixel, x(p + o_j), edges repeated:
+    (M, C, K^2, H W), offsets in ``F.unfold``'s order (rows first)."""
     m, c, h, w = x.shape
     r = kernel // 2
-    patches = F.unfold(F.pad(x, (r, r, r, r), mode="replicate"), kernel)  # (M, C K^2, H W)
-    return x + (patches.view(m, c, kernel * kernel, h * w) * taps).sum(2).view(m, c, h, w)
+    return F.unfold(F.pad(x, (r, r, r, r), mode="replicate"), kernel).view(m, c, kernel * kernel, h * w)

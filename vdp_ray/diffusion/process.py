@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..vocab import LOSSES, TIME_DRAWS
+from ..vocab import ANCHORS, LOSSES, TIME_DRAWS
 from .motion import anchored
+from .motion_prior import motion_prior
 from .objectives import masked_frame_loss, min_snr_weight_as, residual_error_factor, split_as, target_as
 
 Denoiser = Callable[..., torch.Tensor]
@@ -41,7 +42,9 @@ class DiffusionProcess:
     copy-last for prediction. ``context_noise``: given frames are noised during training to a level drawn up to
     this fraction of the path (the network is told the level through its per-frame time), so roll-outs on its own,
     imperfect predictions do not drift; sampling gives them clean at time 0. ``motion_kernel``: the residual
-    network also outputs K x K motion weights per pixel that carry each frame forward (``motion.anchored``)."""
+    network also outputs K x K motion weights per pixel that carry each frame forward (``motion.anchored``).
+    ``anchor``: what those weights start from: ``last`` (the identity: a fresh model is copy-last) or ``motion``
+    (the given frames' motion carried on by block matching, ``motion_prior``: a fresh model extrapolates)."""
 
     objective = ""
     flow = False  # v is the rectified-flow velocity rather than the VP v
@@ -50,9 +53,13 @@ class DiffusionProcess:
 
     def __init__(self, num_timesteps: int, prediction_type: str, min_snr_gamma: float | None, residual: bool,
                  context_noise: float = 0.0, times: str | None = None, logit_mean: float = 0.0,
-                 logit_std: float = 1.0, motion_kernel: int = 0, loss: str = "mse"):  # fmt: skip
+                 logit_std: float = 1.0, motion_kernel: int = 0, loss: str = "mse", anchor: str = "last"):  # fmt: skip
         if motion_kernel and (not residual or motion_kernel < 0 or motion_kernel % 2 == 0):
             raise ValueError(f"a motion kernel needs the residual parametrisation and an odd size, got {motion_kernel}")
+        if anchor not in ANCHORS:
+            raise ValueError(f"the anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
+        if anchor == "motion" and not motion_kernel:
+            raise ValueError("the motion anchor needs motion kernels (motion_kernel > 0) to carry the estimate")
         if not 0.0 <= context_noise <= 1.0:
             raise ValueError(f"context noise must be in [0, 1], got {context_noise}")
         times = times or self.default_times
@@ -66,6 +73,7 @@ class DiffusionProcess:
         self.min_snr_gamma = min_snr_gamma
         self.residual = residual
         self.motion_kernel = int(motion_kernel)
+        self.anchor = anchor
         if loss not in LOSSES:
             raise ValueError(f"the training loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         self.loss = loss
@@ -162,12 +170,15 @@ class DiffusionProcess:
         frame_t = torch.where(frame_mask, given_t[:, None], t[:, None])  # (N, T)
         given = expand_to(frame_mask, x0)
         x_t = torch.where(given, context, self.q_sample(x0, frame_t, noise))
+        estimate = self.prior(context, frame_mask) if self.residual else None
+        if estimate is not None:  # the network sees the motion estimate it corrects
+            model_kwargs = {**model_kwargs, "reference": estimate[1].to(net_dtype)}
         out = model(x_t.to(net_dtype), self.model_time(frame_t), frame_mask, **model_kwargs).to(x0.dtype)
         a_t, s_t = self.path(frame_t)  # (N, T)
         a_t, s_t = a_t.to(x0.dtype), s_t.to(x0.dtype)
         weight = None
         if self.residual:  # x0 as a change from the given frame the network saw, scored in the objective's space
-            out = anchored(out, context, frame_mask, self.motion_kernel)
+            out = anchored(out, context, frame_mask, self.motion_kernel, None if estimate is None else estimate[0])
             target = x0
             weight = residual_error_factor(self.prediction_type, a_t, s_t).pow(2)  # (N, T)
         else:
@@ -177,6 +188,13 @@ class DiffusionProcess:
             weight = snr_weight if weight is None else weight * snr_weight
         loss, per_frame = masked_frame_loss(out, target, ~frame_mask, weight, self.loss)
         return {"loss": loss, "per_frame": per_frame.detach(), "t": t}
+
+    def prior(self, frames: torch.Tensor | None, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The motion the anchor starts from for these given frames, (weights, the clip they build) as
+        ``motion_prior`` (None: the identity, copy-last, and the network takes no reference clip)."""
+        if self.anchor != "motion" or frames is None or mask is None:
+            return None
+        return motion_prior(frames, mask, self.motion_kernel)
 
     @staticmethod
     def _noise(x0: torch.Tensor, noise, generator) -> torch.Tensor:

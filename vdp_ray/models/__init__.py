@@ -20,13 +20,17 @@ def build_denoiser(cfg) -> nn.Module:
     """The denoiser named by ``cfg.model.family``, sized by its resolved section of the config."""
     family = cfg.model.family
     kernel = getattr(cfg.diffusion, "motion_kernel", 0)  # diffusion.motion_kernel: K^2 more outputs per pixel
+    # diffusion.anchor: motion: the network sees the motion estimate it corrects, a clip beside its input
+    sees_estimate = getattr(cfg.diffusion, "anchor", "last") == "motion"
     if family == "unet3d":
         arch = _arch(cfg.model.unet3d)
         arch["fold_frames"] = cfg.data.frames if arch.pop("fold_frames", None) else None
-        return UNet3D(in_channels=cfg.data.channels, pointwise_channels=kernel * kernel, **arch)
+        return UNet3D(in_channels=cfg.data.channels, pointwise_channels=kernel * kernel,
+                      reference_channels=cfg.data.channels if sees_estimate else 0, **arch)  # fmt: skip
     if family == "dit":
         latent = cfg.vae.latent_channels
-        return DiT(in_channels=latent, out_channels=latent + kernel * kernel, **_arch(cfg.model.dit))
+        return DiT(in_channels=latent, out_channels=latent + kernel * kernel,
+                   reference_channels=latent if sees_estimate else 0, **_arch(cfg.model.dit))  # fmt: skip
     raise ValueError(f"model.family: unknown denoiser family {family!r}; expected one of ['unet3d', 'dit']")
 
 

@@ -24,6 +24,7 @@ from .layers import (
     mask_channel,
     run_block,
     sinusoidal_embedding,
+    with_reference,
 )
 
 # Named sizes (DiT paper, table 1), plus a tiny one for CPU tests.
@@ -121,15 +122,18 @@ class DiT(nn.Module):
         max_size: tuple[int, int] = (128, 128),
         out_channels: int | None = None,
         text_dim: int | None = None,
+        reference_channels: int = 0,
     ):
         super().__init__()
         self.text_dim = text_dim
         self.in_channels = in_channels
+        self.reference_channels = reference_channels  # a reference clip beside the input (as UNet3D's)
         self.out_channels = out_channels or in_channels
         self.hidden, self.patch, self.patch_t = hidden, patch, patch_t
         self.max_frames, self.max_size = max_frames, tuple(max_size)
         kernel = (patch_t, patch, patch)
-        self.x_embed = nn.Conv3d(in_channels + 1, hidden, kernel, stride=kernel)  # +1: frame-mask channel
+        # +1: the frame-mask channel
+        self.x_embed = nn.Conv3d(in_channels + reference_channels + 1, hidden, kernel, stride=kernel)
         self.t_embed = TimestepEmbedder(hidden)
         self.given_embed = nn.Embedding(2, hidden)  # 0: generate this frame, 1: this frame is given
         self.text_pool = None  # pooled caption -> the conditioning vector
@@ -188,8 +192,10 @@ class DiT(nn.Module):
         text_tokens: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
         text_pooled: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (N, C, T, H, W), t (N,) or (N, T), frame_mask (N, T) bool or None -> (N, C_out, T, H, W).
+        """x (N, C, T, H, W), t (N,) or (N, T), frame_mask (N, T) bool or None -> (N, C_out, T, H, W); reference
+        (N, reference_channels, T, H, W) or None (zeros): a clip the network sees beside x.
 
         A text-conditioned model also takes text_tokens (N, L, E), text_mask (N, L) and text_pooled (N, E);
         all three are required (the null text is the empty caption's embedding, never a missing argument)."""
@@ -201,7 +207,8 @@ class DiT(nn.Module):
             raise ValueError("this DiT was trained without text (model.dit.text_dim unset): it takes no text")
         n, _, frames, height, width = x.shape
         gt, gh, gw = frames // self.patch_t, height // self.patch, width // self.patch
-        tokens = self.x_embed(torch.cat([x, mask_channel(frame_mask, x)], dim=1))  # (N, D, gt, gh, gw)
+        x_in = with_reference(x, reference, self.reference_channels)
+        tokens = self.x_embed(torch.cat([x_in, mask_channel(frame_mask, x)], dim=1))  # (N, D, gt, gh, gw)
         tokens = rearrange(tokens, "n d t h w -> n t (h w) d")
         tokens = tokens + spacetime_pos_embed(gt, gh, gw, self.hidden).to(tokens)
 

@@ -65,6 +65,21 @@ def mask_channel(frame_mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tens
     return frame_mask.to(x.dtype)[:, None, :, None, None].expand(n, 1, t, h, w)
 
 
+def with_reference(x: torch.Tensor, reference: torch.Tensor | None, channels: int) -> torch.Tensor:
+    """x (N, C, T, H, W) with a reference clip (N, channels, T, H, W) appended as input channels: zeros when None (no
+    reference, e.g. the null condition); x unchanged when the network takes none (``channels`` 0)."""
+    if not channels:
+        if reference is not None:
+            raise ValueError("this network takes no reference clip (it was built without reference channels)")
+        return x
+    n, _, t, h, w = x.shape
+    if reference is None:
+        return torch.cat([x, x.new_zeros(n, channels, t, h, w)], dim=1)
+    if reference.shape != (n, channels, t, h, w):
+        raise ValueError(f"reference clip must be {(n, channels, t, h, w)}, got {tuple(reference.shape)}")
+    return torch.cat([x, reference.to(x.dtype)], dim=1)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()

@@ -19,6 +19,7 @@ from .layers import (
     group_norm,
     mask_channel,
     run_block,
+    with_reference,
     zero_module,
 )
 
@@ -110,9 +111,13 @@ class UNet3D(nn.Module):
         patch: int = 1,
         fold_frames: int | None = None,
         pointwise_channels: int = 0,
+        reference_channels: int = 0,
     ):
         super().__init__()
         self.in_channels = in_channels
+        # a reference clip beside the input (``forward(reference=...)``; zeros when not passed): e.g. what the given
+        # frames' motion predicts, so the network sees the estimate it corrects
+        self.reference_channels = reference_channels
         self.out_channels = out_channels or in_channels
         # more output channels from a 1x1x1 head (per-pixel weights such as motion kernels: at K^2 channels a 3x3x3
         # head would cost more than the rest of a small network), after the out_channels ones
@@ -129,7 +134,8 @@ class UNet3D(nn.Module):
         self.fold_embed = nn.Linear(frames * emb_dim, emb_dim) if fold_frames else None
         temporal = not fold_frames
         # + the frame-mask channel(s)
-        self.conv_in = nn.Conv3d((in_channels * patch**2 + 1) * frames, base_channels, 3, padding=1)
+        self.conv_in = nn.Conv3d(((in_channels + reference_channels) * patch**2 + 1) * frames, base_channels, 3,
+                                 padding=1)  # fmt: skip
 
         widths = [base_channels * m for m in channel_mults]
         skips = [base_channels]
@@ -173,11 +179,14 @@ class UNet3D(nn.Module):
             raise ValueError(f"this UNet3D folds a window of exactly {self.fold_frames} frames into channels, got "
                              f"{x.shape[2]} frames")  # fmt: skip
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, C, T, H, W), t (N,) or (N, T), frame_mask (N, T) bool or None -> (N, C_out, T, H, W)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, frame_mask: torch.Tensor | None = None,
+                reference: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """x (N, C, T, H, W), t (N,) or (N, T), frame_mask (N, T) bool or None, reference (N, reference_channels, T,
+        H, W) or None (zeros) -> (N, C_out, T, H, W)."""
         self.check_input(x)
         n, _, num_frames = x.shape[:3]
         emb = self.time_embed(frame_timesteps(t, n, num_frames))  # (N, T, D)
+        x = with_reference(x, reference, self.reference_channels)
         p = self.patch
         if p > 1:
             x = rearrange(x, "n c t (h p) (w q) -> n (c p q) t h w", p=p, q=p)
