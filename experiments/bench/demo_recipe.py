@@ -28,13 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from vdp_ray.config import load_config
 from vdp_ray.data.moving_digits import moving_digits_clip
 from vdp_ray.diffusion import Condition, sample
+from vdp_ray.evaluate import identity
 from vdp_ray.metrics import baselines, psnr, ssim
+from vdp_ray.pixels import clips_to_uint8
 from vdp_ray.train.ema import EMA
 from vdp_ray.train.stages import DiffusionStage
 
 
-def clips(n: int, seed: int, frames: int, size, digits) -> torch.Tensor:
-    out = np.stack([moving_digits_clip(i, seed, frames, size, digits)[0] for i in range(n)])  # (N, T, H, W, 1)
+def clips(n: int, seed: int, frames: int, size, digits, metas: list | None = None) -> torch.Tensor:
+    """n moving-digits clips (N, 1, T, H, W) in [-1, 1]; their metadata (for the identity metric) into ``metas``."""
+    made = [moving_digits_clip(i, seed, frames, size, digits) for i in range(n)]
+    if metas is not None:
+        metas.extend(json.dumps({**meta, "size": list(size)}) for _, meta in made)
+    out = np.stack([clip for clip, _ in made])  # (N, T, H, W, 1)
     return torch.from_numpy(out).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
@@ -58,7 +64,8 @@ def pan_clips(n: int, seed: int, frames: int, size, channels: int, split: str, s
     return torch.from_numpy(np.load(cache)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
-def evaluate(model, task, test: torch.Tensor, k: int, steps_list, data_mean: float, batch: int = 32) -> dict:
+def evaluate(model, task, test: torch.Tensor, k: int, steps_list, data_mean: float, batch: int = 32,
+             metas: list | None = None) -> dict:  # fmt: skip
     res = {}
     for steps in steps_list:
         settings = task.latent.sampling(replace(task.cfg.sampling, steps=steps))
@@ -71,6 +78,15 @@ def evaluate(model, task, test: torch.Tensor, k: int, steps_list, data_mean: flo
         pred = torch.cat(preds).clamp(-1, 1)[:, :, k:]
         truth = test[:, :, k:]
         res[f"ddim{steps}"] = scores(pred, truth)
+        if metas:  # digits: does each digit of the last predicted frame still read as itself (vdp evaluate's identity)
+            u8 = clips_to_uint8(test)
+            last = len(u8[0]) - 1
+            read = identity(metas, u8[:, k - 1], clips_to_uint8(torch.cat([test[:, :, :k], pred], 2))[:, last],
+                            u8[:, last], last, tuple(test.shape[-2:]))  # fmt: skip
+            res[f"identity{steps}"] = (
+                float(np.nanmean(read["identity"])),
+                float(np.nanmean(read["copy_last_identity"])),
+            )
     for name, guess in baselines(test[:, :, :k], test.shape[2] - k, data_mean).items():
         res[name] = scores(guess, truth)
     return res
@@ -105,14 +121,14 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = load_config(args.config, args.overrides)
     d, tr = cfg.data, cfg.train
-    tests = {}
+    tests, metas = {}, []
     if args.data == "pans":
         train = pan_clips(args.train_clips, 0, d.frames, tuple(d.size), d.channels, "train")
         test = pan_clips(args.test_clips, 12345, d.frames, tuple(d.size), d.channels, "val")
         tests["still_"] = pan_clips(args.test_clips // 2, 54321, d.frames, tuple(d.size), d.channels, "val", True)
     else:
         train = clips(args.train_clips, 0, d.frames, tuple(d.size), tuple(args.digits))
-        test = clips(args.test_clips, 12345, d.frames, tuple(d.size), tuple(args.digits))
+        test = clips(args.test_clips, 12345, d.frames, tuple(d.size), tuple(args.digits), metas)
     task = DiffusionStage(cfg, torch.device("cpu"))
     net = task.model.train()
     ema = EMA(net, tr.ema_decay)
@@ -153,11 +169,12 @@ def main() -> None:
     model.eval()
     k = d.context_frames
     t0 = time.time()
-    res = evaluate(model, task, test, k, args.steps, train.mean().item())
+    res = evaluate(model, task, test, k, args.steps, train.mean().item(), metas=metas)
     for prefix, extra in tests.items():
         res.update({prefix + n: v for n, v in evaluate(model, task, extra, k, args.steps, train.mean().item()).items()})
     # the untrained model (copy-last, or the motion anchor's extrapolation): what training added
-    untrained = evaluate(task.new_model().eval(), task, test, k, [1], train.mean().item())["ddim1"]
+    fresh = evaluate(task.new_model().eval(), task, test, k, [1], train.mean().item(), metas=metas)
+    untrained = fresh["ddim1"]
     best = max(res[b][0] for b in ("copy_last", "context_mean", "blank"))
     best_ssim = max(res[b][1] for b in ("copy_last", "context_mean", "blank"))
     summary = {
@@ -165,11 +182,20 @@ def main() -> None:
         "steps": step,
         "clips_per_s": round(step * batch / train_s, 1),
         "final_loss": round(float(np.mean(losses[-100:])), 4),
-        **{name: [round(v[0], 2), round(v[1], 3)] for name, v in res.items()},
+        **{name: [round(v[0], 2), round(v[1], 3)] for name, v in res.items() if not name.startswith("identity")},
         "untrained": [round(untrained[0], 2), round(untrained[1], 3)],
-        "per_frame_psnr": {"untrained": untrained[2], **{n: v[2] for n, v in res.items()}},
+        "identity": {
+            **{n: round(v[0], 3) for n, v in res.items() if n.startswith("identity")},
+            **(
+                {"untrained": round(fresh["identity1"][0], 3), "copy_last": round(fresh["identity1"][1], 3)}
+                if "identity1" in fresh
+                else {}
+            ),
+        },
+        "per_frame_psnr": {"untrained": untrained[2], **{n: v[2] for n, v in res.items() if len(v) > 2}},
         "gain_db": {n: round(v[0] - best, 2) for n, v in res.items() if n.startswith("ddim")},
         "ssim_gain": {n: round(v[1] - best_ssim, 3) for n, v in res.items() if n.startswith("ddim")},
+        "untrained_gain_db": round(untrained[0] - best, 2),
         "vs_copy_last_db": {
             n: round(v[0] - res[n.split("ddim")[0] + "copy_last"][0], 2) for n, v in res.items() if "ddim" in n
         },

@@ -75,7 +75,7 @@ class ConditionedDenoiser:
         self.text_guidance = text_guidance if self.cond.null_kwargs else 1.0
         self.clip_x0 = clip_x0
         # the motion anchor's estimate (weights, the clip they build): from the given frames alone, made once
-        self.estimate = diffusion.prior(self.cond.given, self.cond.mask) if diffusion.residual else None
+        self.estimate = diffusion.prior(self.cond.given, self.cond.mask)
 
     def __call__(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) at the process's native time t (a DDPM step, or a flow time in [0, 1])."""

@@ -170,7 +170,7 @@ class DiffusionProcess:
         frame_t = torch.where(frame_mask, given_t[:, None], t[:, None])  # (N, T)
         given = expand_to(frame_mask, x0)
         x_t = torch.where(given, context, self.q_sample(x0, frame_t, noise))
-        estimate = self.prior(context, frame_mask) if self.residual else None
+        estimate = self.prior(context, frame_mask)
         if estimate is not None:  # the network sees the motion estimate it corrects
             model_kwargs = {**model_kwargs, "reference": estimate[1].to(net_dtype)}
         out = model(x_t.to(net_dtype), self.model_time(frame_t), frame_mask, **model_kwargs).to(x0.dtype)
