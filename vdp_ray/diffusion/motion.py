@@ -77,18 +77,25 @@ def moved(frames: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, kerne
             step = step_of(prev, flat_taps, flat_first).view_as(current)
             current = torch.where((distance == level).view(n, t, 1, 1, 1), step, current)
         return current.transpose(1, 2)
-    pending = distance.nonzero()  # (M, 2): every frame that is built, with its sample
-    if len(pending):
-        order = distance[pending[:, 0], pending[:, 1]]
-        levels = torch.bincount(order).tolist()  # frames per distance (the host sync)
-        pending = pending[torch.argsort(order, stable=True)]
-        start = levels[0]
-        for count in levels[1:]:
-            b, f = pending[start : start + count].unbind(1)
-            start += count
-            step = step_of(current[b, source[b, f]], taps[b, f], None if first is None else first[b, f])
-            current = current.index_put((b, f), step)
+    for b, f in by_distance(distance):
+        step = step_of(current[b, source[b, f]], taps[b, f], None if first is None else first[b, f])
+        current = current.index_put((b, f), step)
     return current.transpose(1, 2)
+
+
+def by_distance(distance: torch.Tensor):
+    """The frames a chain builds, in groups of equal distance to their given frame, nearest first: one (samples,
+    frames) pair of index tensors per group. One host read (the group sizes), so the CPU paths only."""
+    pending = distance.nonzero()  # (M, 2): every frame that is built, with its sample
+    if not len(pending):
+        return
+    order = distance[pending[:, 0], pending[:, 1]]
+    sizes = torch.bincount(order).tolist()  # frames per distance (the host read)
+    pending = pending[torch.argsort(order, stable=True)]
+    start = sizes[0]
+    for count in sizes[1:]:
+        yield pending[start : start + count].unbind(1)
+        start += count
 
 
 def shift_sum(x: torch.Tensor, taps: torch.Tensor, kernel: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .motion import chain, neighbourhood
+from .motion import by_distance, chain, neighbourhood, shift_sum
 
 PATCH = 7  # pixels on a side of the matched patch: larger than the motion per frame, so a moving edge's leading
 # side (background in the frame before) still matches the edge's motion
@@ -71,10 +71,8 @@ def motion_prior(frames: torch.Tensor, mask: torch.Tensor, kernel: int,
     identity[:, k2 // 2] = 1.0
 
     def step(before, src, ok):  # frames (M, C, H, W) -> the next frame and its identity-relative weights
-        wts = torch.where(ok.view(-1, 1, 1, 1), match_weights(before, src, kernel), identity)
-        m, c = src.shape[:2]
-        built = (neighbourhood(src, kernel) * wts.view(m, 1, k2, h * w)).sum(2).view(m, c, h, w)
-        return built, wts - identity
+        wts = torch.where(ok.view(-1, 1, 1, 1), match_weights(before, src, kernel), identity) - identity
+        return shift_sum(src, wts.view(len(src), 1, k2, h * w), kernel), wts
 
     current = torch.where(mask.view(n, 1, t, 1, 1), frames, torch.zeros_like(frames)).transpose(1, 2)  # (N, T, C, H, W)
     prior = torch.zeros(n, t, k2, h, w, device=frames.device)
@@ -88,16 +86,7 @@ def motion_prior(frames: torch.Tensor, mask: torch.Tensor, kernel: int,
             current = torch.where(at, built.view_as(current), current)
             prior = torch.where(at, wts.view_as(prior), prior)
         return prior.transpose(1, 2), current.transpose(1, 2)
-    pending = distance.nonzero()  # (M, 2): every frame that is built, with its sample
-    if not len(pending):
-        return prior.transpose(1, 2), current.transpose(1, 2)
-    order = distance[pending[:, 0], pending[:, 1]]
-    levels = torch.bincount(order).tolist()  # frames per distance (the host read)
-    pending = pending[torch.argsort(order, stable=True)]
-    start = levels[0]
-    for count in levels[1:]:
-        b, f = pending[start : start + count].unbind(1)
-        start += count
+    for b, f in by_distance(distance):
         built, wts = step(current[b, beyond[b, f]], current[b, source[b, f]], matched[b, f])
         current = current.index_put((b, f), built)
         prior = prior.index_put((b, f), wts)
