@@ -55,3 +55,26 @@ def test_val_loss_is_lower_is_better_and_last_keeps_nothing(tmp_path):
     other_rank = Selection("val/loss", tmp_path / "r1", "dit", rank=1, resumed=False)
     other_rank.offer({"val/loss": 0.1}, 10, ema, Log())  # gathers with rank 0, writes nothing
     assert not (tmp_path / "r1").exists()
+
+
+def test_previews_score_train_preview_clips_from_the_first_validations_batches():
+    """val/psnr_gain picks the export: it is scored on train.preview_clips validation clips gathered over the first
+    validation's batches (a mean over one batch of 8 swung by 2 dB), the same clips at every preview after."""
+    from vdp_ray.train.loop import Preview
+
+    class Pixels:
+        def pixels(self, clips):
+            return clips.float()
+
+    preview = Preview(Pixels(), FakeEMA(), torch.device("cpu"), validation_clips=20)
+    preview.offer_training_clips(torch.zeros(8, 1, 4, 2, 2), ["t"] * 8)  # before any validation: training clips
+    assert len(preview.clips) == 8 and not preview.from_validation
+    for i in range(4):  # the first validation: 4 batches of 8
+        preview.offer_validation_clips(torch.full((8, 1, 4, 2, 2), float(i + 1)), [f"v{i}"] * 8)
+    preview.validation_done()
+    assert preview.from_validation and len(preview.clips) == 20 and len(preview.captions) == 20
+    assert preview.clips[:, 0, 0, 0, 0].tolist() == [1.0] * 8 + [2.0] * 8 + [3.0] * 4
+    assert preview.captions[-1] == "v2"
+    preview.offer_validation_clips(torch.full((8, 1, 4, 2, 2), 9.0), ["later"] * 8)  # later validations: the same
+    preview.validation_done()
+    assert len(preview.clips) == 20 and float(preview.clips.max()) == 3.0

@@ -268,6 +268,10 @@ class TrainConfig:
     max_failures: int = opt(1, "Worker-group restarts after a failure (-1 = unlimited).", ge=-1)
     preview_every: int = opt(500, "Steps between preview strips (sampling on validation clips) in TensorBoard.", ge=1)
     val_batches: int = opt(4, "Validation batches per worker at each validation.", ge=1)
+    preview_clips: int = opt(32, "Validation clips rank 0 predicts at each preview, for val/psnr and val/psnr_gain "
+                             "(what train.select_by: val/psnr_gain picks the export by): taken from the first "
+                             "validation's batches (at most val_batches of them). More clips, a steadier choice and a "
+                             "slower preview; a mean over 8 clips can swing by 2 dB.", ge=1, le=4096)  # fmt: skip
     fault: str = opt("none", "Drills: raise once, SIGKILL rank 0 once, make the loss NaN, or keep the loss finite "
                      "and make its gradients NaN (nan_grad), at fault_step.",
                      choices=("none", "raise", "kill", "nan", "nan_grad"))  # fmt: skip

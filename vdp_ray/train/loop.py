@@ -31,7 +31,7 @@ from .runlog import RankZeroLog, record_placement
 from .selection import Selection
 from .stages import make_stage
 
-PREVIEW_CLIPS = 8  # validation clips rank 0 samples at each preview: val/psnr, val/psnr_gain
+PREVIEW_CLIPS = 8  # training clips rank 0 previews before there is a validation (without data.val)
 
 
 @dataclass
@@ -101,7 +101,7 @@ def train_loop_per_worker(config: dict) -> None:
                         shuffle_buffer=cfg.data.shuffle_buffer, start_epoch=epoch,
                         pin_memory=device.type == "cuda", bad=w.bad)  # fmt: skip
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
-    preview = Preview(w.stage, w.ema, device)
+    preview = Preview(w.stage, w.ema, device, cfg.train.preview_clips)
     selection = Selection(cfg.train.select_by if cfg.data.val else "last", w.run_dir, w.name, w.rank,
                           resumed is not None)  # fmt: skip
     if resumed is None and selection.metric == "val/psnr_gain" and cfg.diffusion.residual and w.name != "vae":
@@ -268,10 +268,12 @@ class Preview:
     EMA weights in a plain copy of the network (never a deepcopy of the engine's module: ZeRO-3's hooks on it
     must not come along)."""
 
-    def __init__(self, stage, ema: EMA, device):
+    def __init__(self, stage, ema: EMA, device, validation_clips: int):
         self.stage, self.ema, self.device = stage, ema, device
         self.clips = self.captions = None
         self.from_validation = False
+        self.limit = validation_clips  # train.preview_clips
+        self._batches: list = []  # the first validation's clips, while it runs
         self._copy = None
 
     def offer_training_clips(self, clips, captions: list[str]) -> None:
@@ -279,9 +281,16 @@ class Preview:
             self.clips, self.captions = self.stage.pixels(clips[:PREVIEW_CLIPS]), captions[:PREVIEW_CLIPS]
 
     def offer_validation_clips(self, clips, captions: list[str]) -> None:
-        if not self.from_validation:
-            self.clips, self.captions = self.stage.pixels(clips[:PREVIEW_CLIPS]), captions[:PREVIEW_CLIPS]
-            self.from_validation = True
+        """The first validation's batches, up to ``limit`` clips: every preview from then on scores these."""
+        need = self.limit - sum(len(c) for c, _ in self._batches)
+        if not self.from_validation and need > 0:
+            self._batches.append((self.stage.pixels(clips[:need]), list(captions[:need])))
+
+    def validation_done(self) -> None:
+        if not self.from_validation and self._batches:
+            self.clips = torch.cat([c for c, _ in self._batches])
+            self.captions = [c for _, caps in self._batches for c in caps]
+            self.from_validation, self._batches = True, []
 
     def ema_model(self, everywhere: bool = True):
         """The network with the EMA weights. Every rank calls it (a collective under ZeRO-3); with
@@ -319,8 +328,8 @@ def _validate(stage, engine, val_shard, cfg: Config, batch_size: int, dtype, dev
         if i >= cfg.train.val_batches:
             break
         clips = on_device(batch, device)
-        if i == 0:
-            preview.offer_validation_clips(clips, batch["caption"])
+        preview.offer_validation_clips(clips, batch["caption"])
         losses.append(stage.val_loss(engine, clips, batch["caption"], dtype))
+    preview.validation_done()
     engine.train()
     return {"loss": mean_across(np.mean(losses) if losses else float("nan"), device)}
