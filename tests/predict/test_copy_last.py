@@ -8,6 +8,7 @@ from support.exports import PIXEL, ROOT
 
 from vdp_ray import Predictor
 from vdp_ray.config import load_config
+from vdp_ray.diffusion.motion_prior import motion_prior
 from vdp_ray.export import write_export
 from vdp_ray.models import build_denoiser, build_vae
 from vdp_ray.pixels import clips_to_model, clips_to_uint8
@@ -38,14 +39,17 @@ def test_a_fresh_unet_predicts_the_last_given_frame(tmp_path, objective, ptype, 
     assert np.array_equal(between[:2], np.stack([first] * 2)) and np.array_equal(between[2:], np.stack([last] * 2))
 
 
-@pytest.mark.parametrize(("objective", "ptype", "kernel"), [("ddpm", "v", 0), ("flow", "v", 0), ("ddpm", "x0", 3)])
-def test_a_fresh_dit_predicts_the_last_given_latent(tmp_path, objective, ptype, kernel):
+@pytest.mark.parametrize(("objective", "ptype", "kernel", "anchor"),
+                         [("ddpm", "v", 0, "last"), ("flow", "v", 0, "last"), ("ddpm", "x0", 3, "last"),
+                          ("ddpm", "x0", 3, "motion")])  # fmt: skip
+def test_a_fresh_dit_predicts_the_last_given_latent(tmp_path, objective, ptype, kernel, anchor):
     """In a latent space copy-last holds for latents: the future is the decoded clip whose latent frames after the
-    context repeat the last given one."""
+    context repeat the last given one; with the motion anchor, the decoded latents that the given latents' motion
+    estimate builds (the estimate runs in the latent space)."""
     torch.manual_seed(0)
     cfg = load_config(ROOT / "experiments" / "tiny_dit.yaml", ["vae.scale_factor=0.7", "sampling.steps=3",
                       f"diffusion.objective={objective}", f"diffusion.prediction_type={ptype}",
-                      f"diffusion.motion_kernel={kernel}"])  # fmt: skip
+                      f"diffusion.motion_kernel={kernel}", f"diffusion.anchor={anchor}"])  # fmt: skip
     vae = write_export(tmp_path / "vae", cfg, "vae", build_vae(cfg).state_dict(), {})
     dit = write_export(tmp_path / "dit", cfg, "dit", build_denoiser(cfg).state_dict(), {}, vae_export=vae)
     p = Predictor.from_export(dit, device="cpu")
@@ -56,6 +60,9 @@ def test_a_fresh_dit_predicts_the_last_given_latent(tmp_path, objective, ptype, 
         z = p.latent.encode(clips_to_model(ctx))
         kl = z.shape[2]
         z_full = torch.cat([z, z[:, :, -1:].repeat(1, 1, p.latent.latent_frames(frames) - kl, 1, 1)], dim=2)
+        if anchor == "motion":
+            mask = torch.arange(z_full.shape[2])[None] < kl
+            z_full = motion_prior(z_full, mask, kernel)[1]
         expected = clips_to_uint8(p.latent.decode(z_full).clamp(-1, 1))[:, k:]
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1  # decoder arithmetic: one grey level at most
 
