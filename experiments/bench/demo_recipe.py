@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import replace
@@ -32,6 +31,7 @@ from vdp_ray.evaluate import identity
 from vdp_ray.metrics import baselines, psnr, ssim
 from vdp_ray.pixels import clips_to_uint8
 from vdp_ray.train.ema import EMA
+from vdp_ray.train.engine import lr_ratio
 from vdp_ray.train.stages import DiffusionStage
 
 
@@ -138,11 +138,9 @@ def main() -> None:
     start, step = time.time(), 0
     losses = []
     while time.time() - start < budget:
-        frac = (time.time() - start) / budget
-        lr = tr.lr * min(1.0, (step + 1) / max(1, tr.warmup_steps))
-        if args.schedule == "steps":  # as `vdp train` did before train.max_minutes set the schedule's length
-            frac = step / tr.max_steps
-        lr *= tr.min_lr_ratio + (1 - tr.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+        # vdp train's schedule (engine.lr_ratio): under a time budget the cosine ends with the clock, as there
+        used = (time.time() - start) / budget if args.schedule == "time" else 0.0
+        lr = tr.lr * lr_ratio(step, tr.max_steps, tr.warmup_steps, tr.min_lr_ratio, used)
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(train), (batch,))

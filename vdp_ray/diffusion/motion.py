@@ -53,8 +53,7 @@ def moved(frames: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, kerne
     """Every frame built from its neighbour towards the nearest given frame, moved by ``weights`` (N, K^2, T, H, W)
     added to the identity kernel; given frames stay as given, a clip with no given frame is all zeros. ``prior``
     (same shape, or None): weights applied before ``weights`` at every step, so that ``weights`` correct the prior's
-    move instead of having to repeat it (the network does not see the prior: a correction of zero is its easy
-    answer wherever the prior is right).
+    move instead of having to repeat it (a correction of zero is the answer wherever the prior is right).
 
     Two ways to the same result: on the CPU each frame is computed once, in order of its distance to a given frame
     (which needs that order on the host); elsewhere (``sync_free``) every distance is a pass over the whole clip,
