@@ -43,12 +43,29 @@ def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> di
     if not path.is_file():
         raise error(f"{what} not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(values, dict):
         raise error(f"{path}: expected a mapping of keys at the top level, got {type(values).__name__}")
     return values
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last one silently, so a
+    setting written twice in an experiment file would override the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} is given twice (first on line {seen[key] + 1})", key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_value(raw: str):
