@@ -1,6 +1,7 @@
 """Motion kernels (diffusion.motion_kernel): each predicted frame is the frame before it (towards the nearest given
 one) moved by per-pixel K x K weights, plus the network's change; zero weights are copy-last exactly."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,6 +132,48 @@ def test_the_motion_prior_carries_a_moving_object_on_exactly(dy, dx, kernel):
     # without the prior the same fresh output is copy-last
     assert torch.equal(anchored(torch.zeros_like(out[:, :1].expand(-1, 1 + kernel * kernel, -1, -1, -1)), x, mask,
                                 kernel), nearest_given(x, mask))  # fmt: skip
+
+
+def _square_along(track, size=24, side=6, seed=1):
+    """A textured square on a flat background with its top-left corner at each (y, x) of ``track``: (1, 1, T, S, S)."""
+    texture = torch.rand(1, 1, side, side, generator=torch.Generator().manual_seed(seed)) * 1.6 - 0.8
+    x = torch.full((1, 1, len(track), size, size), -0.5)
+    for i, (y0, x0) in enumerate(track):
+        x[:, :, i, y0 : y0 + side, x0 : x0 + side] = texture
+    return x
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+def test_the_motion_prior_keeps_a_sub_pixel_speed_on_its_path(backwards):
+    """Drawn at whole pixels, 1.5 px per frame moves 1, 2, 1, 2 and 0.5 px per frame 0, 1, 0, 1: carrying on the
+    last step (2 and 1 px) is wrong at once, the line through all six given frames is right at both predicted
+    ones. In reverse (the last six frames given, the first two built), the same."""
+    from vdp_ray.diffusion.motion_prior import motion_prior
+
+    track = [(int(np.floor(0.75 + 0.5 * i)), int(np.floor(0.75 + 1.5 * i))) for i in range(8)]
+    assert [x for _, x in track] == [0, 2, 3, 5, 6, 8, 9, 11] and [y for y, _ in track][-3:] == [3, 3, 4]
+    clip = _square_along(track)
+    mask = torch.zeros(1, 8, dtype=torch.bool)
+    mask[:, :6] = True
+    if backwards:
+        clip, mask = clip.flip(2), mask.flip(1)
+    prior, built = motion_prior(clip, mask, 5)
+    assert torch.equal(built, clip), (built - clip).abs().amax(dim=(0, 1, 3, 4))
+    assert torch.equal(motion_prior(clip, mask, 5, sync_free=True)[1], built)
+    out = anchored(torch.zeros(1, 1 + 25, 8, 24, 24), clip, mask, 5, prior)  # a fresh network predicts the same
+    assert torch.allclose(out, clip, atol=1e-5)
+
+
+def test_the_motion_prior_fits_the_motion_since_the_last_bounce():
+    """A square that bounced inside the given frames (right 2 px per frame, then left): the line through all five
+    does not fit, the one through the three since the bounce does, and carries the square on leftwards."""
+    from vdp_ray.diffusion.motion_prior import motion_prior
+
+    clip = _square_along([(5, x) for x in (6, 8, 10, 8, 6, 4, 2)])
+    mask = torch.zeros(1, 7, dtype=torch.bool)
+    mask[:, :5] = True
+    _, built = motion_prior(clip, mask, 5)
+    assert torch.equal(built, clip), (built - clip).abs().amax(dim=(0, 1, 3, 4))
 
 
 def test_the_motion_prior_keeps_still_noisy_content_and_moves_nothing_it_cannot_match():

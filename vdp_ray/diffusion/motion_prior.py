@@ -3,11 +3,15 @@
 Block matching (Jain & Jain 1981) in soft form: for every pixel of a frame, the mean squared difference between
 the P x P patch around it and the patch of the frame before, at each of the K x K offsets, turned into weights by a
 softmax at a low temperature, with a small penalty on the offset's length so that flat and still regions keep
-offset zero (sensor noise alone never moves anything). The weights that take frame s-1 to frame s carry s on to
-s+1 (constant velocity); the next step re-estimates them between s and the frame just built, so the motion field
-travels with what moves. Frames are built along the same chain as ``motion.moved``: outward from the nearest
-given frame, one step at a time. A step with no earlier frame to compare with (the first step of interpolation,
-a lone given frame) gets the identity: no motion.
+offset zero (sensor noise alone never moves anything). Chained back through the run of given frames, the matches
+give each pixel's path; a straight line fitted through it (``velocity_fit``: as many frames as lie on one line,
+so a bounce inside the given frames starts a new one) carries the content on at constant velocity, to the whole
+pixel nearest the line at every step. One pair of frames whole pixels apart cannot tell 1.5 px per frame from 2;
+the line through several can, and a digit drawn at 1.5 px per frame then moves 1, 2, 1, 2 px as it should.
+Frames are built along the same chain as ``motion.moved``: outward from the nearest given frame, one step (one
+tap of the K x K kernel per pixel, so shapes stay sharp) at a time; each pixel takes the content whose move lands
+on it, and the line travels with that content. A frame with no two given frames behind it (interpolation between
+two lone frames, a lone given frame, generation) does not move.
 
 The result is the identity-relative weights that ``motion.moved`` applies before the network's own, so a network
 whose output is zero predicts this extrapolation exactly, and the clip they build, which the network sees beside
@@ -20,12 +24,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .motion import by_distance, chain, neighbourhood, shift_sum
+from .motion import by_distance, chain, neighbourhood
 
 PATCH = 7  # pixels on a side of the matched patch: larger than the motion per frame, so a moving edge's leading
 # side (background in the frame before) still matches the edge's motion
 TEMPERATURE = 3e-5  # of the softmax over offsets, in squared [-1, 1] units of brightness: the matches commit
 LENGTH_PENALTY = 3e-5  # per squared pixel of offset: ties (flat regions, noise) keep the zero offset
+MAX_HISTORY = 6  # given frames a line is fitted through, at most (the nearest ones)
+FIT_TOLERANCE = 0.75  # pixels: the farthest a matched position may lie from the line for its frame to count
 
 
 def offsets(kernel: int, device=None) -> torch.Tensor:
@@ -48,46 +54,128 @@ def match_weights(before: torch.Tensor, after: torch.Tensor, kernel: int) -> tor
     return torch.softmax(-(err + LENGTH_PENALTY * length) / TEMPERATURE, dim=1)
 
 
+def velocity_fit(frames: torch.Tensor, mask: torch.Tensor, kernel: int, sparse: bool = True) -> torch.Tensor:
+    """Per frame and pixel, the straight line its content followed through the run of given frames that ends there:
+    frames (N, T, C, H, W), mask (N, T) bool -> (N, T, 5, H, W): intercept a (2: dy, dx), slope b (2) and 1.0
+    where a line was fitted (0.0 where the frame is not given or has no given frame before it).
+
+    Content at p in frame t sat at p + r(h) in frame t - h. r(1) is the expected offset of matching frame t-1 to t
+    (``match_weights``), and r(h) = r(1) + frame t-1's r(h-1) read (bilinearly) where that offset points. The line
+    r(h) ~ a + b h is a least-squares fit over h = 0 .. L-1, with L the most frames (at most ``MAX_HISTORY``) whose r
+    all lie within ``FIT_TOLERANCE`` of their line (a bounce or a change of speed inside the run shortens it; two
+    frames always fit). Over several frames the slope resolves the sub-pixel speed that one pair of frames, whole
+    pixels apart, cannot: a digit drawn at 1.5 px per frame moves 1, 2, 1, 2. ``sparse``: match only the pairs of
+    given frames (one host read: the CPU path); otherwise every pair (no read: the GPU path)."""
+    n, t, _, h, w = frames.shape
+    out = torch.zeros(n, t, 5, h, w, device=frames.device)
+    if t < 2:
+        return out
+    paired = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:] & mask[:, :-1]], 1)  # (N, T): t-1 and t given
+    offs = offsets(kernel, frames.device).float()
+
+    def expected(before, after):  # the expected offset of each pixel's match, (M, 2, H, W)
+        return torch.einsum("mkhw,kd->mdhw", match_weights(before, after, kernel), offs)
+
+    steps = torch.zeros(n, t, 2, h, w, device=frames.device)
+    if sparse:
+        i, f = paired.nonzero().unbind(1)
+        if len(i):
+            steps[i, f] = expected(frames[i, f - 1], frames[i, f])
+    else:
+        steps[:, 1:] = expected(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1)).view(n, t - 1, 2, h, w)
+    ys, xs = torch.meshgrid(torch.arange(h, device=frames.device), torch.arange(w, device=frames.device), indexing="ij")
+    scale = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=frames.device)
+    grid = (torch.stack([xs, ys], -1) + steps.flip(2).permute(0, 1, 3, 4, 2)) * scale - 1  # where each match points
+    grid = grid.flatten(0, 1)  # (N T, H, W, 2), (x, y) in [-1, 1] as grid_sample reads them
+    zero = torch.zeros(n, 1, 2, h, w, device=frames.device)
+    history = min(t - 1, MAX_HISTORY - 1)
+    r, ok = [torch.zeros_like(steps)], [mask]  # r(h) at every frame, and whether frames t-h .. t are all given
+    for _ in range(history):
+        older = torch.cat([zero, r[-1][:, :-1]], 1).flatten(0, 1)  # frame t-1's r(h-1)
+        read = F.grid_sample(older, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        r.append(steps + read.view(n, t, 2, h, w))
+        ok.append(paired & torch.cat([torch.zeros_like(mask[:, :1]), ok[-1][:, :-1]], 1))
+    for length in range(2, history + 2):  # longer runs overwrite shorter ones where they fit
+        pts = torch.stack(r[:length])  # (L, N, T, 2, H, W)
+        hs = torch.arange(length, device=frames.device, dtype=pts.dtype).view(-1, 1, 1, 1, 1, 1)
+        centred = hs - (length - 1) / 2
+        b = (centred * pts).sum(0) / centred.pow(2).sum()
+        a = pts.mean(0) - b * (length - 1) / 2
+        fits = (pts - a - b * hs).abs().amax(dim=(0, 3)) <= FIT_TOLERANCE  # (N, T, H, W)
+        take = (fits & ok[length - 1].view(n, t, 1, 1)).unsqueeze(2)
+        out = torch.where(take, torch.cat([a, b, torch.ones_like(a[:, :, :1])], 2), out)
+    return out
+
+
 @torch.no_grad()
 def motion_prior(frames: torch.Tensor, mask: torch.Tensor, kernel: int,
                  sync_free: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The given frames' motion carried on, for frames (N, C, T, H, W) under ``mask`` (N, T) bool: identity-relative
     weights (N, K^2, T, H, W), zeros (no motion) for given frames and unmatched steps, and the clip they build
     (N, C, T, H, W: the given frames, and every other frame moved on from them; zeros without any given frame).
-    Computed in fp32 whatever the frames' dtype. As ``motion.moved``: one host read on the CPU (the frames' order
-    along the chains), none elsewhere (``sync_free``: every distance is a pass over the whole clip)."""
-    n, _, t, h, w = frames.shape
+
+    A frame d steps from its nearest given frame g is g's content moved along the line ``velocity_fit`` found
+    there, to the whole pixel nearest the line at d: each step moves by the difference of those roundings (one
+    tap of the K x K kernel, so content keeps its shape, and steps of 1, 2, 1, 2 px keep a 1.5 px/frame digit on
+    its path). The line travels with the content it belongs to. Steps towards the future use the given frames
+    before g, steps towards the past (interpolation) those after it; a frame with no two given frames behind it
+    in its direction does not move. Computed in fp32 whatever the frames' dtype. As ``motion.moved``: one host
+    read on the CPU (the frames' order along the chains), none elsewhere (``sync_free``: every distance is a pass
+    over the whole clip)."""
+    n, c, t, h, w = frames.shape
     k2 = kernel * kernel
-    frames = frames.float()
+    r = kernel // 2
+    given = torch.where(mask.view(n, 1, t, 1, 1), frames.float(), torch.zeros_like(frames, dtype=torch.float32))
+    given = given.transpose(1, 2)  # (N, T, C, H, W)
     distance, source = chain(mask)
-    idx = torch.arange(t, device=mask.device).expand(n, t)
-    # the frame on the far side of the source: the one the chain came from, or a given neighbour beyond a given one
-    beyond = 2 * source - idx
-    inside = (beyond >= 0) & (beyond < t)
-    beyond = beyond.clamp(0, t - 1)
-    source_built = torch.gather(distance, 1, source) > 0
-    matched = (distance > 0) & inside & (source_built | torch.gather(mask, 1, beyond))
-    identity = torch.zeros(1, k2, 1, 1, device=frames.device)
-    identity[:, k2 // 2] = 1.0
+    later = source < torch.arange(t, device=mask.device)  # built from the frame before it
+    sync_free = sync_free if sync_free is not None else frames.device.type != "cpu"
+    forward = velocity_fit(given, mask, kernel, not sync_free)  # lines for building later frames
+    if sync_free or bool((~later & (distance > 0)).any()):  # and earlier ones (interpolation)
+        backward = velocity_fit(given.flip(1), mask.flip(1), kernel, not sync_free).flip(1)
+    else:
+        backward = torch.zeros_like(forward)
+    current = torch.cat([given, forward, backward], 2)  # what a step moves: the frame and both lines
+    taps = torch.arange(k2, device=frames.device).view(1, k2, 1, 1)
+    identity = (taps == k2 // 2).float()
+    offs = offsets(kernel, frames.device).float().T.reshape(1, 2, k2, 1)
+    reach = 1 + offs.pow(2).sum(1)  # (1, K^2, 1): the preference among contents landing on a pixel (farthest
+    reach[:, k2 // 2] = 0  # first), and none for staying put
+    ys, xs = torch.meshgrid(torch.arange(h, device=frames.device), torch.arange(w, device=frames.device), indexing="ij")
 
-    def step(before, src, ok):  # frames (M, C, H, W) -> the next frame and its identity-relative weights
-        wts = torch.where(ok.view(-1, 1, 1, 1), match_weights(before, src, kernel), identity) - identity
-        return shift_sum(src, wts.view(len(src), 1, k2, h * w), kernel), wts
+    def step(src, dist, fwd):  # src (M, C + 10, H, W) one step on, dist (M,) its distance from g, fwd (M,) bool
+        line = torch.where(fwd.view(-1, 1, 1, 1), src[:, c : c + 5], src[:, c + 5 :])
+        a, b, fitted = line[:, :2], line[:, 2:4], line[:, 4:] > 0.5
+        d = dist.to(a.dtype).view(-1, 1, 1, 1)
+        total = torch.round(a - b * d)  # where g's content is, d steps on
+        before = torch.where(d > 1, torch.round(a - b * (d - 1)), torch.zeros_like(a))
+        move = torch.where(fitted, (before - total).clamp(-r, r), torch.zeros_like(a))  # (M, 2, H, W)
+        # each pixel takes the content that lands on it: a neighbour p + o whose own move is o. Reading the move at
+        # p itself (a backward warp) would shave a moving object's lead by its speed every step, since the pixels
+        # ahead of it still hold the background's line. Moving content wins over still (it is in front of what
+        # it passes); where nothing lands (what a move uncovers), p's own move.
+        lands = (neighbourhood(move, kernel) == offs).all(1)  # (M, K^2, H W)
+        tap = (lands * reach).argmax(1).view(-1, 1, h, w)
+        own = (move[:, :1] + r) * kernel + move[:, 1:] + r
+        tap = torch.where((lands * reach).amax(1).view(-1, 1, h, w) > 0, tap, own.long())
+        move = torch.cat([tap // kernel - r, tap % kernel - r], 1)  # this step's one tap of the kernel
+        # shift_sum with those one-hot weights, as a gather (edges repeated): the same result, a K^2-th of the work
+        at = (ys + move[:, 0]).clamp(0, h - 1) * w + (xs + move[:, 1]).clamp(0, w - 1)  # (M, H, W)
+        built = torch.gather(src.flatten(2), 2, at.flatten(1).unsqueeze(1).expand(-1, src.shape[1], -1))
+        return built.view_as(src), (tap == taps).float() - identity
 
-    current = torch.where(mask.view(n, 1, t, 1, 1), frames, torch.zeros_like(frames)).transpose(1, 2)  # (N, T, C, H, W)
     prior = torch.zeros(n, t, k2, h, w, device=frames.device)
-    if sync_free if sync_free is not None else frames.device.type != "cpu":
+    if sync_free:
         src_index = source.view(n, t, 1, 1, 1).expand_as(current)
-        far_index = beyond.view(n, t, 1, 1, 1).expand_as(current)
         for level in range(1, t):  # the longest chain a T-frame clip can have
             src = torch.gather(current, 1, src_index).flatten(0, 1)
-            built, wts = step(torch.gather(current, 1, far_index).flatten(0, 1), src, matched.flatten())
+            built, wts = step(src, distance.flatten(), later.flatten())
             at = (distance == level).view(n, t, 1, 1, 1)
             current = torch.where(at, built.view_as(current), current)
             prior = torch.where(at, wts.view_as(prior), prior)
-        return prior.transpose(1, 2), current.transpose(1, 2)
-    for b, f in by_distance(distance):
-        built, wts = step(current[b, beyond[b, f]], current[b, source[b, f]], matched[b, f])
-        current = current.index_put((b, f), built)
-        prior = prior.index_put((b, f), wts)
-    return prior.transpose(1, 2), current.transpose(1, 2)
+    else:
+        for b, f in by_distance(distance):
+            built, wts = step(current[b, source[b, f]], distance[b, f], later[b, f])
+            current = current.index_put((b, f), built)
+            prior = prior.index_put((b, f), wts)
+    return prior.transpose(1, 2), current[:, :, :c].transpose(1, 2)
