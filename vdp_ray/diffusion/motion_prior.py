@@ -1,17 +1,18 @@
 """A motion estimate from the given frames alone, for the motion kernels to start from (``diffusion.anchor: motion``).
 
-Block matching (Jain & Jain 1981) in soft form: for every pixel of a frame, the mean squared difference between
-the P x P patch around it and the patch of the frame before, at each of the K x K offsets, turned into weights by a
-softmax at a low temperature, with a small penalty on the offset's length so that flat and still regions keep
-offset zero (sensor noise alone never moves anything). Chained back through the run of given frames, the matches
-give each pixel's path; a straight line fitted through it (``velocity_fit``: as many frames as lie on one line,
-so a bounce inside the given frames starts a new one) carries the content on at constant velocity, to the whole
-pixel nearest the line at every step. One pair of frames whole pixels apart cannot tell 1.5 px per frame from 2;
-the line through several can, and a digit drawn at 1.5 px per frame then moves 1, 2, 1, 2 px as it should.
-Frames are built along the same chain as ``motion.moved``: outward from the nearest given frame, one step (one
-tap of the K x K kernel per pixel, so shapes stay sharp) at a time; each pixel takes the content whose move lands
-on it, and the line travels with that content. A frame with no two given frames behind it (interpolation between
-two lone frames, a lone given frame, generation) does not move.
+Block matching (Jain & Jain 1981): for every pixel of a frame, the offset among the K x K whose P x P patch in the
+frame before differs least from the patch around it, with a small penalty on the offset's length so that flat and
+still regions keep offset zero (sensor noise alone never moves anything). The best match, not a weighted mean of
+matches: where two objects moving apart share a patch, a mean would give it a speed neither has. Chained back
+through the run of given frames, the matches give each pixel's path; a straight line fitted through it
+(``velocity_fit``: as many frames as lie on one line, so a bounce inside the given frames starts a new one)
+carries the content on at constant velocity, to the whole pixel nearest the line at every step. One pair of
+frames whole pixels apart cannot tell 1.5 px per frame from 2; the line through several can, and a digit drawn
+at 1.5 px per frame then moves 1, 2, 1, 2 px as it should. Frames are built along the same chain as
+``motion.moved``: outward from the nearest given frame, one step (one tap of the K x K kernel per pixel, so
+shapes stay sharp) at a time; the pixels around each one vote on its move, so content moves as one piece; each
+pixel takes the content whose move lands on it, and the line travels with that content. A frame with no two
+given frames behind it (interpolation between two lone frames, a lone given frame, generation) does not move.
 
 The result is the identity-relative weights that ``motion.moved`` applies before the network's own, so a network
 whose output is zero predicts this extrapolation exactly, and the clip they build, which the network sees beside
@@ -28,8 +29,8 @@ from .motion import by_distance, chain, neighbourhood
 
 PATCH = 7  # pixels on a side of the matched patch: larger than the motion per frame, so a moving edge's leading
 # side (background in the frame before) still matches the edge's motion
-TEMPERATURE = 3e-5  # of the softmax over offsets, in squared [-1, 1] units of brightness: the matches commit
-LENGTH_PENALTY = 3e-5  # per squared pixel of offset: ties (flat regions, noise) keep the zero offset
+LENGTH_PENALTY = 3e-5  # per squared pixel of offset, in squared [-1, 1] units of brightness: ties (flat regions,
+# noise) keep the zero offset
 MAX_HISTORY = 6  # given frames a line is fitted through, at most (the nearest ones)
 FIT_TOLERANCE = 0.75  # pixels: the farthest a matched position may lie from the line for its frame to count
 
@@ -42,16 +43,26 @@ def offsets(kernel: int, device=None) -> torch.Tensor:
     return torch.stack([dy.flatten(), dx.flatten()], 1)
 
 
-def match_weights(before: torch.Tensor, after: torch.Tensor, kernel: int) -> torch.Tensor:
-    """(M, K^2, H, W) weights w with after(p) ~ sum_j w_j(p) before(p + o_j), for frames (M, C, H, W), matched on
-    their channel mean (brightness: as good a cue for motion at a C-th of the cost)."""
+def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The mean over the size x size window around every pixel of x (M, C, H, W), over the part inside the frame:
+    a row pass and a column pass (the same numbers as one 2-D pass, in 2/size of its work)."""
+    x = F.avg_pool2d(x, (size, 1), stride=1, padding=(size // 2, 0), count_include_pad=False)
+    return F.avg_pool2d(x, (1, size), stride=1, padding=(0, size // 2), count_include_pad=False)
+
+
+def best_offsets(before: torch.Tensor, after: torch.Tensor, kernel: int) -> torch.Tensor:
+    """(M, 2, H, W) for frames (M, C, H, W): per pixel of ``after``, the (dy, dx) of the K x K offsets whose patch in
+    ``before`` matches its patch best, after(p) ~ before(p + o), on the frames' channel mean (brightness: as good
+    a cue for motion at a C-th of the cost). A small penalty on the offset's length decides ties (flat regions,
+    sensor noise) for the shorter one, so nothing moves without a reason."""
     m, _, h, w = before.shape
     taps = neighbourhood(before.mean(1, keepdim=True), kernel)  # (M, 1, K^2, H W)
     err = (taps - after.mean(1).view(m, 1, 1, h * w)).pow(2).view(m, kernel * kernel, h, w)
     patch = min(PATCH, 2 * (min(h, w) // 2) + 1)
-    err = F.avg_pool2d(err, patch, stride=1, padding=patch // 2, count_include_pad=False)  # (M, K^2, H, W)
-    length = offsets(kernel, before.device).pow(2).sum(1).to(err.dtype).view(1, -1, 1, 1)
-    return torch.softmax(-(err + LENGTH_PENALTY * length) / TEMPERATURE, dim=1)
+    err = box_mean(err, patch)  # (M, K^2, H, W)
+    offs = offsets(kernel, before.device)
+    length = offs.pow(2).sum(1).to(err.dtype).view(1, -1, 1, 1)
+    return offs[(err + LENGTH_PENALTY * length).argmin(1)].permute(0, 3, 1, 2).to(err.dtype)
 
 
 def velocity_fit(frames: torch.Tensor, mask: torch.Tensor, kernel: int, sparse: bool = True) -> torch.Tensor:
@@ -59,8 +70,8 @@ def velocity_fit(frames: torch.Tensor, mask: torch.Tensor, kernel: int, sparse: 
     frames (N, T, C, H, W), mask (N, T) bool -> (N, T, 5, H, W): intercept a (2: dy, dx), slope b (2) and 1.0
     where a line was fitted (0.0 where the frame is not given or has no given frame before it).
 
-    Content at p in frame t sat at p + r(h) in frame t - h. r(1) is the expected offset of matching frame t-1 to t
-    (``match_weights``), and r(h) = r(1) + frame t-1's r(h-1) read (bilinearly) where that offset points. The line
+    Content at p in frame t sat at p + r(h) in frame t - h. r(1) is the offset of the best match of frame t-1 to t
+    (``best_offsets``), and r(h) = r(1) + frame t-1's r(h-1) read (bilinearly) where that offset points. The line
     r(h) ~ a + b h is a least-squares fit over h = 0 .. L-1, with L the most frames (at most ``MAX_HISTORY``) whose r
     all lie within ``FIT_TOLERANCE`` of their line (a bounce or a change of speed inside the run shortens it; two
     frames always fit). Over several frames the slope resolves the sub-pixel speed that one pair of frames, whole
@@ -71,18 +82,14 @@ def velocity_fit(frames: torch.Tensor, mask: torch.Tensor, kernel: int, sparse: 
     if t < 2:
         return out
     paired = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:] & mask[:, :-1]], 1)  # (N, T): t-1 and t given
-    offs = offsets(kernel, frames.device).float()
-
-    def expected(before, after):  # the expected offset of each pixel's match, (M, 2, H, W)
-        return torch.einsum("mkhw,kd->mdhw", match_weights(before, after, kernel), offs)
-
     steps = torch.zeros(n, t, 2, h, w, device=frames.device)
     if sparse:
         i, f = paired.nonzero().unbind(1)
         if len(i):
-            steps[i, f] = expected(frames[i, f - 1], frames[i, f])
+            steps[i, f] = best_offsets(frames[i, f - 1], frames[i, f], kernel)
     else:
-        steps[:, 1:] = expected(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1)).view(n, t - 1, 2, h, w)
+        pairs = best_offsets(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1), kernel)
+        steps[:, 1:] = pairs.view(n, t - 1, 2, h, w)
     ys, xs = torch.meshgrid(torch.arange(h, device=frames.device), torch.arange(w, device=frames.device), indexing="ij")
     scale = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=frames.device)
     grid = (torch.stack([xs, ys], -1) + steps.flip(2).permute(0, 1, 3, 4, 2)) * scale - 1  # where each match points
@@ -150,14 +157,17 @@ def motion_prior(frames: torch.Tensor, mask: torch.Tensor, kernel: int,
         total = torch.round(a - b * d)  # where g's content is, d steps on
         before = torch.where(d > 1, torch.round(a - b * (d - 1)), torch.zeros_like(a))
         move = torch.where(fitted, (before - total).clamp(-r, r), torch.zeros_like(a))  # (M, 2, H, W)
+        own = ((move[:, :1] + r) * kernel + move[:, 1:] + r).long()
+        votes = box_mean((own == taps).float(), min(PATCH, 2 * (min(h, w) // 2) + 1))
+        own = votes.argmax(1, keepdim=True)  # the most common move around each pixel: content moves as one piece
+        move = torch.cat([own // kernel - r, own % kernel - r], 1).float()
         # each pixel takes the content that lands on it: a neighbour p + o whose own move is o. Reading the move at
         # p itself (a backward warp) would shave a moving object's lead by its speed every step, since the pixels
         # ahead of it still hold the background's line. Moving content wins over still (it is in front of what
         # it passes); where nothing lands (what a move uncovers), p's own move.
         lands = (neighbourhood(move, kernel) == offs).all(1)  # (M, K^2, H W)
         tap = (lands * reach).argmax(1).view(-1, 1, h, w)
-        own = (move[:, :1] + r) * kernel + move[:, 1:] + r
-        tap = torch.where((lands * reach).amax(1).view(-1, 1, h, w) > 0, tap, own.long())
+        tap = torch.where((lands * reach).amax(1).view(-1, 1, h, w) > 0, tap, own)
         move = torch.cat([tap // kernel - r, tap % kernel - r], 1)  # this step's one tap of the kernel
         # shift_sum with those one-hot weights, as a gather (edges repeated): the same result, a K^2-th of the work
         at = (ys + move[:, 0]).clamp(0, h - 1) * w + (xs + move[:, 1]).clamp(0, w - 1)  # (M, H, W)
