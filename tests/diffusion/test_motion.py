@@ -176,6 +176,24 @@ def test_the_motion_prior_fits_the_motion_since_the_last_bounce():
     assert torch.equal(built, clip), (built - clip).abs().amax(dim=(0, 1, 3, 4))
 
 
+def test_the_motion_prior_carries_two_objects_moving_apart_each_at_its_own_speed():
+    """Two textured squares side by side, one going left 1 px per frame, the other right 2 px per frame: patches
+    that hold both must not move either at a speed in between, and each keeps its leading edge (the pixels ahead
+    of it hold the still background's motion until it arrives)."""
+    from vdp_ray.diffusion.motion_prior import motion_prior
+
+    g = torch.Generator().manual_seed(2)
+    left, right = (torch.rand(6, 6, generator=g) * 1.6 - 0.8 for _ in range(2))
+    clip = torch.full((1, 1, 7, 24, 40), -0.5)
+    for i in range(7):
+        clip[0, 0, i, 8:14, 12 - i : 18 - i] = left
+        clip[0, 0, i, 9:15, 18 + 2 * i : 24 + 2 * i] = right
+    mask = torch.zeros(1, 7, dtype=torch.bool)
+    mask[:, :4] = True
+    _, built = motion_prior(clip, mask, 5)
+    assert torch.equal(built, clip), (built - clip).abs().amax(dim=(0, 1, 3, 4))
+
+
 def test_the_motion_prior_keeps_still_noisy_content_and_moves_nothing_it_cannot_match():
     from vdp_ray.diffusion.motion_prior import motion_prior
 
