@@ -179,9 +179,10 @@ class DiffusionConfig:
                              ge=0, le=15)  # fmt: skip
     anchor: str = opt("last", "With diffusion.motion_kernel: what the motion weights start from. last: the identity, "
                       "so an untrained model predicts the last given frame (copy-last); motion: the motion of the "
-                      "given frames carried on (block matching between consecutive frames, re-estimated along the "
-                      "prediction), so an untrained model already extrapolates moving content and keeps still "
-                      "content; training learns what that gets wrong.", choices=ANCHORS)  # fmt: skip
+                      "given frames carried on (block matching between consecutive frames, a straight line "
+                      "through each pixel's path over the given frames, whole-pixel steps along it), so an "
+                      "untrained model already extrapolates moving content and keeps still content; training "
+                      "learns what that gets wrong.", choices=ANCHORS)  # fmt: skip
     loss: str = opt("mse", "How each predicted frame's error enters the training loss: mse, or log_mse (the mean of "
                     "log(error + 1e-4), minus the frame's PSNR up to constants: every clip counts by its relative "
                     "error, as mean PSNR does, so a few fast, textured clips do not dominate).",
