@@ -43,6 +43,11 @@ def offsets(kernel: int, device=None) -> torch.Tensor:
     return torch.stack([dy.flatten(), dx.flatten()], 1)
 
 
+def patch_side(h: int, w: int) -> int:
+    """``PATCH``, or the largest odd side that fits a smaller frame."""
+    return min(PATCH, 2 * (min(h, w) // 2) + 1)
+
+
 def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
     """The mean over the size x size window around every pixel of x (M, C, H, W), over the part inside the frame:
     a row pass and a column pass (the same numbers as one 2-D pass, in 2/size of its work)."""
@@ -58,8 +63,7 @@ def best_offsets(before: torch.Tensor, after: torch.Tensor, kernel: int) -> torc
     m, _, h, w = before.shape
     taps = neighbourhood(before.mean(1, keepdim=True), kernel)  # (M, 1, K^2, H W)
     err = (taps - after.mean(1).view(m, 1, 1, h * w)).pow(2).view(m, kernel * kernel, h, w)
-    patch = min(PATCH, 2 * (min(h, w) // 2) + 1)
-    err = box_mean(err, patch)  # (M, K^2, H, W)
+    err = box_mean(err, patch_side(h, w))  # (M, K^2, H, W)
     offs = offsets(kernel, before.device)
     length = offs.pow(2).sum(1).to(err.dtype).view(1, -1, 1, 1)
     return offs[(err + LENGTH_PENALTY * length).argmin(1)].permute(0, 3, 1, 2).to(err.dtype)
@@ -158,7 +162,7 @@ def motion_prior(frames: torch.Tensor, mask: torch.Tensor, kernel: int,
         before = torch.where(d > 1, torch.round(a - b * (d - 1)), torch.zeros_like(a))
         move = torch.where(fitted, (before - total).clamp(-r, r), torch.zeros_like(a))  # (M, 2, H, W)
         own = ((move[:, :1] + r) * kernel + move[:, 1:] + r).long()
-        votes = box_mean((own == taps).float(), min(PATCH, 2 * (min(h, w) // 2) + 1))
+        votes = box_mean((own == taps).float(), patch_side(h, w))
         own = votes.argmax(1, keepdim=True)  # the most common move around each pixel: content moves as one piece
         move = torch.cat([own // kernel - r, own % kernel - r], 1).float()
         # each pixel takes the content that lands on it: a neighbour p + o whose own move is o. Reading the move at
