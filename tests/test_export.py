@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vdp_ray.config import load_config
-from vdp_ray.export import Export, write_export
+from vdp_ray.export import Export, provenance, write_export
 from vdp_ray.fsutil import OutputError, old_of
 from vdp_ray.models import build_denoiser
 
@@ -40,3 +40,14 @@ def test_export_round_trip_and_replacement(tmp_path):
 def test_not_an_export_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not an export \(missing model\.safetensors\)"):
         Export(tmp_path)
+
+
+def test_provenance_says_which_weights_an_export_holds_and_when_training_did_not_help():
+    assert provenance({"steps": 20}) == "the weights after 20 steps"
+    chosen = {"steps": 500, "trained_steps": 718, "selected_by": {"metric": "val/psnr_gain", "value": 3.5, "step": 500}}
+    assert provenance(chosen) == "the EMA weights of step 500 of 718, best on val/psnr_gain (+3.5)"
+    start = {**chosen, "steps": 0, "selected_by": {"metric": "val/psnr_gain", "value": 13.18, "step": 0}}
+    words = provenance(start)
+    assert words.startswith("the EMA weights of step 0 of 718, best on val/psnr_gain (+13.18)")
+    assert "training did not beat the untrained model on validation" in words
+    assert "did not beat" not in provenance({**start, "trained_steps": 0})  # nothing trained yet: nothing to say

@@ -95,6 +95,24 @@ def with_vae(cfg: Config, vae_dir: str | Path, changes: dict | None = None) -> C
     return cfg.updated({**(changes or {}), "vae.export": str(vae_dir), **geometry})
 
 
+def provenance(meta: dict) -> str:
+    """Which weights an export holds, in words, from its ``meta.json``: the step and, under ``train.select_by``,
+    the validation score that chose it. An export of step 0 after training is said plainly: training did not
+    beat the untrained model (copy-last, or the motion estimate) on validation."""
+    steps = meta.get("steps")
+    trained = meta.get("trained_steps", steps)
+    chosen = meta.get("selected_by")
+    if steps is None:
+        return "no training record"
+    if not chosen:
+        return f"the weights after {steps} steps"
+    words = f"the EMA weights of step {steps} of {trained}, best on {chosen['metric']} ({chosen['value']:+.4g})"
+    if steps == 0 and trained:
+        words += ("; training did not beat the untrained model on validation, so the export is where it started "
+                  "(a longer run, or more data, may)")  # fmt: skip
+    return words
+
+
 class Export:
     """A loaded export: config, metadata and the network(s), on the CPU in fp32."""
 

@@ -35,8 +35,14 @@ def run_train(args) -> int:
     except TrainingError as exc:
         print(f"vdp train: {exc}", file=sys.stderr)
         return 1
+    import json
+    from pathlib import Path
+
+    from ..export import META, provenance
+
     for stage, path in exports.items():
-        print(f"{stage}: export in {path}")
+        meta = json.loads((Path(path) / META).read_text())
+        print(f"{stage}: export in {path}: {provenance(meta)}")
     return 0
 
 
