@@ -16,6 +16,18 @@ def test_identical_frames_give_the_capped_psnr_and_unit_ssim():
     assert torch.allclose(ssim(x, x), torch.ones(2, 3))
 
 
+def test_no_frame_scores_above_the_precision_of_8_bit_video():
+    """The cap is the PSNR of rounding to 8 bits: a frame right to within float error scores no more than one
+    rounded to whole grey levels, and both score (about) the cap; a grey level off everywhere scores less."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 2, 64, 64, generator=g) * 2 - 1
+    rounded = torch.round((x + 1) * 127.5) / 127.5 - 1
+    assert PSNR_CAP == pytest.approx(58.92, abs=0.01)
+    assert (psnr(x + 1e-6, x) == PSNR_CAP).all()
+    assert psnr(rounded, x).mean().item() == pytest.approx(PSNR_CAP, abs=0.1)
+    assert (psnr(x + 2 / 255, x) < PSNR_CAP - 10).all()  # one grey level off: 48.1 dB
+
+
 def test_known_noise_level_gives_the_known_psnr():
     g = torch.Generator().manual_seed(0)
     truth = torch.zeros(1, 1, 4, 64, 64)
