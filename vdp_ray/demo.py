@@ -199,8 +199,8 @@ def _report(metrics: dict, out: Path, export: Path) -> None:
         f"SSIM {metrics['ssim_gain']:+.3f}, identity {'n/a' if identity is None else f'{identity:.2f}'})"
     )
     print(f"{out}/metrics.json  {out}/prediction.gif  {out}/prediction.png  {out}/psnr_per_frame.png")
-    from .export import META, provenance
+    from .export import Export, provenance
 
-    print(f"export: {export} ({provenance(json.loads((export / META).read_text()))})")
+    print(f"export: {export} ({provenance(Export(export).meta)})")
     print(f"TensorBoard: tensorboard --logdir {out / 'run' / 'tb'}")
     print(f"total {demo['total_minutes']:.1f} min (training {demo['training']['minutes']:.1f} min)")

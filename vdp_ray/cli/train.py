@@ -35,14 +35,10 @@ def run_train(args) -> int:
     except TrainingError as exc:
         print(f"vdp train: {exc}", file=sys.stderr)
         return 1
-    import json
-    from pathlib import Path
-
-    from ..export import META, provenance
+    from ..export import Export, provenance
 
     for stage, path in exports.items():
-        meta = json.loads((Path(path) / META).read_text())
-        print(f"{stage}: export in {path}: {provenance(meta)}")
+        print(f"{stage}: export in {path}: {provenance(Export(path).meta)}")
     return 0
 
 
