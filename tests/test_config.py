@@ -162,17 +162,19 @@ def test_an_elastic_worker_range_sets_min_and_max_workers():
         (["data.channels=2"], "data.channels: 2 is not allowed; expected one of [1, 3]"),
         (["model.preset=huge"], "model.preset: unknown unet3d preset 'huge'"),
         (
-            ["diffusion.prediction_type=eps", "diffusion.zero_terminal_snr=true", "diffusion.residual=false"],
+            ["diffusion.prediction_type=eps", "diffusion.zero_terminal_snr=true", "diffusion.anchor=none"],
             "diffusion.zero_terminal_snr: needs diffusion.prediction_type v or x0",
         ),
         (
-            ["diffusion.objective=flow", "diffusion.prediction_type=eps", "diffusion.residual=false"],
+            ["diffusion.objective=flow", "diffusion.prediction_type=eps", "diffusion.anchor=none"],
             "diffusion.prediction_type: eps cannot be sampled under diffusion.objective flow",
         ),
         (["diffusion.objective=rf"], "diffusion.objective: 'rf' is not allowed"),
-        (["diffusion.motion_kernel=4"], "diffusion.motion_kernel (4): needs an odd size"),
-        (["diffusion.motion_kernel=3", "diffusion.residual=false"], "and diffusion.residual: true"),
-        (["diffusion.anchor=motion"], "diffusion.anchor: motion needs diffusion.motion_kernel"),
+        (["diffusion.motion_kernel=4"], "diffusion.motion_kernel must be 0 or odd (3, 5, 7, ...), got 4"),
+        (["diffusion.motion_kernel=3", "diffusion.anchor=none"], "diffusion.motion_kernel needs an anchor to move"),
+        (["diffusion.anchor=motion"], "diffusion.anchor: motion needs motion kernels"),
+        (["diffusion.motion_kernel=3", "diffusion.residual=false"], "diffusion.residual is the older form of"),
+        (["diffusion.residual=maybe"], "diffusion.residual: expected true or false"),
         (["train.select_by=val/psnr"], "train.select_by: 'val/psnr' is not allowed"),
         (["diffusion.masks.context_max=16"], "diffusion.masks.context_max (16) must be < data.frames (16)"),
         (
@@ -276,3 +278,18 @@ def test_a_storage_uri_for_run_dir_is_refused_before_any_work():
     with pytest.raises(ConfigError, match=r"write the path itself \(/tmp/runs/a\)"):
         load_config(None, ["run.dir=file:///tmp/runs/a"])
     assert load_config(None, ["run.dir=/mnt/shared/runs/a"]).run.dir == "/mnt/shared/runs/a"
+
+
+def test_the_retired_residual_key_loads_as_the_anchor_it_meant_and_says_so(tmp_path):
+    old = tmp_path / "old.yaml"  # an export's config.yaml from before diffusion.anchor took none
+    old.write_text("diffusion:\n  residual: false\n  prediction_type: v\n")
+    with pytest.warns(
+        FutureWarning, match=r"diffusion\.residual: false is an older key, read as diffusion\.anchor: none"
+    ):
+        assert load_config(old).diffusion.anchor == "none"
+    old.write_text("diffusion:\n  residual: true\n  anchor: motion\n  motion_kernel: 5\n")
+    with pytest.warns(FutureWarning, match=r"read as diffusion\.anchor: motion"):
+        cfg = load_config(old)
+    assert (cfg.diffusion.anchor, cfg.diffusion.motion_kernel) == ("motion", 5)
+    with pytest.raises(ConfigError, match=r"diffusion\.residual: true contradicts"):
+        load_config(None, ["diffusion.residual=true", "diffusion.anchor=none"])

@@ -28,6 +28,11 @@ def test_diffusion_never_imports_models_or_ray():
     assert "vdp_ray.models" not in mods and "ray" not in mods and "deepspeed" not in mods
 
 
+def test_the_anchor_knows_neither_models_nor_diffusion():
+    mods = imported_after("import vdp_ray.anchor")
+    assert "vdp_ray.models" not in mods and "vdp_ray.diffusion" not in mods and "ray" not in mods
+
+
 def test_importing_the_package_is_cheap():
     mods = imported_after("import vdp_ray, vdp_ray.config")
     assert "torch" not in mods and "ray" not in mods

@@ -39,10 +39,10 @@ def sweep_file(tmp_path: Path, digits: Path, **changes) -> Path:
             "data.val": str(digits / "val"),
             **{f"train.{k}": v for k, v in TRIAL.items()},
             "sampling.steps": 4,
-            # without the residual parametrisation an untrained model is far from the data, so a learning rate
-            # that cannot learn scores worse than one that does; with it, both start at copy-last and ten
-            # steps need not separate them (on CI the bad rate's trials outscored the good ones)
-            "diffusion.residual": False,
+            # without an anchor an untrained model is far from the data, so a learning rate that cannot learn
+            # scores worse than one that does; with one, both start at copy-last and ten steps need not
+            # separate them (on CI the bad rate's trials outscored the good ones)
+            "diffusion.anchor": "none",
         },
         "scheduler": {"asha": {"grace_period": 5, "reduction_factor": 2}},
         "max_concurrent_trials": 2,

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from demo_recipe import clips
 
+from vdp_ray.anchor import estimate_motion
 from vdp_ray.data.moving_digits import moving_digits_clip
-from vdp_ray.diffusion.motion_prior import motion_prior
 from vdp_ray.evaluate import identity
 from vdp_ray.pixels import clips_to_uint8
 
@@ -127,7 +127,7 @@ def estimate_by_kind(n: int) -> dict:
     test = clips(n, SEED, FRAMES, SIZE, (1, 2), metas)
     mask = torch.zeros(n, FRAMES, dtype=torch.bool)
     mask[:, :GIVEN] = True
-    built = torch.cat([motion_prior(test[i : i + 32], mask[i : i + 32], 5)[1] for i in range(0, n, 32)])
+    built = torch.cat([estimate_motion(test[i : i + 32], mask[i : i + 32], 5).clip for i in range(0, n, 32)])
     u8, last = clips_to_uint8(test), FRAMES - 1
     read = identity(metas, u8[:, GIVEN - 1], clips_to_uint8(built.clamp(-1, 1))[:, last], u8[:, last], last, SIZE)
     kinds = []

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from demo_recipe import clips, pan_clips
 
-from vdp_ray.diffusion.motion_prior import motion_prior
+from vdp_ray.anchor import estimate_motion
 from vdp_ray.evaluate import identity
 from vdp_ray.metrics import psnr, ssim
 from vdp_ray.pixels import clips_to_uint8
@@ -34,7 +34,8 @@ def score(test: torch.Tensor, k: int, kernel: int, metas=None) -> dict:
     mask = torch.zeros(len(test), test.shape[2], dtype=torch.bool)
     mask[:, :k] = True
     start = time.perf_counter()
-    built = torch.cat([motion_prior(test[i : i + 32], mask[i : i + 32], kernel)[1] for i in range(0, len(test), 32)])
+    batches = range(0, len(test), 32)
+    built = torch.cat([estimate_motion(test[i : i + 32], mask[i : i + 32], kernel).clip for i in batches])
     ms = (time.perf_counter() - start) * 1000 / len(test)
     pred, truth = built[:, :, k:].clamp(-1, 1), test[:, :, k:]
     copy = test[:, :, k - 1 : k].expand_as(truth)

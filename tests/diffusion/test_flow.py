@@ -42,7 +42,7 @@ def test_every_prediction_type_converts_back_exactly(flow, ptype):
 
 
 def test_the_flow_path_and_its_velocity():
-    fm = FlowMatching(1000, "v")
+    fm = FlowMatching(prediction_type="v", anchor="none")
     x0, noise = torch.full((3, 1, 2, 1, 1), 2.0), torch.full((3, 1, 2, 1, 1), -1.0)
     t = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
     x_t = fm.q_sample(x0, t, noise)
@@ -53,17 +53,21 @@ def test_the_flow_path_and_its_velocity():
 
 def test_logit_normal_times_with_the_resolution_shift():
     g = torch.Generator().manual_seed(0)
-    plain = FlowMatching(1000, "v", shift=1.0).draw_times(20000, g, "cpu", (1, 1, 8, 32, 32))
+    plain = FlowMatching(prediction_type="v", flow_shift=1.0, anchor="none").draw_times(
+        20000, g, "cpu", (1, 1, 8, 32, 32)
+    )
     assert plain.median().item() == pytest.approx(0.5, abs=0.01)  # sigmoid(N(0, 1)): median 1/2
     assert plain.min() > 0 and plain.max() < 1
-    shifted = FlowMatching(1000, "v", shift=3.0).draw_times(20000, g, "cpu", (1, 1, 8, 32, 32))
+    shifted = FlowMatching(prediction_type="v", flow_shift=3.0, anchor="none").draw_times(
+        20000, g, "cpu", (1, 1, 8, 32, 32)
+    )
     assert shifted.median().item() == pytest.approx(0.75, abs=0.01)  # 3 * 0.5 / (1 + 2 * 0.5)
     assert resolution_shift((1, 3, 8, 32, 32)) == 1.0
     assert resolution_shift((1, 3, 16, 64, 64)) == pytest.approx(math.sqrt(8))  # 8x the elements: sqrt(8)
     assert resolution_shift((1, 3, 2, 8, 8)) == 0.5  # within the range
-    auto = FlowMatching(1000, "v").draw_times(20000, g, "cpu", (1, 1, 16, 64, 64))
+    auto = FlowMatching(prediction_type="v", anchor="none").draw_times(20000, g, "cpu", (1, 1, 16, 64, 64))
     assert auto.median().item() == pytest.approx(shift_times(0.5, math.sqrt(8)), abs=0.01)
-    times = FlowMatching(1000, "v", shift=3.0).sampling_times(4, "trailing", None, SHAPE)
+    times = FlowMatching(prediction_type="v", flow_shift=3.0, anchor="none").sampling_times(4, "trailing", None, SHAPE)
     assert times == pytest.approx([1.0, shift_times(0.75, 3.0), shift_times(0.5, 3.0), shift_times(0.25, 3.0)])
 
 
@@ -71,21 +75,25 @@ def test_both_objectives_draw_uniform_or_logit_normal_times():
     """diffusion.times: DDPM defaults to uniform timesteps, flow to logit-normal; either takes the other, and a
     positive logit mean favours the noisy end (median sigmoid(mean))."""
     g = torch.Generator().manual_seed(0)
-    ddpm = GaussianDiffusion("cosine", 1000, "x0").draw_times(20000, g, "cpu", SHAPE)
+    ddpm = GaussianDiffusion(prediction_type="x0", anchor="none").draw_times(20000, g, "cpu", SHAPE)
     assert ddpm.dtype == torch.int64 and ddpm.float().median().item() == pytest.approx(500, abs=15)
-    noisy = GaussianDiffusion("cosine", 1000, "x0", times="logit_normal", logit_mean=1.0).draw_times(20000, g, "cpu",
-                                                                                                     SHAPE)  # fmt: skip
+    noisy_times = GaussianDiffusion(prediction_type="x0", times="logit_normal", time_logit_mean=1.0, anchor="none")
+    noisy = noisy_times.draw_times(20000, g, "cpu", SHAPE)
     assert noisy.min() >= 0 and noisy.max() <= 999 and noisy.dtype == torch.int64
     assert noisy.float().median().item() == pytest.approx(1000 * torch.sigmoid(torch.tensor(1.0)).item(), abs=15)
-    flat = FlowMatching(1000, "v", shift=1.0, times="uniform").draw_times(20000, g, "cpu", SHAPE)
+    flat = FlowMatching(prediction_type="v", flow_shift=1.0, times="uniform", anchor="none").draw_times(
+        20000, g, "cpu", SHAPE
+    )
     assert flat.quantile(0.1).item() == pytest.approx(0.1, abs=0.01)  # uniform: deciles at 0.1, 0.2, ...
-    with pytest.raises(ValueError, match="training times must be one of uniform, logit_normal"):
-        GaussianDiffusion(times="beta")
+    with pytest.raises(
+        ValueError, match=r"diffusion.times: .beta. is not allowed; expected one of \[.uniform., .logit_normal.\]"
+    ):
+        GaussianDiffusion(times="beta", anchor="none")
 
 
 def transported(sampler, steps, ptype="v"):
     """Sample N(MU, S^2) data with the exact velocity field; return the error against the exact flow map."""
-    fm = FlowMatching(1000, ptype, shift=1.0)
+    fm = FlowMatching(prediction_type=ptype, flow_shift=1.0, anchor="none")
     oracle = GaussianOracle(fm, MU, S)
     x = sample(oracle, fm, SHAPE, settings=settings(sampler=sampler, steps=steps),
                generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # fmt: skip
@@ -116,7 +124,7 @@ def test_euler_converges_at_first_order_and_heun_faster():
 
 @pytest.mark.parametrize("sampler", ["dpm++", "ddpm"])
 def test_the_other_samplers_recover_the_distribution_on_a_flow_path(sampler):
-    fm = FlowMatching(1000, "v", shift=1.0)
+    fm = FlowMatching(prediction_type="v", flow_shift=1.0, anchor="none")
     x = sample(GaussianOracle(fm, MU, S), fm, SHAPE, settings=settings(sampler=sampler, steps=200),
                generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # fmt: skip
     assert x.mean().item() == pytest.approx(MU, abs=0.01)
@@ -125,7 +133,7 @@ def test_the_other_samplers_recover_the_distribution_on_a_flow_path(sampler):
 
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
 def test_heun_and_euler_on_ddpm_recover_the_distribution(sampler):
-    d = GaussianDiffusion("cosine", 1000, "v")
+    d = GaussianDiffusion(prediction_type="v", anchor="none")
     x = sample(GaussianOracle(d, MU, S), d, SHAPE, settings=settings(sampler=sampler, steps=100),
                generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # fmt: skip
     assert x.mean().item() == pytest.approx(MU, abs=0.01)
@@ -138,7 +146,7 @@ def test_a_perfect_flow_model_has_zero_loss_and_samples_the_truth(residual):
     the nearest given frame) trains to zero loss and its samples are the clip, with guidance too."""
     g = torch.Generator().manual_seed(0)
     truth = torch.rand(2, 1, 5, 4, 4, generator=g) * 2 - 1
-    fm = FlowMatching(1000, "v", residual=residual)
+    fm = FlowMatching(prediction_type="v", anchor="last" if residual else "none")
     mask = prediction_mask(2, 5, 2)
 
     def model(x, t, m):  # the exact velocity at (x, t), or the exact residual
@@ -157,7 +165,7 @@ def test_a_perfect_flow_model_has_zero_loss_and_samples_the_truth(residual):
 
 
 def test_refine_on_a_flow_path_starts_at_its_strength():
-    fm = FlowMatching(1000, "v", shift=1.0)
+    fm = FlowMatching(prediction_type="v", flow_shift=1.0, anchor="none")
     init = torch.full((500, 1, 2, 2, 2), 0.8)
     oracle = GaussianOracle(fm, MU, S)
     light = sample(oracle, fm, init.shape, settings=settings(sampler="euler", steps=10), init=init, strength=0.05,
@@ -167,8 +175,8 @@ def test_refine_on_a_flow_path_starts_at_its_strength():
     assert (light - init).abs().mean() < 0.05 < (heavy - init).abs().mean()
 
 
-@pytest.mark.parametrize("process", [GaussianDiffusion("cosine", 1000, "v", context_noise=0.1, residual=True),
-                                     FlowMatching(1000, "v", context_noise=0.1, residual=True)])  # fmt: skip
+@pytest.mark.parametrize("process", [GaussianDiffusion(prediction_type="v", context_noise=0.1),
+                                     FlowMatching(prediction_type="v", context_noise=0.1)])  # fmt: skip
 def test_given_frames_are_noised_in_training_and_the_network_is_told_the_level(process):
     g = torch.Generator().manual_seed(0)
     clips = torch.rand(64, 1, 4, 2, 2, generator=g) * 2 - 1

@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from vdp_ray.diffusion import GaussianDiffusion, convert, min_snr_weight, target_for, to_x0_eps
-from vdp_ray.diffusion.objectives import snr
+from vdp_ray.diffusion import GaussianDiffusion, min_snr_weight_as, split_as, target_as
 
 TYPES = ["eps", "v", "x0"]
 
@@ -16,10 +15,11 @@ def test_prediction_types_round_trip(src, dst, dtype):
     ab = make_ab(dtype)
     x0, eps = torch.randn(64, 3, 4, 1, 1, dtype=dtype), torch.randn(64, 3, 4, 1, 1, dtype=dtype)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-    pred = target_for(src, x0, eps, ab)
-    there = convert(pred, src, dst, x_t, ab)
-    assert torch.allclose(there, target_for(dst, x0, eps, ab), atol=1e-5, rtol=1e-5)
-    back = convert(there, dst, src, x_t, ab)
+    a, s = ab.sqrt(), (1 - ab).sqrt()
+    pred = target_as(src, x0, eps, a, s)
+    there = target_as(dst, *split_as(pred, src, x_t, a, s), a, s)  # src -> (x0, eps) -> dst
+    assert torch.allclose(there, target_as(dst, x0, eps, a, s), atol=1e-5, rtol=1e-5)
+    back = target_as(src, *split_as(there, dst, x_t, a, s), a, s)
     assert torch.allclose(back, pred, atol=1e-5, rtol=1e-5)
 
 
@@ -28,7 +28,8 @@ def test_targets_imply_the_clean_sample_and_noise(ptype):
     ab = make_ab(torch.float64)
     x0, eps = torch.randn(64, 3, 4, 1, 1, dtype=torch.float64), torch.randn(64, 3, 4, 1, 1, dtype=torch.float64)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-    got_x0, got_eps = to_x0_eps(target_for(ptype, x0, eps, ab), ptype, x_t, ab)
+    a, s = ab.sqrt(), (1 - ab).sqrt()
+    got_x0, got_eps = split_as(target_as(ptype, x0, eps, a, s), ptype, x_t, a, s)
     assert torch.allclose(got_x0, x0, atol=1e-8) and torch.allclose(got_eps, eps, atol=1e-8)
 
 
@@ -43,11 +44,11 @@ def test_min_snr_weights_agree_across_prediction_types(gamma):
     # weighted losses of all three types must equal min(SNR, gamma) * delta^2 (Hang et al. 2023).
     ab = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
     delta = torch.randn(50, dtype=torch.float64)
-    s = snr(ab)
-    mse = {"x0": delta**2, "eps": delta**2 * s, "v": delta**2 * (s + 1)}
-    expected = s.clamp(max=gamma) * delta**2
+    snr = ab / (1 - ab)
+    mse = {"x0": delta**2, "eps": delta**2 * snr, "v": delta**2 * (snr + 1)}
+    expected = snr.clamp(max=gamma) * delta**2
     for ptype in TYPES:
-        assert torch.allclose(min_snr_weight(ab, gamma, ptype) * mse[ptype], expected)
+        assert torch.allclose(min_snr_weight_as(ab.sqrt(), (1 - ab).sqrt(), gamma, ptype) * mse[ptype], expected)
 
 
 class EchoTarget:
@@ -59,15 +60,15 @@ class EchoTarget:
 
     def __call__(self, x_t, t, frame_mask):
         self.seen = (x_t.clone(), t.clone(), frame_mask.clone())
-        ab = self.d.alpha_bar_at(t.long(), x_t)
-        out = target_for(self.d.prediction_type, self.x0, self.noise, ab).clone()
+        a, s = self.d.coefficients(t.long(), x_t)
+        out = target_as(self.d.prediction_type, self.x0, self.noise, a, s).clone()
         out[:, :, self.garbage] = 1e3
         return out
 
 
 @pytest.mark.parametrize("ptype", TYPES)
 def test_loss_covers_only_frames_not_given(ptype):
-    d = GaussianDiffusion("cosine", 1000, ptype, min_snr_gamma=5.0)
+    d = GaussianDiffusion(prediction_type=ptype, min_snr_gamma=5.0, anchor="none")
     x0, noise = torch.randn(4, 2, 6, 4, 4), torch.randn(4, 2, 6, 4, 4)
     mask = torch.zeros(4, 6, dtype=torch.bool)
     mask[:, :2] = True

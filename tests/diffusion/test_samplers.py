@@ -49,7 +49,7 @@ CASES = [  # sampler, steps, relative tolerance on the std (first-order samplers
     [("cosine", "eps", False), ("cosine", "v", False), ("linear", "x0", False), ("linear", "v", True)],
 )
 def test_oracle_denoiser_recovers_the_data_distribution(sampler, steps, tol, schedule, ptype, zero_snr):
-    d = GaussianDiffusion(schedule, 1000, ptype, zero_snr)
+    d = GaussianDiffusion(schedule=schedule, prediction_type=ptype, zero_terminal_snr=zero_snr, anchor="none")
     oracle = GaussianOracle(d, MU, S)
     x = sample(oracle, d, SHAPE, settings=settings(sampler=sampler, steps=steps),
                generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # fmt: skip
@@ -59,7 +59,7 @@ def test_oracle_denoiser_recovers_the_data_distribution(sampler, steps, tol, sch
 
 
 def test_samplers_converge_as_steps_grow():
-    d = GaussianDiffusion("cosine", 1000, "v")
+    d = GaussianDiffusion(prediction_type="v", anchor="none")
     errors = []
     for steps in (10, 40, 160):
         x = sample(
@@ -76,7 +76,7 @@ def test_samplers_converge_as_steps_grow():
 
 def test_ddpm_is_ddim_with_eta_one():
     # The respaced DDPM posterior (Ho et al. eqs. 6-7) and DDIM's eq. 12 at eta = 1 are the same kernel.
-    d = GaussianDiffusion("cosine", 1000, "eps")
+    d = GaussianDiffusion(prediction_type="eps", anchor="none")
     a = sample(
         GaussianOracle(d, MU, S),
         d,
@@ -98,7 +98,7 @@ def test_ddpm_is_ddim_with_eta_one():
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
 def test_given_frames_come_back_unchanged_and_seeds_reproduce(sampler):
-    d = GaussianDiffusion("cosine", 1000, "v")
+    d = GaussianDiffusion(prediction_type="v", anchor="none")
     context = torch.rand(3, 2, 6, 4, 4) * 2 - 1
     mask = prediction_mask(3, 6, 2)
     run = lambda seed: sample(
@@ -120,7 +120,7 @@ def test_given_frames_come_back_unchanged_and_seeds_reproduce(sampler):
 def test_the_sampler_state_stays_fp32_when_the_network_answers_in_half(sampler):
     """Under autocast (the Predictor on a GPU) the network answers in fp16/bf16: the state, the schedule's
     arithmetic and the returned clip stay fp32, and match an fp32 network to half precision."""
-    d = GaussianDiffusion("cosine", 1000, "v")
+    d = GaussianDiffusion(prediction_type="v", anchor="none")
     context = torch.rand(2, 2, 6, 4, 4) * 2 - 1
     oracle = GaussianOracle(d, MU, S)
     cond = Condition.first_frames(context[:, :, :2], 6)
@@ -150,7 +150,7 @@ class Recorder:
 
 
 def test_conditioning_and_guidance_wiring():
-    d = GaussianDiffusion("cosine", 1000, "eps")
+    d = GaussianDiffusion(prediction_type="eps", anchor="none")
     context = torch.full((2, 1, 4, 2, 2), 0.25)
     mask = prediction_mask(2, 4, 1)
     net = Recorder()
@@ -173,7 +173,7 @@ def test_conditioning_and_guidance_wiring():
 def test_guidance_extrapolates_from_unconditional():
     from vdp_ray.diffusion import ConditionedDenoiser
 
-    d = GaussianDiffusion("cosine", 1000, "x0")
+    d = GaussianDiffusion(prediction_type="x0", anchor="none")
 
     def net(x, t, m):  # 1 where the sample is conditioned, 0 under the null condition
         cond = torch.zeros(x.shape[0]) if m is None else m.any(1).float()
@@ -186,7 +186,7 @@ def test_guidance_extrapolates_from_unconditional():
 
 
 def test_refine_keeps_low_strength_close_to_the_input():
-    d = GaussianDiffusion("cosine", 1000, "v")
+    d = GaussianDiffusion(prediction_type="v", anchor="none")
     init = torch.full((500, 1, 2, 2, 2), 0.8)
     oracle = GaussianOracle(d, MU, S)
     light = sample(oracle, d, init.shape, settings=settings(steps=10), init=init, strength=0.05,
@@ -207,7 +207,7 @@ def test_refine_keeps_low_strength_close_to_the_input():
     ],
 )
 def test_bad_sampling_arguments(kwargs, message):
-    d = GaussianDiffusion("cosine", 1000, "v")
+    d = GaussianDiffusion(prediction_type="v", anchor="none")
     with pytest.raises(ValueError, match=message):
         sample(GaussianOracle(d, MU, S), d, (1, 1, 2, 1, 1), **kwargs())
 
@@ -220,7 +220,7 @@ def test_residual_x0_model_gets_its_anchor_back(guidance):
 
     g = torch.Generator().manual_seed(0)
     truth = torch.rand(2, 1, 5, 4, 4, generator=g) * 2 - 1
-    diffusion = GaussianDiffusion("cosine", 100, "x0", zero_terminal_snr=True, residual=True)
+    diffusion = GaussianDiffusion(num_timesteps=100, prediction_type="x0", zero_terminal_snr=True)
 
     def model(x, t, mask):  # CFG calls it on [cond; uncond] stacked: rows without given frames get no anchor
         reps = x.shape[0] // truth.shape[0]

@@ -119,10 +119,10 @@ def test_a_window_folded_into_channels_is_a_2d_unet_over_the_clip():
 
 
 @pytest.mark.parametrize("kw", [dict(patch=2), dict(patch=1), dict(patch=2, fold_frames=4)])
-def test_a_pointwise_head_adds_output_channels_that_start_at_zero(kw):
+def test_an_extra_head_adds_output_channels_that_start_at_zero(kw):
     """The extra channels (motion weights) come after the regular ones, in the same (N, C, T, H, W) layout, per
     pixel and frame, whatever the patch and frame folding."""
-    net = small_unet(pointwise_channels=9, **kw)
+    net = small_unet(extra_channels=9, **kw)
     x = torch.randn(2, 2, 4, 16, 16)
     out = net(x, torch.rand(2) * 999)
     assert out.shape == (2, 2 + 9, 4, 16, 16) and out.abs().max() == 0

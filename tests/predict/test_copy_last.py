@@ -7,8 +7,8 @@ import torch
 from support.exports import PIXEL, ROOT
 
 from vdp_ray import Predictor
+from vdp_ray.anchor import estimate_motion
 from vdp_ray.config import load_config
-from vdp_ray.diffusion.motion_prior import motion_prior
 from vdp_ray.export import write_export
 from vdp_ray.models import build_denoiser, build_vae
 from vdp_ray.pixels import clips_to_model, clips_to_uint8
@@ -62,7 +62,7 @@ def test_a_fresh_dit_predicts_the_last_given_latent(tmp_path, objective, ptype, 
         z_full = torch.cat([z, z[:, :, -1:].repeat(1, 1, p.latent.latent_frames(frames) - kl, 1, 1)], dim=2)
         if anchor == "motion":
             mask = torch.arange(z_full.shape[2])[None] < kl
-            z_full = motion_prior(z_full, mask, kernel)[1]
+            z_full = estimate_motion(z_full, mask, kernel).clip
         expected = clips_to_uint8(p.latent.decode(z_full).clamp(-1, 1))[:, k:]
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1  # decoder arithmetic: one grey level at most
 

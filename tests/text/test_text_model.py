@@ -112,7 +112,7 @@ class _Probe(torch.nn.Module):
 
 @pytest.mark.parametrize(("g_ctx", "g_txt"), [(1.0, 1.0), (3.0, 1.0), (1.0, 4.0), (3.0, 4.0)])
 def test_guidance_on_context_and_text_combines_the_branches_as_documented(g_ctx, g_txt):
-    diffusion = GaussianDiffusion("cosine", 100, "x0")
+    diffusion = GaussianDiffusion(num_timesteps=100, prediction_type="x0", anchor="none")
     n, frames = 2, 4
     x = torch.randn(n, 1, frames, 2, 2)
     mask = torch.zeros(n, frames, dtype=torch.bool)

@@ -66,26 +66,23 @@ def _check_training(cfg) -> None:
 def _check_diffusion(cfg) -> None:
     d, df = cfg.data, cfg.diffusion
     frames = d.frames
-    eps_net = df.prediction_type == "eps" and not df.residual  # a network that outputs the noise
+    from ..anchor import Anchor  # the anchor checks its own choice (imports torch: only when a config is checked)
+
+    try:
+        anchor = Anchor.of_config(df)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    eps_net = df.prediction_type == "eps" and not anchor.predicts_change  # a network that outputs the noise
     if eps_net and df.zero_terminal_snr and df.objective == "ddpm":
         raise ConfigError(
-            "diffusion.zero_terminal_snr: needs diffusion.prediction_type v or x0, or diffusion.residual (an eps "
-            "network carries no information about the clip at SNR 0, Lin et al. 2024)"
+            "diffusion.zero_terminal_snr: needs diffusion.prediction_type v or x0, or an anchor (diffusion.anchor: "
+            "last or motion): an eps network carries no information about the clip at SNR 0 (Lin et al. 2024)"
         )
     if eps_net and df.objective == "flow":
         raise ConfigError(
             "diffusion.prediction_type: eps cannot be sampled under diffusion.objective flow (the path starts at pure "
-            "noise, where the noise says nothing about the clip): use v (the velocity) or x0, or diffusion.residual"
-        )
-    if df.motion_kernel and (df.motion_kernel % 2 == 0 or not df.residual):
-        raise ConfigError(
-            f"diffusion.motion_kernel ({df.motion_kernel}): needs an odd size (3, 5, 7, ...) and diffusion.residual: "
-            "true (the kernels move the nearest given frame); 0 turns it off"
-        )
-    if df.anchor == "motion" and not df.motion_kernel:
-        raise ConfigError(
-            "diffusion.anchor: motion needs diffusion.motion_kernel (e.g. 5 or 7: the motion per frame it can carry "
-            "is K // 2 pixels) and diffusion.residual: true"
+            "noise, where the noise says nothing about the clip): use v (the velocity) or x0, or an anchor "
+            "(diffusion.anchor: last or motion)"
         )
     mk = df.masks
     if sum(mk.probs().values()) <= 0:

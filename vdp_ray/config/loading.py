@@ -4,6 +4,7 @@ move still load)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import yaml
@@ -99,8 +100,9 @@ def set_key(values: dict, key: str, value, what: str | None = None) -> None:
 
 
 def normalise(values: dict) -> dict:
-    """Plain values in today's key layout: moved keys under their new names, the elastic shorthand expanded."""
-    return _elastic_shorthand(_moved_keys(values))
+    """Plain values in today's key layout: moved keys under their new names, retired keys read into the ones that
+    replaced them, the elastic shorthand expanded."""
+    return _elastic_shorthand(_retired_residual(_moved_keys(values)))
 
 
 def describe_keys(prefix: str = "") -> list[tuple[str, str, str, str]]:
@@ -128,6 +130,29 @@ def _moved_keys(values: dict) -> dict:
             raise ConfigError(f"{old} and {new} both set: {old} is the older name of {new}; keep only {new}")
         target[new_key] = section.pop(old_key)
     return out
+
+
+def _retired_residual(values: dict) -> dict:
+    """``diffusion.residual`` (true/false), retired when the anchor became one key: false is ``diffusion.anchor:
+    none``; true is the anchor as set (``last`` unless told). Exports written before it still load, with a warning
+    that names both keys."""
+    section = values.get("diffusion") if isinstance(values, dict) else None
+    if not isinstance(section, dict) or "residual" not in section:
+        return values
+    section = dict(section)
+    residual, anchor = section.pop("residual"), section.get("anchor")
+    if not isinstance(residual, bool):
+        raise ConfigError(f"diffusion.residual: expected true or false, got {residual!r} (an older key: use "
+                          "diffusion.anchor: none, last or motion)")  # fmt: skip
+    if (residual and anchor == "none") or (not residual and (anchor == "motion" or section.get("motion_kernel"))):
+        raise ConfigError(f"diffusion.residual: {str(residual).lower()} contradicts diffusion.anchor / "
+                          "diffusion.motion_kernel: diffusion.residual is the older form of diffusion.anchor "
+                          "(false = none); keep only diffusion.anchor")  # fmt: skip
+    if not residual:
+        section["anchor"] = "none"
+    warnings.warn(f"diffusion.residual: {str(residual).lower()} is an older key, read as diffusion.anchor: "
+                  f"{section.get('anchor', 'last')}; write that instead", FutureWarning, stacklevel=2)  # fmt: skip
+    return {**values, "diffusion": section}
 
 
 def _elastic_shorthand(values: dict) -> dict:

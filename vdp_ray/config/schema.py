@@ -166,23 +166,22 @@ class DiffusionConfig:
                              le=10000)  # fmt: skip
     zero_terminal_snr: bool = opt(False, "Rescale the schedule to SNR 0 at the last step (ddpm; needs v or x0).")
     prediction_type: str = opt("v", "The objective's space: what the loss compares (eps, x0, or v: the VP v, or the "
-                               "velocity under flow). Without diffusion.residual it is also what the network "
+                               "velocity under flow). With diffusion.anchor none it is also what the network "
                                "outputs.", choices=PREDICTION_TYPES)  # fmt: skip
     min_snr_gamma: float | None = opt(None, "Min-SNR-gamma loss weighting (e.g. 5); off when unset.", gt=0.0)
-    residual: bool = opt(True, "The network predicts the clean clip as a change from the nearest given frame (for "
-                         "every prediction_type; the loss stays in its space). Its output layers start at zero, so "
-                         "an untrained model predicts the last given frame (copy-last).")  # fmt: skip
-    motion_kernel: int = opt(0, "With diffusion.residual: the network also predicts, per frame and pixel, the "
-                             "weights of a K x K neighbourhood that moves the previous frame (from the nearest given "
-                             "one) before the change is added, so moving content keeps its shape; K // 2 pixels of "
-                             "motion per frame. Odd; 0 = off. The weights start as the identity (copy-last).",
-                             ge=0, le=15)  # fmt: skip
-    anchor: str = opt("last", "With diffusion.motion_kernel: what the motion weights start from. last: the identity, "
-                      "so an untrained model predicts the last given frame (copy-last); motion: the motion of the "
-                      "given frames carried on (block matching between consecutive frames, a straight line "
-                      "through each pixel's path over the given frames, whole-pixel steps along it), so an "
-                      "untrained model already extrapolates moving content and keeps still content; training "
-                      "learns what that gets wrong.", choices=ANCHORS)  # fmt: skip
+    anchor: str = opt("last", "Where the network's clean-clip prediction starts from (vdp_ray.anchor). none: nowhere, "
+                      "the network predicts in diffusion.prediction_type's space (plain DDPM); last: the nearest "
+                      "given frame, the network predicting the change (its output layers start at zero, so an "
+                      "untrained model is copy-last), trained in prediction_type's space; motion: the given frames' "
+                      "own motion carried on (block matching between consecutive frames, a straight line through "
+                      "each pixel's path, whole-pixel steps along it), which the network sees beside its input "
+                      "and corrects: an untrained model already extrapolates moving content and keeps still "
+                      "content. motion needs diffusion.motion_kernel.", choices=ANCHORS)  # fmt: skip
+    motion_kernel: int = opt(0, "With diffusion.anchor last or motion: the network also predicts, per frame and "
+                             "pixel, the weights of a K x K neighbourhood that moves the previous frame (from the "
+                             "nearest given one) before the change is added, so moving content keeps its shape; "
+                             "K // 2 pixels of motion per frame. Odd; 0 = off. The weights start as the identity "
+                             "(or, with anchor motion, as the estimate's move).", ge=0, le=15)  # fmt: skip
     loss: str = opt("mse", "How each predicted frame's error enters the training loss: mse, or log_mse (the mean of "
                     "log(error + 1e-4), minus the frame's PSNR up to constants: every clip counts by its relative "
                     "error, as mean PSNR does, so a few fast, textured clips do not dominate).",

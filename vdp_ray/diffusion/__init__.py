@@ -1,20 +1,14 @@
 """Diffusion core: the DDPM family and flow matching, prediction types, frame masks, conditioning and samplers.
 Knows nothing of models or Ray; the only link to a network is the call ``model(x_t, t, frame_mask, **kwargs)``."""
 
+from ..anchor import Anchor, nearest_given
 from ..vocab import MASK_TASKS as TASKS
 from ..vocab import OBJECTIVES, PREDICTION_TYPES, SAMPLERS, SCHEDULES, SPACINGS
 from .conditioning import Condition, ConditionedDenoiser
 from .flow import FlowMatching, resolution_shift, shift_times
 from .gaussian import GaussianDiffusion
-from .masks import (
-    FrameMasks,
-    interpolation_mask,
-    latent_frame_mask,
-    nearest_given,
-    prediction_mask,
-    sample_frame_masks,
-)
-from .objectives import convert, min_snr_weight, split_as, target_as, target_for, to_x0_eps
+from .masks import FrameMasks, interpolation_mask, latent_frame_mask, prediction_mask, sample_frame_masks
+from .objectives import min_snr_weight_as, split_as, target_as
 from .process import DiffusionProcess, expand_to
 from .samplers import make_sampler, sample, timestep_schedule
 from .schedules import make_alpha_bar
@@ -22,7 +16,7 @@ from .schedules import make_alpha_bar
 
 def make_diffusion(cfg) -> DiffusionProcess:
     """The process a ``DiffusionConfig`` describes (diffusion.objective: ddpm or flow)."""
-    if getattr(cfg, "objective", "ddpm") == "flow":
+    if cfg.objective == "flow":
         return FlowMatching.from_config(cfg)
     return GaussianDiffusion.from_config(cfg)
 
@@ -34,20 +28,20 @@ __all__ = [
     "SCHEDULES",
     "SPACINGS",
     "TASKS",
+    "Anchor",
     "Condition",
     "ConditionedDenoiser",
     "DiffusionProcess",
     "FlowMatching",
     "FrameMasks",
     "GaussianDiffusion",
-    "convert",
     "expand_to",
     "interpolation_mask",
     "latent_frame_mask",
     "make_alpha_bar",
     "make_diffusion",
     "make_sampler",
-    "min_snr_weight",
+    "min_snr_weight_as",
     "nearest_given",
     "prediction_mask",
     "resolution_shift",
@@ -56,7 +50,5 @@ __all__ = [
     "shift_times",
     "split_as",
     "target_as",
-    "target_for",
     "timestep_schedule",
-    "to_x0_eps",
 ]

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .motion import anchored
 from .process import DiffusionProcess, expand_to
 
 
@@ -74,8 +73,10 @@ class ConditionedDenoiser:
         self.guidance = guidance
         self.text_guidance = text_guidance if self.cond.null_kwargs else 1.0
         self.clip_x0 = clip_x0
-        # the motion anchor's estimate (weights, the clip they build): from the given frames alone, made once
-        self.estimate = diffusion.prior(self.cond.given, self.cond.mask)
+        # the anchor of the given frames (and their motion estimate), prepared once for the whole sampling run
+        given = self.cond.has_frames
+        self.anchor = diffusion.anchor.prepare(self.cond.given if given else None, self.cond.mask if given else None)
+        self.null_anchor = self.anchor.without_frames()  # the unconditional branch's: no frames, no estimate
 
     def __call__(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) at the process's native time t (a DDPM step, or a flow time in [0, 1])."""
@@ -94,18 +95,16 @@ class ConditionedDenoiser:
         g_txt = self.text_guidance
         # Branches (Brooks et al. 2023, eq. 3 for two conditions): full = context + text; ctx = context +
         # null text; uncond = no context (+ the text when text guidance is off, else the null text).
-        seen = {} if self.estimate is None else {"reference": self.estimate[1].to(x_t.dtype)}  # what it corrects
+        seen = self.anchor.inputs(x_t.dtype)  # the reference clip the network corrects, if it takes one
         branches = {"full": (x_in, t_cond, mask, {**cond.model_kwargs, **seen})}
         if g_txt != 1.0:
             branches["ctx"] = (x_in, t_cond, mask, {**cond.null_kwargs, **seen})
         if g_ctx != 1.0:
-            unseen = {k: torch.zeros_like(v) for k, v in seen.items()}  # the null condition: no frames, no estimate
-            branches["uncond"] = (x_t, t_full, None, {**(cond.null_kwargs if g_txt != 1.0 else cond.model_kwargs),
-                                                      **unseen})  # fmt: skip
+            text = cond.null_kwargs if g_txt != 1.0 else cond.model_kwargs
+            branches["uncond"] = (x_t, t_full, None, {**text, **self.null_anchor.inputs(x_t.dtype)})
         outs = self._run(branches)
-        given = cond.given.to(x_t.dtype) if mask is not None else None
-        # a residual model predicts the change from the nearest given frame (none: the null mask)
-        outs = {k: self._anchor(v, None if k == "uncond" else given, mask) for k, v in outs.items()}
+        # each branch's output read through its anchor: the clean clip (or the objective's space, without one)
+        outs = {k: (self.null_anchor if k == "uncond" else self.anchor).apply(v) for k, v in outs.items()}
         full = outs["full"]
         if g_txt != 1.0 and g_ctx != 1.0:
             ctx = outs["ctx"]
@@ -127,12 +126,6 @@ class ConditionedDenoiser:
             x0 = torch.where(given, cond.given, x0)
             eps = torch.where(given, (x_t - a * cond.given) / max(s, 1e-12), eps)
         return x0, eps
-
-    def _anchor(self, out: torch.Tensor, given: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
-        if not self.diffusion.residual:
-            return out
-        prior = None if given is None or self.estimate is None else self.estimate[0]
-        return anchored(out, given, mask, self.diffusion.motion_kernel, prior)
 
     def _run(self, branches: dict) -> dict:
         """All branches in one batched network call (a null mask is all False)."""

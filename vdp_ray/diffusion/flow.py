@@ -37,22 +37,9 @@ class FlowMatching(DiffusionProcess):
     flow = True
     default_times = "logit_normal"
 
-    def __init__(self, num_timesteps: int = 1000, prediction_type: str = "v", min_snr_gamma: float | None = None,
-                 residual: bool = False, context_noise: float = 0.0, shift: float | None = None,
-                 logit_mean: float = 0.0, logit_std: float = 1.0, times: str | None = None,
-                 motion_kernel: int = 0, loss: str = "mse", anchor: str = "last"):  # fmt: skip
-        super().__init__(num_timesteps, prediction_type, min_snr_gamma, residual, context_noise, times, logit_mean,
-                         logit_std, motion_kernel, loss, anchor)  # fmt: skip
-        if shift is not None and shift <= 0:
-            raise ValueError(f"flow shift must be > 0, got {shift}")
-        self.shift = shift
-
-    @classmethod
-    def from_config(cls, cfg) -> FlowMatching:
-        return cls(cfg.num_timesteps, cfg.prediction_type, cfg.min_snr_gamma, cfg.residual, cfg.context_noise,
-                   cfg.flow_shift, cfg.time_logit_mean, cfg.time_logit_std, cfg.times,
-                   getattr(cfg, "motion_kernel", 0), getattr(cfg, "loss", "mse"),
-                   getattr(cfg, "anchor", "last"))  # fmt: skip
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        self.shift = self.cfg.flow_shift  # None: from the clip's size (``resolution_shift``)
 
     def shift_for(self, shape) -> float:
         return self.shift if self.shift is not None else resolution_shift(shape)

@@ -11,44 +11,19 @@ import math
 
 import torch
 
-from .process import DiffusionProcess, compute_dtype, expand_to
+from .process import DiffusionProcess
 from .schedules import ddpm_grid, make_alpha_bar
 
 
 class GaussianDiffusion(DiffusionProcess):
     objective = "ddpm"
 
-    def __init__(
-        self,
-        schedule: str = "cosine",
-        num_timesteps: int = 1000,
-        prediction_type: str = "v",
-        zero_terminal_snr: bool = False,
-        min_snr_gamma: float | None = None,
-        residual: bool = False,
-        context_noise: float = 0.0,
-        times: str | None = None,
-        logit_mean: float = 0.0,
-        logit_std: float = 1.0,
-        motion_kernel: int = 0,
-        loss: str = "mse",
-        anchor: str = "last",
-    ):
-        super().__init__(num_timesteps, prediction_type, min_snr_gamma, residual, context_noise, times, logit_mean,
-                         logit_std, motion_kernel, loss, anchor)  # fmt: skip
-        self.schedule = schedule
-        self.alpha_bar = make_alpha_bar(schedule, num_timesteps, zero_terminal_snr)  # (T,) float64
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        self.schedule = self.cfg.schedule
+        self.alpha_bar = make_alpha_bar(self.schedule, self.num_timesteps, self.cfg.zero_terminal_snr)  # (T,) fp64
         self.alpha_bar_values: list[float] = self.alpha_bar.tolist()  # for the samplers' per-step host arithmetic
         self._tables: dict[torch.device, torch.Tensor] = {}
-
-    @classmethod
-    def from_config(cls, cfg) -> GaussianDiffusion:
-        """Build from a ``DiffusionConfig`` (or anything with the same attributes)."""
-        return cls(cfg.schedule, cfg.num_timesteps, cfg.prediction_type, cfg.zero_terminal_snr, cfg.min_snr_gamma,
-                   getattr(cfg, "residual", False), getattr(cfg, "context_noise", 0.0), getattr(cfg, "times", None),
-                   getattr(cfg, "time_logit_mean", 0.0), getattr(cfg, "time_logit_std", 1.0),
-                   getattr(cfg, "motion_kernel", 0), getattr(cfg, "loss", "mse"),
-                   getattr(cfg, "anchor", "last"))  # fmt: skip
 
     def alpha_bar_on(self, device) -> torch.Tensor:
         """The float64 table on ``device``, copied there once (this sits on the training hot path)."""
@@ -56,12 +31,6 @@ class GaussianDiffusion(DiffusionProcess):
         if device not in self._tables:
             self._tables[device] = self.alpha_bar.to(device)
         return self._tables[device]
-
-    def alpha_bar_at(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """alpha_bar[t] broadcast against x, on x's device, in fp32 at least (``compute_dtype``: in fp16 alpha_bar
-        rounds to 1 for t <= 3 and is off by up to 25% to t ~ 15). t: (N,) or (N, T) integer steps."""
-        ab = self.alpha_bar_on(x.device)[t.long().to(x.device)]
-        return expand_to(ab, x).to(compute_dtype(x))
 
     def path(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ab = self.alpha_bar_on(t.device)[t.long()]
@@ -74,14 +43,11 @@ class GaussianDiffusion(DiffusionProcess):
         ab = self.alpha_bar_values[int(t)]
         return math.sqrt(ab), math.sqrt(max(1.0 - ab, 0.0)), float(t)
 
-    def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        if generator is None:
-            return torch.randint(0, self.num_timesteps, (batch,), device=device)
-        return torch.randint(0, self.num_timesteps, (batch,), generator=generator).to(device)
-
     def draw_times(self, n: int, generator, device, shape) -> torch.Tensor:
+        if self.times == "uniform" and generator is None:  # no seeded (host) generator: draw where the data is
+            return torch.randint(0, self.num_timesteps, (n,), device=device)
         if self.times == "uniform":
-            return self.sample_timesteps(n, generator, device)
+            return torch.randint(0, self.num_timesteps, (n,), generator=generator).to(device)
         t = (self.unit_times(n, generator) * self.num_timesteps).long().clamp(0, self.num_timesteps - 1)
         return t.to(device)
 

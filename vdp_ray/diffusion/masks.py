@@ -103,31 +103,3 @@ def latent_frame_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
             f"given frames must come in groups of {factor} (e.g. {factor}, {2 * factor}, ...)"
         )
     return groups.all(-1)
-
-
-def nearest_side(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per frame of mask (N, T) bool: whether its nearest given frame comes before it (or is it; the earlier side
-    on a tie), that frame's index (clamped into the clip where a clip has none) and the distance to it (2T where
-    a clip has none)."""
-    n, t = mask.shape
-    idx = torch.arange(t, device=mask.device).expand(n, t)
-    before = torch.cummax(torch.where(mask, idx, torch.full_like(idx, -1)), dim=1).values  # -1: none yet
-    after = torch.where(mask, idx, torch.full_like(idx, t)).flip(1).cummin(dim=1).values.flip(1)  # t: none
-    far = 2 * t
-    d_before = torch.where(before >= 0, idx - before, torch.full_like(idx, far))
-    d_after = torch.where(after < t, after - idx, torch.full_like(idx, far))
-    from_before = d_before <= d_after
-    src = torch.where(from_before, before, after).clamp(0, t - 1)
-    return from_before, src, torch.where(from_before, d_before, d_after)
-
-
-def nearest_given(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """For every frame, the closest given frame (the earlier one on a tie), or zeros when a clip has none: the
-    anchor a residual prediction starts from (the last given frame for every predicted one, the nearer end in an
-    interpolation). frames (N, C, T, ...), mask (N, T) bool."""
-    n, t = mask.shape
-    src = nearest_side(mask)[1]
-    has = mask.any(1, keepdim=True).expand(n, t).to(frames.dtype)
-    shape = (n, 1, t) + (1,) * (frames.ndim - 3)
-    gathered = torch.gather(frames, 2, src.view(shape).expand_as(frames))
-    return gathered * has.view(shape)

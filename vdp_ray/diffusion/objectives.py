@@ -7,9 +7,9 @@ Symbols (Ho et al. 2020; Salimans & Ho 2022): ``a = sqrt(alpha_bar_t)``, ``s = s
 * ``v = a eps - s x0`` (Salimans & Ho 2022, sec. 4),
 * ``x0``: the clean sample,
 
-and each converts exactly into the others given ``x_t`` and ``alpha_bar_t``. The ``*_as`` functions say the same
-for any Gaussian path ``x_t = a x0 + s eps`` given ``(a, s)``; on a flow-matching path (``a = 1 - t, s = t``)
-``v`` is the rectified-flow velocity ``eps - x0`` (Lipman et al. 2023; Liu et al. 2023) instead.
+and each converts exactly into the others given ``x_t`` and the point ``(a, s)`` of the path (the ``*_as``
+functions: any Gaussian path ``x_t = a x0 + s eps``); on a flow-matching path (``a = 1 - t, s = t``) ``v`` is the
+rectified-flow velocity ``eps - x0`` (Lipman et al. 2023; Liu et al. 2023) instead.
 """
 
 from __future__ import annotations
@@ -26,29 +26,6 @@ _EPS = 1e-12
 def _check(prediction_type: str) -> None:
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
-
-
-def target_for(prediction_type: str, x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """What the network should output for ``x_t = sqrt(ab) x0 + sqrt(1 - ab) eps``."""
-    return target_as(prediction_type, x0, eps, alpha_bar.sqrt(), (1 - alpha_bar).sqrt())
-
-
-def to_x0_eps(
-    prediction: torch.Tensor, prediction_type: str, x_t: torch.Tensor, alpha_bar: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both (x0, eps) implied by a network output of the given type (VP: v gives x0 = a x_t - s v)."""
-    return split_as(prediction, prediction_type, x_t, alpha_bar.sqrt(), (1 - alpha_bar).sqrt())
-
-
-def convert(
-    prediction: torch.Tensor, source: str, dest: str, x_t: torch.Tensor, alpha_bar: torch.Tensor
-) -> torch.Tensor:
-    """Re-express a network output of type ``source`` as type ``dest``."""
-    _check(dest)
-    if source == dest:
-        return prediction
-    x0, eps = to_x0_eps(prediction, source, x_t, alpha_bar)
-    return target_for(dest, x0, eps, alpha_bar)
 
 
 def target_as(prediction_type: str, x0, eps, a, s, flow: bool = False) -> torch.Tensor:
@@ -77,29 +54,20 @@ def _floor(value):
     return value.clamp(min=_EPS) if torch.is_tensor(value) else max(value, _EPS)
 
 
-# A residual model predicts x0 (as a change from its anchor) and is trained in its objective's space: the error
-# there is ``x0_error * factor``, where 1/s is capped at 1/RESIDUAL_MIN_SIGMA near the clean end (as JiT caps
+# An anchored model predicts x0 (as a change from its anchor) and is trained in its objective's space: the error
+# there is ``x0_error * factor``, where 1/s is capped at 1/X0_MIN_SIGMA near the clean end (as JiT caps
 # 1/t for its x-prediction trained on the velocity loss: Li & He 2025).
-RESIDUAL_MIN_SIGMA = 0.05
+X0_MIN_SIGMA = 0.05
 
 
-def residual_error_factor(prediction_type: str, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def x0_error_factor(prediction_type: str, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """How an x0 error reads in the objective's space: 1 for x0, a/s for eps, 1/s for v (VP) and for the flow
-    velocity; s floored at ``RESIDUAL_MIN_SIGMA``."""
+    velocity; s floored at ``X0_MIN_SIGMA``."""
     _check(prediction_type)
     if prediction_type == "x0":
         return torch.ones_like(s)
-    inv = 1.0 / s.clamp(min=RESIDUAL_MIN_SIGMA)
+    inv = 1.0 / s.clamp(min=X0_MIN_SIGMA)
     return a * inv if prediction_type == "eps" else inv
-
-
-def snr(alpha_bar: torch.Tensor) -> torch.Tensor:
-    return alpha_bar / (1 - alpha_bar).clamp(min=_EPS)
-
-
-def min_snr_weight(alpha_bar: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weight (Hang et al. 2023, eq. 7) for a VP schedule's alpha_bar; see ``min_snr_weight_as``."""
-    return min_snr_weight_as(alpha_bar.sqrt(), (1 - alpha_bar).sqrt(), gamma, prediction_type)
 
 
 def min_snr_weight_as(a: torch.Tensor, s: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:

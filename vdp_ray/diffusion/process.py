@@ -1,5 +1,6 @@
 """What DDPM and flow matching share: a Gaussian path ``x_t = a(t) x0 + s(t) eps`` between the data and noise,
-the masked training loss, the residual (anchored) parametrisation and the noise augmentation of given frames.
+the masked training loss, the anchor the network's prediction starts from, and the noise augmentation of given
+frames.
 
 Subclasses give the path (``coefficients``), the network's time input (``model_time``), how training draws times
 (``draw_times``) and where sampling stops (``sampling_times``); samplers, conditioning and guidance only see
@@ -9,14 +10,15 @@ Subclasses give the path (``coefficients``), the network's time input (``model_t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 
-from ..vocab import ANCHORS, LOSSES, TIME_DRAWS
-from .motion import anchored
-from .motion_prior import motion_prior
-from .objectives import masked_frame_loss, min_snr_weight_as, residual_error_factor, split_as, target_as
+from ..anchor import Anchor
+from ..config.fields import build
+from ..config.schema import DiffusionConfig
+from .objectives import masked_frame_loss, min_snr_weight_as, split_as, target_as, x0_error_factor
 
 Denoiser = Callable[..., torch.Tensor]
 
@@ -36,48 +38,36 @@ def expand_to(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class DiffusionProcess:
-    """``residual``: the network predicts the clean clip as a change from the nearest given frame (zeros where a
-    clip has none), whatever the objective, and is trained in the objective's own space (``prediction_type``
-    sets the loss weighting). Its output layers start at zero, so a fresh model predicts the nearest given frame:
-    copy-last for prediction. ``context_noise``: given frames are noised during training to a level drawn up to
-    this fraction of the path (the network is told the level through its per-frame time), so roll-outs on its own,
-    imperfect predictions do not drift; sampling gives them clean at time 0. ``motion_kernel``: the residual
-    network also outputs K x K motion weights per pixel that carry each frame forward (``motion.anchored``).
-    ``anchor``: what those weights start from: ``last`` (the identity: a fresh model is copy-last) or ``motion``
-    (the given frames' motion carried on by block matching, ``motion_prior``: a fresh model extrapolates)."""
+    """A diffusion process, built from keyword-only settings named, defaulted and checked exactly as the config's
+    ``diffusion`` section (``vdp keys diffusion``), so a process made by hand is the one a config with the same keys
+    builds: ``GaussianDiffusion(prediction_type="x0", anchor="none")``, or ``make_diffusion(cfg.diffusion)``.
+
+    ``anchor`` (``vdp_ray.anchor``): where the network's prediction starts from; an anchored network is trained in
+    the objective's own space (``prediction_type`` sets the loss weighting). ``context_noise``: given frames are
+    noised during training to a level drawn up to this fraction of the path (the network is told the level through
+    its per-frame time), so roll-outs on its own, imperfect predictions do not drift; sampling gives them clean."""
 
     objective = ""
     flow = False  # v is the rectified-flow velocity rather than the VP v
 
     default_times = "uniform"  # how training draws times unless told (``times``)
 
-    def __init__(self, num_timesteps: int, prediction_type: str, min_snr_gamma: float | None, residual: bool,
-                 context_noise: float = 0.0, times: str | None = None, logit_mean: float = 0.0,
-                 logit_std: float = 1.0, motion_kernel: int = 0, loss: str = "mse", anchor: str = "last"):  # fmt: skip
-        if motion_kernel and (not residual or motion_kernel < 0 or motion_kernel % 2 == 0):
-            raise ValueError(f"a motion kernel needs the residual parametrisation and an odd size, got {motion_kernel}")
-        if anchor not in ANCHORS:
-            raise ValueError(f"the anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
-        if anchor == "motion" and not motion_kernel:
-            raise ValueError("the motion anchor needs motion kernels (motion_kernel > 0) to carry the estimate")
-        if not 0.0 <= context_noise <= 1.0:
-            raise ValueError(f"context noise must be in [0, 1], got {context_noise}")
-        times = times or self.default_times
-        if times not in TIME_DRAWS:
-            raise ValueError(f"training times must be one of {', '.join(TIME_DRAWS)}, got {times!r}")
-        if logit_std <= 0:
-            raise ValueError(f"the logit-normal std must be > 0, got {logit_std}")
-        self.times, self.logit_mean, self.logit_std = times, float(logit_mean), float(logit_std)
-        self.num_timesteps = num_timesteps
-        self.prediction_type = prediction_type
-        self.min_snr_gamma = min_snr_gamma
-        self.residual = residual
-        self.motion_kernel = int(motion_kernel)
-        self.anchor = anchor
-        if loss not in LOSSES:
-            raise ValueError(f"the training loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        self.loss = loss
-        self.context_noise = context_noise
+    def __init__(self, **settings):
+        settings.setdefault("objective", self.objective)
+        cfg = build(DiffusionConfig, settings, "diffusion.")
+        if cfg.objective != self.objective:
+            raise ValueError(f"diffusion.objective: {type(self).__name__} is {self.objective!r}, got {cfg.objective!r}")
+        self.cfg = cfg
+        self.anchor = Anchor.of_config(cfg)
+        self.num_timesteps, self.prediction_type = cfg.num_timesteps, cfg.prediction_type
+        self.min_snr_gamma, self.loss, self.context_noise = cfg.min_snr_gamma, cfg.loss, cfg.context_noise
+        self.times = cfg.times or self.default_times
+        self.logit_mean, self.logit_std = cfg.time_logit_mean, cfg.time_logit_std
+
+    @classmethod
+    def from_config(cls, cfg: DiffusionConfig) -> DiffusionProcess:
+        """The process of a config's ``diffusion`` section."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "masks"})
 
     # ---- the path (subclasses)
     def path(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,10 +118,9 @@ class DiffusionProcess:
         a, s = self.coefficients(t, x0)
         return a * x0.to(a.dtype) + s * noise.to(a.dtype)
 
-    def split(self, out: torch.Tensor, x_t: torch.Tensor, a, s) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0, eps) from an anchored network output (x0 when residual, else in the prediction type)."""
-        kind = "x0" if self.residual else self.prediction_type
-        return split_as(out, kind, x_t, a, s, self.flow)
+    def split(self, prediction: torch.Tensor, x_t: torch.Tensor, a, s) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) from a prediction (``AnchorState.apply`` of a network output) at the point (a, s) of x_t."""
+        return split_as(prediction, self.anchor.output_space(self.prediction_type), x_t, a, s, self.flow)
 
     def training_losses(
         self,
@@ -170,31 +159,22 @@ class DiffusionProcess:
         frame_t = torch.where(frame_mask, given_t[:, None], t[:, None])  # (N, T)
         given = expand_to(frame_mask, x0)
         x_t = torch.where(given, context, self.q_sample(x0, frame_t, noise))
-        estimate = self.prior(context, frame_mask)
-        if estimate is not None:  # the network sees the motion estimate it corrects
-            model_kwargs = {**model_kwargs, "reference": estimate[1].to(net_dtype)}
+        anchor = self.anchor.prepare(context, frame_mask)  # from the given frames as the network sees them
+        model_kwargs = {**model_kwargs, **anchor.inputs(net_dtype)}
         out = model(x_t.to(net_dtype), self.model_time(frame_t), frame_mask, **model_kwargs).to(x0.dtype)
+        prediction = anchor.apply(out)
         a_t, s_t = self.path(frame_t)  # (N, T)
         a_t, s_t = a_t.to(x0.dtype), s_t.to(x0.dtype)
+        space = self.anchor.output_space(self.prediction_type)
+        target = target_as(space, x0, noise, expand_to(a_t, x0), expand_to(s_t, x0), self.flow)
         weight = None
-        if self.residual:  # x0 as a change from the given frame the network saw, scored in the objective's space
-            out = anchored(out, context, frame_mask, self.motion_kernel, None if estimate is None else estimate[0])
-            target = x0
-            weight = residual_error_factor(self.prediction_type, a_t, s_t).pow(2)  # (N, T)
-        else:
-            target = target_as(self.prediction_type, x0, noise, expand_to(a_t, x0), expand_to(s_t, x0), self.flow)
+        if self.anchor.predicts_change:  # an x0 prediction scored in the objective's space: its error there
+            weight = x0_error_factor(self.prediction_type, a_t, s_t).pow(2)  # (N, T)
         if self.min_snr_gamma:
             snr_weight = min_snr_weight_as(a_t, s_t, self.min_snr_gamma, self.prediction_type)
             weight = snr_weight if weight is None else weight * snr_weight
-        loss, per_frame = masked_frame_loss(out, target, ~frame_mask, weight, self.loss)
+        loss, per_frame = masked_frame_loss(prediction, target, ~frame_mask, weight, self.loss)
         return {"loss": loss, "per_frame": per_frame.detach(), "t": t}
-
-    def prior(self, frames: torch.Tensor | None, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The motion the anchor starts from for these given frames, (weights, the clip they build) as
-        ``motion_prior`` (None: the identity, copy-last, and the network takes no reference clip)."""
-        if self.anchor != "motion" or frames is None or mask is None:
-            return None
-        return motion_prior(frames, mask, self.motion_kernel)
 
     @staticmethod
     def _noise(x0: torch.Tensor, noise, generator) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Model families: a registry from family name to class and named presets. No diffusion, no Ray."""
+"""Model families: a registry from family name to class and named presets. No diffusion, no Ray: what a network
+must output and see beyond the clip is the anchor's to say (``vdp_ray.anchor``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
+from ..anchor import Anchor
 from . import dit, unet3d, vae3d
 from .dit import DiT
 from .unet3d import UNet3D
@@ -19,19 +21,21 @@ PRESETS: dict[str, dict[str, dict]] = {"unet3d": unet3d.PRESETS, "dit": dit.PRES
 def build_denoiser(cfg) -> nn.Module:
     """The denoiser named by ``cfg.model.family``, sized by its resolved section of the config."""
     family = cfg.model.family
-    kernel = getattr(cfg.diffusion, "motion_kernel", 0)  # diffusion.motion_kernel: K^2 more outputs per pixel
-    # diffusion.anchor: motion: the network sees the motion estimate it corrects, a clip beside its input
-    sees_estimate = getattr(cfg.diffusion, "anchor", "last") == "motion"
+    anchor = Anchor.of_config(cfg.diffusion)  # K^2 motion weights out per pixel; the estimate's clip in, for motion
     if family == "unet3d":
         arch = _arch(cfg.model.unet3d)
         arch["fold_frames"] = cfg.data.frames if arch.pop("fold_frames", None) else None
-        return UNet3D(in_channels=cfg.data.channels, pointwise_channels=kernel * kernel,
-                      reference_channels=cfg.data.channels if sees_estimate else 0, **arch)  # fmt: skip
-    if family == "dit":
-        latent = cfg.vae.latent_channels
-        return DiT(in_channels=latent, out_channels=latent + kernel * kernel,
-                   reference_channels=latent if sees_estimate else 0, **_arch(cfg.model.dit))  # fmt: skip
-    raise ValueError(f"model.family: unknown denoiser family {family!r}; expected one of ['unet3d', 'dit']")
+        channels = cfg.data.channels
+    elif family == "dit":
+        arch, channels = _arch(cfg.model.dit), cfg.vae.latent_channels
+    else:
+        raise ValueError(f"model.family: unknown denoiser family {family!r}; expected one of ['unet3d', 'dit']")
+    return CLASSES[family](
+        in_channels=channels,
+        extra_channels=anchor.extra_channels,
+        reference_channels=anchor.reference_channels(channels),
+        **arch,
+    )
 
 
 def build_vae(cfg) -> VAE3D:

@@ -123,12 +123,14 @@ class DiT(nn.Module):
         out_channels: int | None = None,
         text_dim: int | None = None,
         reference_channels: int = 0,
+        extra_channels: int = 0,
     ):
         super().__init__()
         self.text_dim = text_dim
         self.in_channels = in_channels
         self.reference_channels = reference_channels  # a reference clip beside the input (as UNet3D's)
-        self.out_channels = out_channels or in_channels
+        # more outputs per pixel after the clip's (as UNet3D's): the final projection simply grows
+        self.out_channels = (out_channels or in_channels) + extra_channels
         self.hidden, self.patch, self.patch_t = hidden, patch, patch_t
         self.max_frames, self.max_size = max_frames, tuple(max_size)
         kernel = (patch_t, patch, patch)

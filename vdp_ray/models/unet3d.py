@@ -110,7 +110,7 @@ class UNet3D(nn.Module):
         out_channels: int | None = None,
         patch: int = 1,
         fold_frames: int | None = None,
-        pointwise_channels: int = 0,
+        extra_channels: int = 0,
         reference_channels: int = 0,
     ):
         super().__init__()
@@ -119,9 +119,9 @@ class UNet3D(nn.Module):
         # frames' motion predicts, so the network sees the estimate it corrects
         self.reference_channels = reference_channels
         self.out_channels = out_channels or in_channels
-        # more output channels from a 1x1x1 head (per-pixel weights such as motion kernels: at K^2 channels a 3x3x3
-        # head would cost more than the rest of a small network), after the out_channels ones
-        self.pointwise_channels = pointwise_channels
+        # more output channels after the out_channels ones, from a 1x1x1 head (per-pixel weights such as motion
+        # kernels: at K^2 channels a 3x3x3 head would cost more than the rest of a small network)
+        self.extra_channels = extra_channels
         self.patch = patch  # space-to-depth: p x p pixels become p^2 channels (undone at the output)
         # frames folded into channels (MCVD's design, Voleti et al. 2022): a 2D U-Net over a fixed window of this
         # many frames, about T times cheaper per clip than convolving every frame
@@ -165,8 +165,8 @@ class UNet3D(nn.Module):
                 self.upsample.append(nn.Conv3d(ch, ch, 3, padding=1))
         self.norm_out = group_norm(ch)
         self.conv_out = zero_module(nn.Conv3d(ch, self.out_channels * patch**2 * frames, 3, padding=1))
-        point = pointwise_channels * patch**2 * frames
-        self.point_out = zero_module(nn.Conv3d(ch, point, 1)) if pointwise_channels else None
+        point = extra_channels * patch**2 * frames
+        self.point_out = zero_module(nn.Conv3d(ch, point, 1)) if extra_channels else None
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_channels:

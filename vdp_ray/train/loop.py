@@ -104,10 +104,9 @@ def train_loop_per_worker(config: dict) -> None:
     preview = Preview(w.stage, w.ema, device, cfg.train.preview_clips)
     selection = Selection(cfg.train.select_by if cfg.data.val else "last", w.run_dir, w.name, w.rank,
                           resumed is not None)  # fmt: skip
-    if resumed is None and selection.metric == "val/psnr_gain" and cfg.diffusion.residual and w.name != "vae":
-        # the untrained model is a candidate too: a residual model starts as copy-last (or, with the motion anchor,
-        # as the given frames' motion carried on), so a run whose training never beats that on the validation
-        # clips exports it rather than something worse
+    if resumed is None and selection.metric == "val/psnr_gain" and w.stage.untrained_is_candidate:
+        # the untrained model is a candidate too (an anchored model starts as its anchor), so a run whose training
+        # never beats it on the validation clips exports it rather than something worse
         selection.offer(_validate_and_preview(w, 0, w.max_steps, val_shard, preview), 0, w.ema, log)
     window = Window()
     total, run_start, start_step = w.max_steps, time.perf_counter(), step

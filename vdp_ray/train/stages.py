@@ -43,6 +43,9 @@ class Stage(Protocol):
     """What the loop asks of a stage. Every method runs on every rank unless noted."""
 
     model: nn.Module  # the network being trained
+    # whether the untrained network is worth scoring (and exporting, if training never beats it): an anchored
+    # denoiser starts as its anchor (copy-last or the motion estimate), a VAE or a plain denoiser as noise
+    untrained_is_candidate: bool
 
     def new_model(self) -> nn.Module:
         """A fresh plain copy of the network (never DeepSpeed-wrapped): the EMA weights go in it for previews."""
@@ -78,6 +81,8 @@ class Stage(Protocol):
 
 class VAEStage:
     """The 3D VAE: reconstruction + KL (Kingma & Welling 2014); ends by measuring the latent scale factor."""
+
+    untrained_is_candidate = False
 
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
@@ -147,6 +152,7 @@ class DiffusionStage:
         self.cfg, self.device = cfg, device
         self.model = self.new_model()  # first: the same seed gives the same initial weights on every rank
         self.diffusion = make_diffusion(cfg.diffusion)
+        self.untrained_is_candidate = self.diffusion.anchor.predicts_change
         vae = cache = None
         if cfg.model.family == "dit":
             from ..export import Export

@@ -1,4 +1,5 @@
-"""A motion estimate from the given frames alone, for the motion kernels to start from (``diffusion.anchor: motion``).
+"""The motion estimate: the given frames' own motion carried on, for the motion kernels to start from
+(``diffusion.anchor: motion``).
 
 Block matching (Jain & Jain 1981): for every pixel of a frame, the offset among the K x K whose P x P patch in the
 frame before differs least from the patch around it, with a small penalty on the offset's length so that flat and
@@ -9,12 +10,12 @@ through the run of given frames, the matches give each pixel's path; a straight 
 carries the content on at constant velocity, to the whole pixel nearest the line at every step. One pair of
 frames whole pixels apart cannot tell 1.5 px per frame from 2; the line through several can, and a digit drawn
 at 1.5 px per frame then moves 1, 2, 1, 2 px as it should. Frames are built along the same chain as
-``motion.moved``: outward from the nearest given frame, one step (one tap of the K x K kernel per pixel, so
+``kernels.moved``: outward from the nearest given frame, one step (one tap of the K x K kernel per pixel, so
 shapes stay sharp) at a time; the pixels around each one vote on its move, so content moves as one piece; each
 pixel takes the content whose move lands on it, and the line travels with that content. A frame with no two
 given frames behind it (interpolation between two lone frames, a lone given frame, generation) does not move.
 
-The result is the identity-relative weights that ``motion.moved`` applies before the network's own, so a network
+The result is the identity-relative weights that ``kernels.moved`` applies before the network's own, so a network
 whose output is zero predicts this extrapolation exactly, and the clip they build, which the network sees beside
 its input (a reference clip): it learns what the estimate gets wrong (bounces, occlusions, new content) knowing
 what the estimate is. It depends on the given frames only: computed once per clip and condition, not per step.
@@ -22,10 +23,13 @@ what the estimate is. It depends on the given frames only: computed once per cli
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
-from .motion import by_distance, chain, neighbourhood
+from .chain import Where, chain, pick, walk
+from .kernels import neighbourhood
 
 PATCH = 7  # pixels on a side of the matched patch: larger than the motion per frame, so a moving edge's leading
 # side (background in the frame before) still matches the edge's motion
@@ -33,6 +37,14 @@ LENGTH_PENALTY = 3e-5  # per squared pixel of offset, in squared [-1, 1] units o
 # noise) keep the zero offset
 MAX_HISTORY = 6  # given frames a line is fitted through, at most (the nearest ones)
 FIT_TOLERANCE = 0.75  # pixels: the farthest a matched position may lie from the line for its frame to count
+LINE = 5  # channels of a fitted line (``velocity_fit``): intercept a (dy, dx), slope b (dy, dx), 1.0 where fitted
+
+
+class MotionEstimate(NamedTuple):
+    """What ``estimate_motion`` finds for clips (N, C, T, H, W) and their given frames."""
+
+    weights: torch.Tensor  # (N, K^2, T, H, W): identity-relative, what ``kernels.moved`` applies first at every step
+    clip: torch.Tensor  # (N, C, T, H, W): the clip those weights build: the reference clip the network sees
 
 
 def offsets(kernel: int, device=None) -> torch.Tensor:
@@ -71,7 +83,7 @@ def best_offsets(before: torch.Tensor, after: torch.Tensor, kernel: int) -> torc
 
 def velocity_fit(frames: torch.Tensor, mask: torch.Tensor, kernel: int, sparse: bool = True) -> torch.Tensor:
     """Per frame and pixel, the straight line its content followed through the run of given frames that ends there:
-    frames (N, T, C, H, W), mask (N, T) bool -> (N, T, 5, H, W): intercept a (2: dy, dx), slope b (2) and 1.0
+    frames (N, T, C, H, W), mask (N, T) bool -> (N, T, LINE, H, W): intercept a (2: dy, dx), slope b (2) and 1.0
     where a line was fitted (0.0 where the frame is not given or has no given frame before it).
 
     Content at p in frame t sat at p + r(h) in frame t - h. r(1) is the offset of the best match of frame t-1 to t
@@ -82,7 +94,7 @@ def velocity_fit(frames: torch.Tensor, mask: torch.Tensor, kernel: int, sparse: 
     pixels apart, cannot: a digit drawn at 1.5 px per frame moves 1, 2, 1, 2. ``sparse``: match only the pairs of
     given frames (one host read: the CPU path); otherwise every pair (no read: the GPU path)."""
     n, t, _, h, w = frames.shape
-    out = torch.zeros(n, t, 5, h, w, device=frames.device)
+    out = torch.zeros(n, t, LINE, h, w, device=frames.device)
     if t < 2:
         return out
     paired = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:] & mask[:, :-1]], 1)  # (N, T): t-1 and t given
@@ -118,78 +130,106 @@ def velocity_fit(frames: torch.Tensor, mask: torch.Tensor, kernel: int, sparse: 
     return out
 
 
+def _line_parts(line: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A line (M, LINE, H, W) as its intercept (M, 2, H, W), slope (M, 2, H, W) and where it was fitted (M, 1, H, W)."""
+    return line[:, :2], line[:, 2:4], line[:, 4:] > 0.5
+
+
+def _pack(frame: torch.Tensor, forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+    """What a step of the chain moves, as one tensor (channels third from last): the frame and both of its lines
+    (the line its content follows towards later frames, and towards earlier ones), so they travel together."""
+    return torch.cat([frame, forward, backward], -3)
+
+
+def _unpack(carried: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_pack`` undone: (frame, forward line, backward line) of a frame with ``channels`` channels."""
+    return carried.split([channels, LINE, LINE], -3)
+
+
+def _planned_taps(line: torch.Tensor, distance: torch.Tensor, kernel: int) -> torch.Tensor:
+    """The kernel tap (M, 1, H, W) of each pixel's move this step, d steps from its given frame: the difference of
+    the whole pixels nearest the line at d - 1 and at d (so a 1.5 px/frame digit moves 1, 2, 1, 2), zero where no
+    line was fitted, voted over the patch around each pixel so that content moves as one piece."""
+    r, k2 = kernel // 2, kernel * kernel
+    _, h, w = line.shape[-3:]
+    a, b, fitted = _line_parts(line)
+    d = distance.to(a.dtype).view(-1, 1, 1, 1)
+    total = torch.round(a - b * d)  # where the given frame's content is, d steps on
+    before = torch.where(d > 1, torch.round(a - b * (d - 1)), torch.zeros_like(a))
+    move = torch.where(fitted, (before - total).clamp(-r, r), torch.zeros_like(a))  # (M, 2, H, W)
+    own = ((move[:, :1] + r) * kernel + move[:, 1:] + r).long()  # (M, 1, H, W): the move as a tap index
+    votes = box_mean((own == _tap_ids(k2, line.device)).float(), patch_side(h, w))  # (M, K^2, H, W)
+    return votes.argmax(1, keepdim=True)  # the most common move around each pixel
+
+
+def _landing_taps(planned: torch.Tensor, kernel: int) -> torch.Tensor:
+    """(M, 1, H, W): per pixel, the tap of the content that lands on it. Reading the move planned at the pixel
+    itself (a backward warp) would shave a moving object's lead by its speed every step, since the pixels ahead of
+    it still hold the background's line; so each pixel takes a neighbour p + o whose own move is o. Moving content
+    wins over still (it is in front of what it passes; among movers the farthest); where nothing lands (what a
+    move uncovers), the pixel's own planned move."""
+    r, k2 = kernel // 2, kernel * kernel
+    m, _, h, w = planned.shape
+    move = torch.cat([planned // kernel - r, planned % kernel - r], 1).float()  # (M, 2, H, W) as (dy, dx)
+    offs = offsets(kernel, planned.device).float().T.reshape(1, 2, k2, 1)
+    reach = 1 + offs.pow(2).sum(1)  # (1, K^2, 1): the preference among contents landing on a pixel
+    reach[:, k2 // 2] = 0  # and none for staying put
+    lands = (neighbourhood(move, kernel) == offs).all(1)  # (M, K^2, H W): whether the neighbour o moves by o
+    score = lands * reach
+    tap = score.argmax(1).view(m, 1, h, w)
+    return torch.where(score.amax(1).view(m, 1, h, w) > 0, tap, planned)
+
+
+def _shifted(carried: torch.Tensor, tap: torch.Tensor, kernel: int) -> torch.Tensor:
+    """``carried`` (M, X, H, W) with each pixel read from its tap's offset (edges repeated): ``shift_sum`` with
+    one-hot weights, done as a gather in a K^2-th of the work."""
+    r = kernel // 2
+    _, _, h, w = carried.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=tap.device), torch.arange(w, device=tap.device), indexing="ij")
+    dy, dx = (tap // kernel - r)[:, 0], (tap % kernel - r)[:, 0]  # (M, H, W) each
+    at = (ys + dy).clamp(0, h - 1) * w + (xs + dx).clamp(0, w - 1)  # (M, H, W): the flat pixel read
+    index = at.flatten(1).unsqueeze(1).expand(-1, carried.shape[1], -1)  # (M, X, H W)
+    return torch.gather(carried.flatten(2), 2, index).view_as(carried)
+
+
+def _tap_ids(k2: int, device) -> torch.Tensor:
+    return torch.arange(k2, device=device).view(1, k2, 1, 1)  # (1, K^2, 1, 1)
+
+
 @torch.no_grad()
-def motion_prior(frames: torch.Tensor, mask: torch.Tensor, kernel: int,
-                 sync_free: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def estimate_motion(frames: torch.Tensor, mask: torch.Tensor, kernel: int,
+                    sync_free: bool | None = None) -> MotionEstimate:  # fmt: skip
     """The given frames' motion carried on, for frames (N, C, T, H, W) under ``mask`` (N, T) bool: identity-relative
-    weights (N, K^2, T, H, W), zeros (no motion) for given frames and unmatched steps, and the clip they build
-    (N, C, T, H, W: the given frames, and every other frame moved on from them; zeros without any given frame).
+    weights, zeros (no motion) for given frames and unmatched steps, and the clip they build (the given frames, and
+    every other frame moved on from them; zeros without any given frame).
 
     A frame d steps from its nearest given frame g is g's content moved along the line ``velocity_fit`` found
     there, to the whole pixel nearest the line at d: each step moves by the difference of those roundings (one
     tap of the K x K kernel, so content keeps its shape, and steps of 1, 2, 1, 2 px keep a 1.5 px/frame digit on
     its path). The line travels with the content it belongs to. Steps towards the future use the given frames
     before g, steps towards the past (interpolation) those after it; a frame with no two given frames behind it
-    in its direction does not move. Computed in fp32 whatever the frames' dtype. As ``motion.moved``: one host
-    read on the CPU (the frames' order along the chains), none elsewhere (``sync_free``: every distance is a pass
-    over the whole clip)."""
+    in its direction does not move. Computed in fp32 whatever the frames' dtype; ``sync_free`` as ``chain.walk``."""
     n, c, t, h, w = frames.shape
     k2 = kernel * kernel
-    r = kernel // 2
+    distance, source = chain(mask)
+    later = source < torch.arange(t, device=mask.device)  # (N, T): built from the frame before it
+    sync_free = sync_free if sync_free is not None else frames.device.type != "cpu"
     given = torch.where(mask.view(n, 1, t, 1, 1), frames.float(), torch.zeros_like(frames, dtype=torch.float32))
     given = given.transpose(1, 2)  # (N, T, C, H, W)
-    distance, source = chain(mask)
-    later = source < torch.arange(t, device=mask.device)  # built from the frame before it
-    sync_free = sync_free if sync_free is not None else frames.device.type != "cpu"
     forward = velocity_fit(given, mask, kernel, not sync_free)  # lines for building later frames
-    if sync_free or bool((~later & (distance > 0)).any()):  # and earlier ones (interpolation)
+    # and earlier ones (interpolation), where a clip has any; on the CPU, one host read to skip the fit otherwise
+    if sync_free or bool((~later & (distance > 0)).any()):
         backward = velocity_fit(given.flip(1), mask.flip(1), kernel, not sync_free).flip(1)
     else:
         backward = torch.zeros_like(forward)
-    current = torch.cat([given, forward, backward], 2)  # what a step moves: the frame and both lines
-    taps = torch.arange(k2, device=frames.device).view(1, k2, 1, 1)
-    identity = (taps == k2 // 2).float()
-    offs = offsets(kernel, frames.device).float().T.reshape(1, 2, k2, 1)
-    reach = 1 + offs.pow(2).sum(1)  # (1, K^2, 1): the preference among contents landing on a pixel (farthest
-    reach[:, k2 // 2] = 0  # first), and none for staying put
-    ys, xs = torch.meshgrid(torch.arange(h, device=frames.device), torch.arange(w, device=frames.device), indexing="ij")
+    identity = (_tap_ids(k2, frames.device) == k2 // 2).float()  # (1, K^2, 1, 1): the kernel that keeps a pixel
 
-    def step(src, dist, fwd):  # src (M, C + 10, H, W) one step on, dist (M,) its distance from g, fwd (M,) bool
-        line = torch.where(fwd.view(-1, 1, 1, 1), src[:, c : c + 5], src[:, c + 5 :])
-        a, b, fitted = line[:, :2], line[:, 2:4], line[:, 4:] > 0.5
-        d = dist.to(a.dtype).view(-1, 1, 1, 1)
-        total = torch.round(a - b * d)  # where g's content is, d steps on
-        before = torch.where(d > 1, torch.round(a - b * (d - 1)), torch.zeros_like(a))
-        move = torch.where(fitted, (before - total).clamp(-r, r), torch.zeros_like(a))  # (M, 2, H, W)
-        own = ((move[:, :1] + r) * kernel + move[:, 1:] + r).long()
-        votes = box_mean((own == taps).float(), patch_side(h, w))
-        own = votes.argmax(1, keepdim=True)  # the most common move around each pixel: content moves as one piece
-        move = torch.cat([own // kernel - r, own % kernel - r], 1).float()
-        # each pixel takes the content that lands on it: a neighbour p + o whose own move is o. Reading the move at
-        # p itself (a backward warp) would shave a moving object's lead by its speed every step, since the pixels
-        # ahead of it still hold the background's line. Moving content wins over still (it is in front of what
-        # it passes); where nothing lands (what a move uncovers), p's own move.
-        lands = (neighbourhood(move, kernel) == offs).all(1)  # (M, K^2, H W)
-        tap = (lands * reach).argmax(1).view(-1, 1, h, w)
-        tap = torch.where((lands * reach).amax(1).view(-1, 1, h, w) > 0, tap, own)
-        move = torch.cat([tap // kernel - r, tap % kernel - r], 1)  # this step's one tap of the kernel
-        # shift_sum with those one-hot weights, as a gather (edges repeated): the same result, a K^2-th of the work
-        at = (ys + move[:, 0]).clamp(0, h - 1) * w + (xs + move[:, 1]).clamp(0, w - 1)  # (M, H, W)
-        built = torch.gather(src.flatten(2), 2, at.flatten(1).unsqueeze(1).expand(-1, src.shape[1], -1))
-        return built.view_as(src), (tap == taps).float() - identity
+    def step(carried: torch.Tensor, where: Where) -> tuple[torch.Tensor, torch.Tensor]:  # carried (M, C + 10, H, W)
+        _, ahead, behind = _unpack(carried, c)
+        line = torch.where(pick(later, where).view(-1, 1, 1, 1), ahead, behind)
+        tap = _landing_taps(_planned_taps(line, pick(distance, where), kernel), kernel)  # this step's tap
+        return _shifted(carried, tap, kernel), (tap == _tap_ids(k2, tap.device)).float() - identity
 
-    prior = torch.zeros(n, t, k2, h, w, device=frames.device)
-    if sync_free:
-        src_index = source.view(n, t, 1, 1, 1).expand_as(current)
-        for level in range(1, t):  # the longest chain a T-frame clip can have
-            src = torch.gather(current, 1, src_index).flatten(0, 1)
-            built, wts = step(src, distance.flatten(), later.flatten())
-            at = (distance == level).view(n, t, 1, 1, 1)
-            current = torch.where(at, built.view_as(current), current)
-            prior = torch.where(at, wts.view_as(prior), prior)
-    else:
-        for b, f in by_distance(distance):
-            built, wts = step(current[b, source[b, f]], distance[b, f], later[b, f])
-            current = current.index_put((b, f), built)
-            prior = prior.index_put((b, f), wts)
-    return prior.transpose(1, 2), current[:, :, :c].transpose(1, 2)
+    weights = torch.zeros(n, t, k2, h, w, device=frames.device)
+    built, (weights,) = walk(_pack(given, forward, backward), mask, step, (weights,), sync_free)
+    return MotionEstimate(weights.transpose(1, 2), _unpack(built, c)[0].transpose(1, 2))
