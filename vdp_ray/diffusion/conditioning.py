@@ -84,6 +84,7 @@ class ConditionedDenoiser:
         a, s, model_t = self.diffusion.point(t)
         t_full = torch.full((n, num_frames), model_t, device=x_t.device)  # fp32: bf16 cannot tell 999 from 1000
         cond = self.cond
+        # the conditional input as in training: given frames clean, at time 0, marked by the mask
         if cond.has_frames:
             given = expand_to(cond.mask, x_t)
             x_in = torch.where(given, cond.given, x_t)
@@ -91,7 +92,7 @@ class ConditionedDenoiser:
             mask = cond.mask
         else:
             x_in, t_cond, mask = x_t, t_full, None
-        g_ctx = self.guidance if cond.has_frames else 1.0
+        g_ctx = self.guidance if cond.has_frames else 1.0  # no frames: nothing to guide towards
         g_txt = self.text_guidance
         # Branches (Brooks et al. 2023, eq. 3 for two conditions): full = context + text; ctx = context +
         # null text; uncond = no context (+ the text when text guidance is off, else the null text).
@@ -116,8 +117,10 @@ class ConditionedDenoiser:
             out = outs["uncond"] + g_ctx * (full - outs["uncond"])
         else:
             out = full
+        # Guidance combined the predictions before the split: the split is affine in the prediction for a fixed
+        # x_t, so combining x0s or eps's gives the same point, and one split costs less than three.
         x0, eps = self.diffusion.split(out, x_t, a, s)
-        if self.clip_x0 is not None:
+        if self.clip_x0 is not None:  # keep x0 in the data's range; eps follows so the pair stays consistent
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
             eps = (x_t - a * x0) / max(s, 1e-12)
         if mask is not None:

@@ -22,7 +22,8 @@ class GaussianDiffusion(DiffusionProcess):
         super().__init__(**settings)
         self.schedule = self.cfg.schedule
         self.alpha_bar = make_alpha_bar(self.schedule, self.num_timesteps, self.cfg.zero_terminal_snr)  # (T,) fp64
-        self.alpha_bar_values: list[float] = self.alpha_bar.tolist()  # for the samplers' per-step host arithmetic
+        # samplers do their per-step arithmetic on the host (floats, not tensors): no device sync per step
+        self.alpha_bar_values: list[float] = self.alpha_bar.tolist()
         self._tables: dict[torch.device, torch.Tensor] = {}
 
     def alpha_bar_on(self, device) -> torch.Tensor:

@@ -54,6 +54,7 @@ class DiffusionProcess:
 
     def __init__(self, **settings):
         settings.setdefault("objective", self.objective)
+        # the config's own machinery: the same defaults, types, ranges and messages as a YAML file gets
         cfg = build(DiffusionConfig, settings, "diffusion.")
         if cfg.objective != self.objective:
             raise ValueError(f"diffusion.objective: {type(self).__name__} is {self.objective!r}, got {cfg.objective!r}")
@@ -61,7 +62,7 @@ class DiffusionProcess:
         self.anchor = Anchor.of_config(cfg)
         self.num_timesteps, self.prediction_type = cfg.num_timesteps, cfg.prediction_type
         self.min_snr_gamma, self.loss, self.context_noise = cfg.min_snr_gamma, cfg.loss, cfg.context_noise
-        self.times = cfg.times or self.default_times
+        self.times = cfg.times or self.default_times  # unset: each objective's usual draw
         self.logit_mean, self.logit_std = cfg.time_logit_mean, cfg.time_logit_std
 
     @classmethod
@@ -143,36 +144,48 @@ class DiffusionProcess:
         ``per_frame`` (N, T) unweighted errors and ``t`` (N,).
         """
         net_dtype = dtype or x0.dtype
+        # the arithmetic around the network in fp32 at least: in fp16, alpha_bar rounds to 1 near the clean end
         x0 = x0.to(compute_dtype(x0))
         n, num_frames = x0.shape[0], x0.shape[2]
-        if frame_mask is None:
+        if frame_mask is None:  # nothing given: unconditional generation for every clip
             frame_mask = torch.zeros(n, num_frames, dtype=torch.bool, device=x0.device)
         if t is None:
             t = self.draw_times(n, generator, x0.device, x0.shape)
         noise = self._noise(x0, noise, generator)
+
+        # Given frames: clean at time 0, or (augment) noised a little and told how much through their own time,
+        # so that at sampling time a model rolling out on its own imperfect frames has seen such context before.
         given_t = torch.zeros_like(t)
         context = x0
         if augment and self.context_noise > 0:
             given_t = self.context_times(n, generator, x0.device).to(t.dtype)
             noisy_context = self.q_sample(x0, given_t, self._noise(x0, None, generator))
             context = torch.where(expand_to(given_t > 0, x0), noisy_context, x0)
-        frame_t = torch.where(frame_mask, given_t[:, None], t[:, None])  # (N, T)
+        # one time per clip for the frames to predict, the given frames' own time for the rest: (N, T)
+        frame_t = torch.where(frame_mask, given_t[:, None], t[:, None])
         given = expand_to(frame_mask, x0)
         x_t = torch.where(given, context, self.q_sample(x0, frame_t, noise))
-        anchor = self.anchor.prepare(context, frame_mask)  # from the given frames as the network sees them
+
+        # The anchor starts from the given frames as the network sees them (noised or not): at sampling time the
+        # denoiser prepares it the same way from the frames it is given.
+        anchor = self.anchor.prepare(context, frame_mask)
         model_kwargs = {**model_kwargs, **anchor.inputs(net_dtype)}
         out = model(x_t.to(net_dtype), self.model_time(frame_t), frame_mask, **model_kwargs).to(x0.dtype)
-        prediction = anchor.apply(out)
+        prediction = anchor.apply(out)  # x0 for an anchored network, else the objective's space
+
         a_t, s_t = self.path(frame_t)  # (N, T)
         a_t, s_t = a_t.to(x0.dtype), s_t.to(x0.dtype)
         space = self.anchor.output_space(self.prediction_type)
         target = target_as(space, x0, noise, expand_to(a_t, x0), expand_to(s_t, x0), self.flow)
         weight = None
-        if self.anchor.predicts_change:  # an x0 prediction scored in the objective's space: its error there
+        if self.anchor.predicts_change:
+            # An x0 prediction scored as its error would read in the objective's space (eps: a/s times it, v:
+            # 1/s), so prediction_type keeps its meaning (where on the path the loss looks) for anchored models.
             weight = x0_error_factor(self.prediction_type, a_t, s_t).pow(2)  # (N, T)
         if self.min_snr_gamma:
             snr_weight = min_snr_weight_as(a_t, s_t, self.min_snr_gamma, self.prediction_type)
             weight = snr_weight if weight is None else weight * snr_weight
+        # only the frames to predict count: given frames are inputs, and an error there would teach nothing
         loss, per_frame = masked_frame_loss(prediction, target, ~frame_mask, weight, self.loss)
         return {"loss": loss, "per_frame": per_frame.detach(), "t": t}
 

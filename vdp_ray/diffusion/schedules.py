@@ -73,8 +73,10 @@ def ddpm_grid(num_train: int, num_steps: int, spacing: str) -> list[int]:
     if not 1 <= num_steps <= num_train:
         raise ValueError(f"sampling steps must be in [1, {num_train}], got {num_steps}")
     if spacing == "trailing":
+        # Lin et al. 2024, table 2: the first step at the last training timestep, where sampling starts from
+        # pure noise (with a zero-terminal-SNR schedule); leading and linspace start below it
         steps = np.round(np.arange(num_train, 0, -num_train / num_steps)).astype(np.int64) - 1
-    elif spacing == "leading":
+    elif spacing == "leading":  # DDIM's and Stable Diffusion's original spacing
         steps = (np.arange(num_steps) * (num_train // num_steps))[::-1]
     elif spacing == "linspace":
         steps = np.round(np.linspace(0, num_train - 1, num_steps + 1)).astype(np.int64)[::-1][:-1]
