@@ -93,7 +93,7 @@ def walk(
     per_frame = (n, t) + (1,) * (frames.ndim - 2)  # (N, T, 1, ...): broadcasts a frame's index or flag
     index = source.view(per_frame).expand_as(frames)
     for level in range(1, t):  # the longest chain a T-frame clip can have
-        built, *values = step(torch.gather(frames, 1, index).flatten(0, 1), None)
+        built, *values = step(torch.gather(frames, 1, index).flatten(0, 1), None)  # every source: (N T, ...)
         here = (distance == level).view(n, t)
         frames = torch.where(here.view(per_frame), built.view_as(frames), frames)
         outputs = tuple(

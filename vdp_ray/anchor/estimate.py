@@ -74,11 +74,13 @@ def best_offsets(before: torch.Tensor, after: torch.Tensor, kernel: int) -> torc
     sensor noise) for the shorter one, so nothing moves without a reason."""
     m, _, h, w = before.shape
     taps = neighbourhood(before.mean(1, keepdim=True), kernel)  # (M, 1, K^2, H W)
+    # squared difference of every pixel of ``after`` to each shifted copy of ``before``: (M, K^2, H, W)
     err = (taps - after.mean(1).view(m, 1, 1, h * w)).pow(2).view(m, kernel * kernel, h, w)
     err = box_mean(err, patch_side(h, w))  # (M, K^2, H, W)
     offs = offsets(kernel, before.device)
     length = offs.pow(2).sum(1).to(err.dtype).view(1, -1, 1, 1)
-    return offs[(err + LENGTH_PENALTY * length).argmin(1)].permute(0, 3, 1, 2).to(err.dtype)
+    best = (err + LENGTH_PENALTY * length).argmin(1)  # (M, H, W): the winning tap
+    return offs[best].permute(0, 3, 1, 2).to(err.dtype)  # (M, H, W, 2) -> (M, 2, H, W)
 
 
 def velocity_fit(frames: torch.Tensor, mask: torch.Tensor, kernel: int, sparse: bool = True) -> torch.Tensor:
@@ -104,11 +106,12 @@ def velocity_fit(frames: torch.Tensor, mask: torch.Tensor, kernel: int, sparse: 
         if len(i):
             steps[i, f] = best_offsets(frames[i, f - 1], frames[i, f], kernel)
     else:
-        pairs = best_offsets(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1), kernel)
+        pairs = best_offsets(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1), kernel)  # (N (T-1), 2, H, W)
         steps[:, 1:] = pairs.view(n, t - 1, 2, h, w)
     ys, xs = torch.meshgrid(torch.arange(h, device=frames.device), torch.arange(w, device=frames.device), indexing="ij")
     scale = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=frames.device)
-    grid = (torch.stack([xs, ys], -1) + steps.flip(2).permute(0, 1, 3, 4, 2)) * scale - 1  # where each match points
+    # where each match points, (N, T, H, W, 2) as (x, y): steps are (dy, dx) channels, grid_sample wants (x, y) last
+    grid = (torch.stack([xs, ys], -1) + steps.flip(2).permute(0, 1, 3, 4, 2)) * scale - 1
     grid = grid.flatten(0, 1)  # (N T, H, W, 2), (x, y) in [-1, 1] as grid_sample reads them
     zero = torch.zeros(n, 1, 2, h, w, device=frames.device)
     history = min(t - 1, MAX_HISTORY - 1)
@@ -116,7 +119,7 @@ def velocity_fit(frames: torch.Tensor, mask: torch.Tensor, kernel: int, sparse: 
     for _ in range(history):
         older = torch.cat([zero, r[-1][:, :-1]], 1).flatten(0, 1)  # frame t-1's r(h-1)
         read = F.grid_sample(older, grid, mode="bilinear", padding_mode="border", align_corners=True)
-        r.append(steps + read.view(n, t, 2, h, w))
+        r.append(steps + read.view(n, t, 2, h, w))  # (N T, 2, H, W) -> (N, T, 2, H, W)
         ok.append(paired & torch.cat([torch.zeros_like(mask[:, :1]), ok[-1][:, :-1]], 1))
     for length in range(2, history + 2):  # longer runs overwrite shorter ones where they fit
         pts = torch.stack(r[:length])  # (L, N, T, 2, H, W)
@@ -125,7 +128,7 @@ def velocity_fit(frames: torch.Tensor, mask: torch.Tensor, kernel: int, sparse: 
         b = (centred * pts).sum(0) / centred.pow(2).sum()
         a = pts.mean(0) - b * (length - 1) / 2
         fits = (pts - a - b * hs).abs().amax(dim=(0, 3)) <= FIT_TOLERANCE  # (N, T, H, W)
-        take = (fits & ok[length - 1].view(n, t, 1, 1)).unsqueeze(2)
+        take = (fits & ok[length - 1].view(n, t, 1, 1)).unsqueeze(2)  # (N, T, 1, H, W)
         out = torch.where(take, torch.cat([a, b, torch.ones_like(a[:, :, :1])], 2), out)
     return out
 
@@ -171,7 +174,7 @@ def _landing_taps(planned: torch.Tensor, kernel: int) -> torch.Tensor:
     r, k2 = kernel // 2, kernel * kernel
     m, _, h, w = planned.shape
     move = torch.cat([planned // kernel - r, planned % kernel - r], 1).float()  # (M, 2, H, W) as (dy, dx)
-    offs = offsets(kernel, planned.device).float().T.reshape(1, 2, k2, 1)
+    offs = offsets(kernel, planned.device).float().T.reshape(1, 2, k2, 1)  # (K^2, 2) -> (1, 2: dy dx, K^2, 1)
     reach = 1 + offs.pow(2).sum(1)  # (1, K^2, 1): the preference among contents landing on a pixel
     reach[:, k2 // 2] = 0  # and none for staying put
     lands = (neighbourhood(move, kernel) == offs).all(1)  # (M, K^2, H W): whether the neighbour o moves by o
@@ -189,7 +192,7 @@ def _shifted(carried: torch.Tensor, tap: torch.Tensor, kernel: int) -> torch.Ten
     dy, dx = (tap // kernel - r)[:, 0], (tap % kernel - r)[:, 0]  # (M, H, W) each
     at = (ys + dy).clamp(0, h - 1) * w + (xs + dx).clamp(0, w - 1)  # (M, H, W): the flat pixel read
     index = at.flatten(1).unsqueeze(1).expand(-1, carried.shape[1], -1)  # (M, X, H W)
-    return torch.gather(carried.flatten(2), 2, index).view_as(carried)
+    return torch.gather(carried.flatten(2), 2, index).view_as(carried)  # (M, X, H W) -> (M, X, H, W)
 
 
 def _tap_ids(k2: int, device) -> torch.Tensor:
@@ -232,4 +235,5 @@ def estimate_motion(frames: torch.Tensor, mask: torch.Tensor, kernel: int,
 
     weights = torch.zeros(n, t, k2, h, w, device=frames.device)
     built, (weights,) = walk(_pack(given, forward, backward), mask, step, (weights,), sync_free)
+    # walked as (N, T, ...), returned as (N, K^2 or C, T, H, W)
     return MotionEstimate(weights.transpose(1, 2), _unpack(built, c)[0].transpose(1, 2))
