@@ -11,14 +11,11 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    kwargs: dict = {"logging_level": "WARNING", "log_to_driver": True}
-    if not os.environ.get("RAY_ADDRESS"):
-        # a new Ray of our own, even when another process on this machine runs one (plain ray.init() would
-        # join that one, and refuse num_cpus); a cluster is joined only when RAY_ADDRESS names it
-        kwargs["address"] = "local"
-        if num_cpus is not None:
-            kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
+    # A cluster is joined only when RAY_ADDRESS names it; otherwise a new Ray of our own, even when another
+    # process on this machine runs one (ray.init() without an address would join that one, and refuse num_cpus).
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    own = {"num_cpus": num_cpus} if address == "local" and num_cpus is not None else {}
+    ray.init(address=address, logging_level="WARNING", log_to_driver=True, **own)
     quiet_ray_data()
 
 
