@@ -24,6 +24,17 @@ def test_help_lists_the_verbs():
         assert verb in out
 
 
+@pytest.mark.parametrize("verb", ["train", "tune", "demo"])
+def test_the_commands_that_train_document_verbose(verb, capsys):
+    """Ray's own output goes to the run folder unless --verbose asks for it on the terminal."""
+    from vdp_ray.cli import main
+
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--verbose" in text and "ray.log" in text
+
+
 def test_dry_run_prints_the_resolved_config_and_starts_nothing():
     code = (
         "import sys; from vdp_ray.cli import main; "

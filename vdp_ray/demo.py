@@ -31,6 +31,7 @@ class DemoOptions:
     minutes: float = arg(15.0, "total time budget")
     clips: int = arg(4000, "moving-digits clips to generate")
     eval_clips: int = arg(128, "held-out clips to score")
+    verbose: bool = arg(False, "Ray's own output on the terminal (else in OUT/run/logs/ray.log)")
     overrides: list[str] = arg([], "dotted overrides of the demo config, e.g. train.max_steps=100", positional=True)
 
 
@@ -60,6 +61,7 @@ def _finished_export(cfg) -> Path | None:
 def run_demo(opts: DemoOptions) -> dict:
     """Data, training and evaluation in ``opts.minutes``; returns metrics.json's content (and prints the table)."""
     from .config import ConfigError
+    from .raylog import ray_log
     from .raytools import init_ray
 
     start = time.time()
@@ -72,7 +74,8 @@ def run_demo(opts: DemoOptions) -> dict:
     if round(opts.clips * VAL_FRACTION) < 1 or opts.eval_clips < 1:
         raise ConfigError(f"--clips {opts.clips} / --eval-clips {opts.eval_clips}: too few clips for a held-out split")
     # one Ray for every step; more logical CPUs than cores so data tasks run beside the training workers
-    init_ray(num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.train.workers * cfg.train.cpus_per_worker) + 2))
+    cpus = max(os.cpu_count() or 1, math.ceil(cfg.train.workers * cfg.train.cpus_per_worker) + 2)
+    init_ray(num_cpus=cpus, log=None if opts.verbose else ray_log(cfg.run.dir))
 
     val_count = _make_shards(cfg, opts, shards)
     if not any(o.startswith("train.max_minutes=") for o in opts.overrides):  # the training fits the budget

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+
+from .raylog import divert_ray_loggers, sort_worker_output
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Start or join Ray once per process. Without RAY_ADDRESS this starts a local Ray on this machine."""
+def init_ray(num_cpus: int | None = None, log: Path | None = None) -> None:
+    """Start or join Ray once per process. Without RAY_ADDRESS this starts a local Ray on this machine. ``log``:
+    a file for Ray's own output, leaving the terminal to our lines (``raylog``); None: Ray prints where it does."""
     import ray
 
     if ray.is_initialized():
         return
-    kwargs: dict = {"logging_level": "WARNING", "log_to_driver": True}
-    if not os.environ.get("RAY_ADDRESS"):
-        # a new Ray of our own, even when another process on this machine runs one (plain ray.init() would
-        # join that one, and refuse num_cpus); a cluster is joined only when RAY_ADDRESS names it
-        kwargs["address"] = "local"
-        if num_cpus is not None:
-            kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
+    file = divert_ray_loggers(log) if log is not None else None
+    # A cluster is joined only when RAY_ADDRESS names it; otherwise a new Ray of our own, even when another
+    # process on this machine runs one (ray.init() without an address would join that one, and refuse num_cpus).
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    own = {"num_cpus": num_cpus} if address == "local" and num_cpus is not None else {}
+    ray.init(address=address, logging_level="WARNING", log_to_driver=True, **own)
     quiet_ray_data()
+    if file is not None and sort_worker_output(file):
+        print(f"[vdp] Ray's own output goes to {log} (--verbose: to the terminal)", file=sys.stderr, flush=True)
 
 
 def quiet_ray_data() -> None:

@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    ray.init(logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", logging_level="ERROR", log_to_driver=False)
     n_small, n_large, steps = (128, 32, 10) if args.quick else (512, 96, 40)
     print(f"# {os.cpu_count()} CPUs, torch {torch.__version__}, Ray {ray.__version__}; moving digits (1 channel)\n")
     print("| clips | format | bytes/clip | shard clips/s | pipeline clips/s | first batch s |")

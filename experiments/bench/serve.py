@@ -95,7 +95,7 @@ def main() -> None:
         ceiling[n] = (time.perf_counter() - start) / n
     print("model alone, s per clip by batch:", {n: round(s, 3) for n, s in ceiling.items()}, flush=True)
 
-    ray.init(num_cpus=4, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=4, logging_level="ERROR", log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"

@@ -90,7 +90,7 @@ def main() -> None:
 
     from vdp_ray.data.shards import ShardOptions, shard
 
-    ray.init(num_cpus=4, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=4, logging_level="ERROR", log_to_driver=False)
     peak = matmul_gflops()
     print(f"# torch {torch.__version__}, Ray {ray.__version__}, fp32, matmul {peak:.0f} GFLOP/s, {args.steps} steps\n")
     print(

@@ -171,9 +171,13 @@ def test_every_bad_input_gets_its_4xx_naming_the_field(served, tmp_path):
 def api_replica_rss() -> int:
     """Resident bytes of the ingress replica's process (where uploads are decoded)."""
     import psutil
+    import ray
     from ray.util.state import list_actors
 
-    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if ":vdp:Api" in a.class_name]
+    # the session's Ray by its address: without one the state API looks for a Ray on this machine by itself and
+    # fails when another is running ("Found multiple active Ray instances")
+    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=1000)
+    actors = [a for a in alive if ":vdp:Api" in a.class_name]
     assert len(actors) == 1, [a.class_name for a in actors]
     return psutil.Process(actors[0].pid).memory_info().rss
 

@@ -1,6 +1,9 @@
 """Runs shared by the training tests: each costs a Ray Train start-up (about 20 s on two cores) and a few dozen
 steps, so one run feeds every test that only reads it, and a test that trains on from it copies its folder."""
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,18 +15,25 @@ from support.runs import train_config
 class Run:
     dir: Path
     exports: dict[str, Path]
+    stdout: str = ""  # what the command printed, for a run made by `vdp train`
+    stderr: str = ""
 
 
 @pytest.fixture(scope="session")
-def unet_run(digits, tmp_path_factory) -> Run:
+def unet_run(ray_local, digits, tmp_path_factory) -> Run:
     """tiny_unet, 20 steps on 2 workers with ZeRO-1, fp16 requested as on a GPU (this CPU falls back to fp32),
-    checkpoints at 10 and 20. Read-only: copy run.dir to train on from it."""
-    from vdp_ray.train import fit
-
+    checkpoints at 10 and 20, made by `vdp train` as a user runs it (a subprocess, joining the session's Ray so
+    it starts no Ray of its own), its terminal kept. Read-only: copy run.dir to train on from it."""
     run = tmp_path_factory.mktemp("runs") / "unet"
     cfg = train_config("tiny_unet", digits, run, "train.max_steps=20", "train.lr=1e-3", "train.precision=fp16",
                        "train.zero_stage=1")  # fmt: skip
-    return Run(run, fit(cfg))
+    config = run.parent / "unet.yaml"
+    cfg.save(config)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    proc = subprocess.run([sys.executable, "-m", "vdp_ray.cli", "train", str(config)], env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return Run(run, {"unet3d": run / "export"}, proc.stdout, proc.stderr)
 
 
 @pytest.fixture(scope="session")

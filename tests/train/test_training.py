@@ -3,6 +3,7 @@ time cap, worker failures and divergence. The shared runs come from conftest.py 
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -65,6 +66,22 @@ def test_unet_trains_exports_and_reloads(unet_run, tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--checkpoint", str(checkpoint), "--out", "."]) == 2
     assert "not an export: refusing to replace" in capsys.readouterr().err and (tmp_path / "again").is_dir()
+
+
+def test_the_terminal_shows_our_lines_and_the_run_folder_keeps_ray_s(unet_run):
+    """`vdp train` prints our progress lines; Ray's own (the controller's resource requests, a line per report with
+    the checkpoint's path, Ray Data's notices) go to the run folder's logs/ray.log, named on the terminal."""
+    terminal = unet_run.stdout + unet_run.stderr
+    log = unet_run.dir / "logs" / "ray.log"
+    assert "[vdp unet3d] step 20/20 | loss" in unet_run.stdout and "unet3d: export in" in unet_run.stdout
+    assert "[vdp unet3d] 2 worker(s) on 1 node(s)" in unet_run.stdout, "a worker's line, forwarded by Ray"
+    assert f"Ray's own output goes to {log}" in unet_run.stderr
+    for chatter in ("Reporting training result", "Checkpoint successfully created", "Requesting resources"):
+        assert chatter not in terminal, terminal
+    assert not re.search(r"\(\w+ pid=\d+", terminal), "no worker line of Ray's, e.g. (RayTrainWorker pid=1)"
+    text = log.read_text()
+    assert "Reporting training result" in text and "(TrainController pid=" in text
+    assert "[vdp unet3d] step 20/20" in text, "ours too, in order among Ray's"
 
 
 def test_unreadable_clips_in_training_are_skipped_named_and_past_the_limit_stop_the_run(digits, tmp_path):

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ..config import describe_keys, load_config
+from ..raylog import ray_log
 
 # Reference inputs for `vdp models` (batch 1): pixel clips for the U-Net and the VAE, and the latents
 # of a 16x256x256 clip under the seed VAE (8x spatial, 4x temporal, 4 channels) for the DiT.
 REFERENCE_INPUT = {"unet3d": (3, 16, 64, 64), "vae": (3, 16, 256, 256), "dit": (4, 4, 32, 32)}
+VERBOSE = (
+    "Ray's own output (the Train controller, every checkpoint report, Ray Data) on the terminal as Ray prints "
+    "it; without this flag it goes to {where} and the terminal shows our progress lines, warnings and errors"
+)
 
 
 def add_train(p) -> None:
     p.add_argument("config", help="experiment YAML, e.g. experiments/tiny_unet.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 train.workers=2")
     p.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, start nothing")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE.format(where="RUN_DIR/logs/ray.log"))
     p.set_defaults(func=run_train)
 
 
@@ -28,12 +35,14 @@ def run_train(args) -> int:
     from ..train import TrainingError, fit
 
     try:
-        exports = fit(cfg)
+        exports = fit(cfg, verbose=args.verbose)
     except OutputError as exc:  # refused before anything started (another run holds the folder)
         print(f"vdp train: {exc}", file=sys.stderr)
         return 2
     except TrainingError as exc:
         print(f"vdp train: {exc}", file=sys.stderr)
+        if not args.verbose:
+            print(f"vdp train: Ray's own output is in {ray_log(Path(cfg.run.dir).resolve())}", file=sys.stderr)
         return 1
     from ..export import Export, provenance
 
@@ -53,6 +62,7 @@ def add_tune(p) -> None:
     p.add_argument("--dir", help="sweep folder (default: dir: in the sweep file, else runs/sweeps/NAME)")
     p.add_argument("--restart", action="store_true", help="discard what the sweep folder holds and start over")
     p.add_argument("--dry-run", action="store_true", help="check the sweep and list its trials, start nothing")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE.format(where="the sweep folder's logs/ray.log"))
     p.set_defaults(func=run_tune)
 
 
@@ -63,7 +73,7 @@ def run_tune(args) -> int:
     if args.dry_run:
         print(describe_trials(spec, args.dir))
         return 0
-    result = sweep(spec, folder=args.dir, restart=args.restart)
+    result = sweep(spec, folder=args.dir, restart=args.restart, verbose=args.verbose)
     if result.unfinished:
         print(f"vdp tune: interrupted with {result.unfinished} of {result.total} trial(s) to run; run the same "
               "command to resume", file=sys.stderr)  # fmt: skip

@@ -211,7 +211,8 @@ def _finite_gradients(engine, precision: str) -> bool:
 
 
 def _rank_line(w: Worker):
-    """Another rank's notes: to its stdout (Ray shows it with the worker's prefix), not to rank 0's run log."""
+    """Another rank's notes: to its stdout (forwarded by Ray to the driver's terminal, raylog.py), not to rank 0's
+    run log."""
 
     def line(text: str) -> None:
         print(f"[vdp {w.name} rank {w.rank}] {text}", file=sys.__stdout__, flush=True)

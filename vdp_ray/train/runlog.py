@@ -36,7 +36,7 @@ class RankZeroLog:
     def line(self, text: str) -> None:
         if self.enabled:
             # To the process' own stdout: Ray Train V2 re-routes plain print() through a logger that can
-            # echo each line twice.
+            # echo each line twice. Ray forwards it to the driver, whose terminal shows it by its tag (raylog.py).
             print(f"[vdp {self.stage}] {text}", file=sys.__stdout__, flush=True)
             self.text.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
             self.text.flush()

@@ -117,11 +117,12 @@ def resolve_run(cfg: Config) -> Config:
     return cfg
 
 
-def fit(cfg: Config, callbacks: list | None = None) -> dict[str, Path]:
+def fit(cfg: Config, callbacks: list | None = None, verbose: bool = False) -> dict[str, Path]:
     """Train every stage of ``cfg.train.stages``; returns {stage: export folder}.
 
     ``callbacks`` (Ray Train ``UserCallback``s, e.g. Tune's report callback) watch the last stage only: the
-    stage whose model is the result.
+    stage whose model is the result. Where this starts Ray, Ray's own output goes to the run folder's
+    logs/ray.log (``verbose``: to the terminal, as Ray prints it).
     """
     from ..fsutil import run_lock
 
@@ -129,17 +130,18 @@ def fit(cfg: Config, callbacks: list | None = None) -> dict[str, Path]:
     cfg = resolve_run(cfg)
     run_dir = Path(cfg.run.dir).resolve()
     with run_lock(run_dir, "vdp train"):  # one writer per run folder (a second run would interleave checkpoints)
-        return _fit_stages(cfg, run_dir, callbacks)
+        return _fit_stages(cfg, run_dir, callbacks, verbose)
 
 
-def _fit_stages(cfg: Config, run_dir: Path, callbacks: list | None) -> dict[str, Path]:
+def _fit_stages(cfg: Config, run_dir: Path, callbacks: list | None, verbose: bool) -> dict[str, Path]:
     from ..export import WEIGHTS, with_vae, write_diffusers_vae_export
+    from ..raylog import ray_log
     from ..raytools import init_ray
     from .stages import STAGE_CLASSES
 
     cfg.save(run_dir / "config.yaml")
     needed = math.ceil(cfg.train.workers * cfg.train.cpus_per_worker) + 2  # room for Ray Data's tasks
-    init_ray(num_cpus=max(os.cpu_count() or 1, needed))
+    init_ray(num_cpus=max(os.cpu_count() or 1, needed), log=None if verbose else ray_log(run_dir))
 
     if cfg.vae.diffusers:  # a pretrained per-frame VAE: wrapped once as this run's VAE export
         target = run_dir / "vae_export"

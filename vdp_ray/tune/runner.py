@@ -17,9 +17,10 @@ from .sweep_file import Sweep, SweepError, grid_size, load_sweep, param_space, s
 
 
 def sweep(sweep: Sweep | str | Path, overrides: list[str] | tuple[str, ...] = (), *, folder: str | Path | None = None,
-          restart: bool = False, progress: bool = True) -> SweepResult:  # fmt: skip
+          restart: bool = False, progress: bool = True, verbose: bool = False) -> SweepResult:  # fmt: skip
     """Run (or resume) a sweep; returns every trial's row and the winner. ``folder`` replaces the sweep's dir.
-    The folder must be new, empty or this sweep's (its record), and one sweep at a time holds it."""
+    The folder must be new, empty or this sweep's (its record), and one sweep at a time holds it. Where this
+    starts Ray, Ray's own output goes to the folder's logs/ray.log (``verbose``: to the terminal)."""
     from ..fsutil import OutputError, check_replaceable, run_lock
     from ..train.trainer import check_inputs
 
@@ -38,7 +39,7 @@ def sweep(sweep: Sweep | str | Path, overrides: list[str] | tuple[str, ...] = ()
             if restart:
                 _clear(out)
             _claim(out, identity)
-            return _run(sweep, out, base_cfg, progress)
+            return _run(sweep, out, base_cfg, progress, verbose)
     except OutputError as exc:
         raise SweepError(f"the sweep folder: {exc}") from None
 
@@ -56,17 +57,19 @@ def _clear(out: Path) -> None:
             child.unlink()
 
 
-def _run(sweep: Sweep, out: Path, base_cfg, progress: bool) -> SweepResult:
+def _run(sweep: Sweep, out: Path, base_cfg, progress: bool, verbose: bool) -> SweepResult:
     import time
 
     from ray import tune
 
+    from ..raylog import ray_log
     from ..raytools import init_ray
 
     start = time.perf_counter()
     t = base_cfg.train
     per_trial = t.workers * t.cpus_per_worker + 1  # + room for each trial's Ray Data tasks
-    init_ray(num_cpus=max(os.cpu_count() or 1, math.ceil(sweep.max_concurrent_trials * per_trial) + 1))
+    cpus = max(os.cpu_count() or 1, math.ceil(sweep.max_concurrent_trials * per_trial) + 1)
+    init_ray(num_cpus=cpus, log=None if verbose else ray_log(out))
 
     values = _absolute_paths(sweep.base_values())
     shared = _shared_vae(sweep, values, out, progress)
