@@ -60,11 +60,15 @@ def test_forwarded_lines_ours_on_the_terminal_ray_s_in_the_file_cluster_events_a
         dispatcher.emit({**worker, "is_err": True, "lines": ["[vdp data] skipped clip k1", "FutureWarning: old"]})
         oom = {"pid": "raylet", "ip": "10.0.0.1", "is_err": False, "lines": ["A worker died (out of memory)"]}
         dispatcher.emit(oom)
+        crash = {**worker, "is_err": True, "lines": ["Traceback (most recent call last):", '  File "x.py"',
+                                                     "ValueError: bad clip"]}  # fmt: skip
+        dispatcher.emit(crash)
     finally:
         dispatcher.handlers = saved
     out, err = capsys.readouterr()
     assert out == "[vdp unet3d] step 2/4 | loss 0.5\n" and err == "[vdp data] skipped clip k1\n"
-    assert printed == [oom], "the raylet's lines go to Ray's own printer, unchanged"
+    assert printed == [oom, crash], "the raylet's lines and a worker's traceback go to Ray's own printer, whole"
     text = Path(diverted.baseFilename).read_text()
     assert "(RayTrainWorker pid=7, ip=10.0.0.2) Reporting training result 1" in text
     assert "(RayTrainWorker pid=7, ip=10.0.0.2) [vdp unet3d] step 2/4" in text and "FutureWarning: old" in text
+    assert "ValueError: bad clip" in text

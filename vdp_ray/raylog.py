@@ -87,6 +87,10 @@ def sort_worker_output(file: logging.FileHandler) -> bool:
             ray_print(batch)
             return
         lines = batch.get("lines") or []
+        if batch.get("is_err") and any(_is_error(line) for line in lines):  # a worker's traceback: shown whole
+            ray_print(batch)
+            _write_lines(file, batch, lines)
+            return
         ours = [line for line in lines if line.startswith(TAG)]
         if ours:
             print("\n".join(ours), file=sys.stderr if batch.get("is_err") else sys.stdout, flush=True)
@@ -95,6 +99,14 @@ def sort_worker_output(file: logging.FileHandler) -> bool:
     dispatcher.remove_handler(PRINTER)
     dispatcher.add_handler(PRINTER, sort)  # under Ray's name: ray.shutdown() removes it as it would its own
     return True
+
+
+def _is_error(line: str) -> bool:
+    """A line of a Python traceback's head or tail ("Traceback ...", "ValueError: ..."): errors reach the terminal."""
+    head = line.split(":", 1)[0]
+    return line.startswith("Traceback (most recent call last)") or (
+        ":" in line and head.isidentifier() and head.endswith(("Error", "Exception"))
+    )
 
 
 def _write_lines(file: logging.FileHandler, batch: dict, lines: list[str]) -> None:
