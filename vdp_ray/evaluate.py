@@ -21,10 +21,10 @@ import torch
 from .metrics import BASELINES, baselines, psnr, ssim
 from .options import REQUIRED, arg
 from .pixels import clips_to_model, clips_to_uint8, to_model_range
-from .vocab import INFERENCE_PRECISIONS, SAMPLERS
+from .request import SAMPLING, PredictFields, Sampling
+from .vocab import INFERENCE_PRECISIONS
 
 KEEP_CLIPS = 4  # predictions kept for the GIF and the strip
-SAMPLING = "sampling (defaults: the export's sampling.* settings)"
 
 
 class EvaluationError(ValueError):
@@ -32,11 +32,12 @@ class EvaluationError(ValueError):
 
 
 @dataclass
-class EvalOptions:
+class EvalOptions(Sampling, PredictFields):
+    """`vdp evaluate`: the protocol (a prediction's fields and the sampling, as `vdp predict`'s), the held-out
+    shards and how the work spreads."""
+
     checkpoint: str = arg(REQUIRED, "an export folder (run.dir/export)")
     shards: str = arg(REQUIRED, "held-out shards: a folder, a glob, a tar or a URI")
-    context: int | None = arg(None, "given frames (default: the export's data.context_frames)")
-    future: int | None = arg(None, "predicted frames (default: the rest of the model's window)")
     clips: int = arg(64, "clips to score")
     samples: int = arg(1, "draws per clip: metrics average them; with more than one, best-of-K is reported too",
                        aliases=("--best-of",))  # fmt: skip
@@ -44,16 +45,13 @@ class EvalOptions:
     cpus_per_worker: float = arg(2.0, "CPUs per actor (its threads; a GPU each when the cluster has them)")
     batch_size: int = arg(16, "clips per batch")
     out: str | None = arg(None, "output folder", cli_default="eval")
-    sampler: str | None = arg(None, "sampler (default: the export's)", choices=SAMPLERS, group=SAMPLING)
-    steps: int | None = arg(None, "sampling steps (e.g. 1000 for ddpm, 50 ddim, 20 dpm++)", group=SAMPLING)
-    guidance: float | None = arg(None, "classifier-free guidance on the context (1 = off)", group=SAMPLING)
-    seed: int = arg(0, "noise seed (same seed, same frames)", group=SAMPLING)
     device: str = arg("auto", "auto (a GPU per actor when the Ray cluster has GPUs), cpu, cuda", group=SAMPLING)
     precision: str = arg("auto", "auto (the export's training precision on GPUs, fp32 on CPUs), fp16, bf16, fp32",
                          choices=INFERENCE_PRECISIONS, group=SAMPLING)  # fmt: skip
 
-    def sampling(self) -> dict:
-        return {"sampler": self.sampler, "steps": self.steps, "guidance": self.guidance}
+    def __post_init__(self):
+        if self.seed is None:  # an evaluation is always reproducible
+            self.seed = 0
 
 
 def score(pred: torch.Tensor, truth: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -187,6 +185,8 @@ def plan(opts: EvalOptions) -> Plan:
                         ("--workers", opts.workers), ("--batch-size", opts.batch_size)):  # fmt: skip
         if value <= 0:
             raise EvaluationError(f"{name}: must be a positive integer, got {value}")
+    if p.text is None and opts.text_guidance not in (None, 1.0):
+        raise EvaluationError(f"--text-guidance: {opts.checkpoint} was trained without text (no text.encoder)")
     try:
         settings = p.settings(**opts.sampling())
         p.latent.latent_frames(k, "--context")

@@ -63,6 +63,11 @@ def flag_of(cls, name: str) -> str:
     return name
 
 
+def field_types(cls) -> dict[str, Any]:
+    """Each field's type, the one inside Optional (``int | None`` -> ``int``)."""
+    return {name: _unwrap(tp) for name, tp in typing.get_type_hints(cls).items()}
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
     """One argument per ``arg`` field of ``cls`` (nested option dataclasses included, their flags unprefixed)."""
     hints = typing.get_type_hints(cls)

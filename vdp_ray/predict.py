@@ -21,6 +21,7 @@ import torch
 
 from .config import SamplingConfig, SettingError, check_prompts, resolve_sampling
 from .diffusion import Condition, interpolation_mask, make_diffusion, sample
+from .diffusion.samplers import evaluations_per_step
 from .export import WEIGHTS, Export
 from .latent import LatentFrameError, LatentSpace
 from .pixels import clips_to_model, clips_to_uint8, fit_frames
@@ -132,9 +133,31 @@ class Predictor:
                                f"(its VAE compresses time by {self.tc})")  # fmt: skip
         return self.latent.whole(c)
 
-    def windows(self, num_future: int, context: int) -> int:
-        """Sampling windows a prediction of ``num_future`` frames takes when each conditions on ``context``."""
-        return math.ceil(num_future / (self.window - context))
+    def windows(
+        self, task: str, *, future: int | None = None, context: int | None = None, frames: int | None = None
+    ) -> int:
+        """Sampling windows (calls of ``sample``) a task takes: a prediction of ``future`` frames (default: the rest
+        of the window) from ``context`` given ones rolls out a window per (window - context) new frames, a generated
+        clip of ``frames`` rolls out from its first window, and an interpolation or a refinement is one window."""
+        if task == "predict":
+            new = self.window - self.context_for(context or self.max_context)
+            return math.ceil((future or new) / new)
+        if task == "generate":
+            return 1 + math.ceil(max(0, (frames or self.window) - self.window) / (self.window - self.max_context))
+        return 1
+
+    def evaluations(self, r) -> int:
+        """Network evaluations request ``r`` takes (a ``request.Request``, its frame counts given), each of one
+        clip's window: windows x steps x evaluations per step x guidance branches x clips. A server prices a
+        request with it before sampling."""
+        s = self.settings(**r.sampling())
+        strength = r.strength if r.task == "refine" else None  # refine starts part-way: fewer steps on DDPM's grid
+        shape = self.latent.latent_shape(1, self.window)
+        steps = len(self.diffusion.sampling_times(s.steps, s.spacing, strength, shape))
+        branches = 1 + (s.guidance != 1.0) + (self.text is not None and s.text_guidance != 1.0)
+        clips = r.batch if r.task == "generate" else 1
+        windows = self.windows(r.task, future=r.future, context=r.context, frames=r.frames)
+        return windows * steps * evaluations_per_step(s.sampler) * branches * clips
 
     @property
     def model_id(self) -> str:

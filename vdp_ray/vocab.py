@@ -6,7 +6,8 @@ from __future__ import annotations
 # --- diffusion
 SCHEDULES = ("linear", "cosine", "sigmoid")
 PREDICTION_TYPES = ("eps", "v", "x0")
-SAMPLERS = ("ddpm", "ddim", "dpm++", "euler", "heun")  # every one works on both objectives
+# the names of diffusion/samplers.py's REGISTRY (which imports torch), in its order; each works on both objectives
+SAMPLERS = ("ddpm", "ddim", "dpm++", "euler", "heun")
 TIME_DRAWS = ("uniform", "logit_normal")  # how training draws noise levels
 LOSSES = ("mse", "log_mse")  # how a frame's error enters the training loss
 ANCHORS = ("none", "last", "motion")  # where a prediction starts from: nothing, copy-last, the given frames' motion

@@ -28,6 +28,22 @@ def test_timestep_spacings():
         timestep_schedule(1000, 10, "cubic")
 
 
+def test_the_registry_is_the_vocabulary_and_counts_each_samplers_network_calls():
+    """Every name of vocab.SAMPLERS is a row of the registry, in order; sampling.eta reaches DDIM alone; and a
+    sampler's evaluations per step bound the network calls of a run, tightly (Heun's last step takes one)."""
+    from vdp_ray.diffusion import make_sampler
+    from vdp_ray.diffusion.samplers import REGISTRY, evaluations_per_step
+    from vdp_ray.vocab import SAMPLERS
+
+    assert tuple(REGISTRY) == SAMPLERS
+    d = GaussianDiffusion("cosine", 1000, "eps")
+    assert [make_sampler(name, d, eta=0.5).eta for name in ("ddim", "euler", "ddpm")] == [0.5, 0.0, 1.0]
+    for name in SAMPLERS:
+        oracle, per_step = GaussianOracle(d, MU, S), evaluations_per_step(name)
+        sample(oracle, d, (2, 1, 2, 2, 2), settings=settings(sampler=name, steps=5))
+        assert 5 * per_step - per_step < oracle.calls <= 5 * per_step, (name, oracle.calls)
+
+
 def expected_std(diffusion, steps, spacing="trailing"):
     # Every sampler ends with a jump from the last timestep to the clean sample through E[x0 | x_t], so for
     # Gaussian data its exact output law is that of the posterior mean at the last step:

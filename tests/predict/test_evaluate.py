@@ -95,6 +95,7 @@ def test_same_command_same_numbers(unet_export, shards, tmp_path):
         (["--context", 0], "--context: must be a positive integer"),
         (["--context", 5, "--future", 5], "frames"),  # clips hold 8 frames
         (["--steps", 0], "--steps: must be in [1, 1000]"),
+        (["--text-guidance", 2], "was trained without text (no text.encoder)"),
         (["--shards", "NOWHERE"], "--shards"),
     ],
 )

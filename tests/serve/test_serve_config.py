@@ -67,30 +67,66 @@ def test_clips_decode_from_zips_images_and_json_and_encode_back():
     assert encode(frames[3:6], frames[:3], frames[3:5], "gif", 4.0, {})[:6] == b"GIF89a"
 
 
-def test_work_is_estimated_and_bounded_and_sampling_stops_at_its_deadline(tmp_path):
-    """A request's compute (windows x steps x evaluations per step x guidance branches x clips) is estimated when
-    it is parsed and refused past the budget, naming the fields; a started sampling call stops at the first step
-    after its deadline (the replica's check between steps) instead of running on for clients that are gone."""
+def test_one_declaration_makes_the_command_lines_and_the_http_fields():
+    """`vdp predict`, `vdp evaluate` and every HTTP route take the same sampling fields (request.Sampling); each
+    route takes its own task's fields and no other task's; the OpenAPI schema types them with their choices."""
+    import argparse
+    from dataclasses import fields
+
+    from vdp_ray.cli.predict import PredictOptions
+    from vdp_ray.evaluate import EvalOptions
+    from vdp_ray.options import add_arguments, from_args
+    from vdp_ray.request import Sampling
+    from vdp_ray.serve.api import schema
+    from vdp_ray.vocab import SAMPLERS
+
+    line = ["--sampler", "heun", "--steps", "3", "--guidance", "2", "--text-guidance", "1.5", "--seed", "7"]
+    for cls, required in ((PredictOptions, ["--checkpoint", "x", "--out", "y.gif"]),
+                          (EvalOptions, ["--checkpoint", "x", "--shards", "z"])):  # fmt: skip
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, cls)
+        o = from_args(cls, parser.parse_args(required + line))
+        assert o.sampling() == {"sampler": "heun", "steps": 3, "guidance": 2.0, "text_guidance": 1.5} and o.seed == 7
+        assert from_args(cls, parser.parse_args(required)).seed == 0  # reproducible by default, unlike HTTP
+    own = {"predict": {"context", "future"}, "generate": {"frames", "batch"}, "interpolate": {"between"},
+           "refine": {"strength"}}  # fmt: skip
+    for task, names in own.items():
+        props = schema(task)
+        assert {f.name for f in fields(Sampling)} <= set(props) and names <= set(props)
+        assert not (set().union(*own.values()) - names) & set(props), task
+        assert props["sampler"] == {"type": "string", "enum": list(SAMPLERS)} and props["steps"] == {"type": "integer"}
+        assert props["format"]["enum"] == ["gif", "mp4", "npz", "json"] and props["resize"] == {"type": "boolean"}
+
+
+def test_work_is_counted_by_the_predictor_and_refused_before_it_queues_and_sampling_stops_at_its_deadline(tmp_path):
+    """A request's compute (windows x steps x evaluations per step x guidance branches x clips) is counted by the
+    Predictor that would sample it and refused past the budget by the replica before it queues, naming the fields;
+    a started sampling call stops at the first step after its deadline (the replica's check between steps)
+    instead of running on for clients that are gone."""
+    import asyncio
     import time
 
     from support.exports import unet_export
 
     from vdp_ray.predict import Predictor
-    from vdp_ray.serve.api import check_work, work
-    from vdp_ray.serve.model import Deadline, _stop_after
+    from vdp_ray.serve.api import check_work
+    from vdp_ray.serve.model import Deadline, Job, Model, _stop_after
 
-    info = {**MODEL, "defaults": {"sampler": "ddim", "steps": 10, "guidance": 1.0}, "eval_s": 0.01}
-    limits = Limits(max_frames=64, max_steps=50)
+    predictor = Predictor.from_export(unet_export(tmp_path))  # 6 frames, up to 3 given, 4 steps by default
+    info, limits = predictor.info(), Limits(max_frames=64, max_steps=50)
     p = parse_params("predict", {"future": 12, "steps": 20, "context": 3}, limits, info)
-    assert work(p, info) == (4 * 20, ["steps", "future"])  # 12 frames, 3 new per window: 4 windows
+    assert predictor.evaluations(p) == 4 * 20  # 12 frames, 3 new per window: 4 windows
     heavy = parse_params("predict", {"future": 12, "steps": 20, "sampler": "heun", "guidance": 2}, limits, info)
-    assert work(heavy, info)[0] == 4 * 20 * 2 * 2  # Heun: two evaluations per step; guidance: two branches
-    check_work(p, info, 1.0)  # ~0.8 s
-    with pytest.raises(ApiError) as err:
-        check_work(heavy, info, 1.0)
-    assert err.value.status == 422 and err.value.field == "steps,future" and "fewer steps, future" in err.value.message
+    assert predictor.evaluations(heavy) == 4 * 20 * 2 * 2  # Heun: two evaluations per step; guidance: two branches
     g = parse_params("generate", {"batch": 4, "frames": 12}, limits, info)  # 1 + 6 more frames / 3 per window
-    assert work(g, info) == (3 * 10 * 4, ["steps", "frames", "batch"])
+    assert predictor.evaluations(g) == 3 * 4 * 4
+    assert predictor.evaluations(parse_params("refine", {"strength": "0.5", "steps": 10}, limits, info)) == 5
+    check_work(p, 80, 0.01, 1.0)  # ~0.8 s
+    replica = Model.func_or_class.__new__(Model.func_or_class)  # the deployment's class, without Serve
+    replica.predictor, replica.eval_s = predictor, 0.01
+    err = asyncio.run(replica(Job(heavy, None, work_s=1.0)))
+    assert isinstance(err, ApiError) and err.status == 422 and err.field == "steps,future"
+    assert "about 320 network evaluations" in err.message and "fewer steps, future" in err.message
 
     predictor = Predictor.from_export(unet_export(tmp_path))
     seen, stop = [], _stop_after(time.monotonic() - 1)

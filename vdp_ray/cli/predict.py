@@ -12,33 +12,19 @@ from pathlib import Path
 import numpy as np
 
 from ..options import REQUIRED, OptionError, arg, declare, from_args
-from ..vocab import INFERENCE_PRECISIONS, SAMPLERS, TASKS, VIDEO_OUTPUTS
-
-SAMPLING = "sampling (defaults: the export's sampling.* settings)"
+from ..request import SAMPLING, Request
+from ..vocab import INFERENCE_PRECISIONS, VIDEO_OUTPUTS
 
 
 @dataclass
-class PredictOptions:
+class PredictOptions(Request):
+    """`vdp predict`: a ``Request`` (its task, the task's fields and the sampling ones, as the HTTP API's) of an
+    export, from an input file, written to OUT."""
+
     checkpoint: str = arg(REQUIRED, "an export folder (run.dir/export)")
     out: str = arg(REQUIRED, "output video: OUT.gif or OUT.mp4 (+ OUT.png, OUT.json)")
     input: str | None = arg(None, "a video file (.mp4 .avi .mov .mkv .webm .gif) or a folder of frames")
-    task: str = arg("predict", "what to make", choices=TASKS)
-    context: int | None = arg(None, "given frames (default: the export's data.context_frames)")
-    future: int | None = arg(None, "frames to predict (default: the rest of the model's window)")
     start: int = arg(0, "first input frame to use")
-    between: int | None = arg(None, "interpolate: frames to make between two input frames")
-    frames: int | None = arg(None, "generate / refine: clip length (default: the model's window)")
-    batch: int = arg(1, "generate: clips to make")
-    strength: float = arg(0.5, "refine: noise level in (0, 1]")
-    resize: bool = arg(False, "centre-crop and resize input to the model's frame size")
-    fps: float | None = arg(None, "output frame rate (default: the input's, else 4)")
-    prompt: str | None = arg(None, "text-conditioned models: what the clip shows (e.g. 'a 3 moving left')")
-    text_guidance: float | None = arg(None, "guidance scale on the prompt (default: the export's; 1 = off)")
-    sampler: str | None = arg(None, "ddpm, ddim, dpm++ (the fast solver), euler (= ddim), or heun (2nd order, two "
-                              "calls a step)", choices=SAMPLERS, group=SAMPLING)  # fmt: skip
-    steps: int | None = arg(None, "sampling steps (e.g. 1000 for ddpm, 50 ddim, 20 dpm++)", group=SAMPLING)
-    guidance: float | None = arg(None, "classifier-free guidance on the context (1 = off)", group=SAMPLING)
-    seed: int = arg(0, "noise seed (same seed, same frames)", group=SAMPLING)
     device: str = arg("auto", "auto (CUDA if present), cpu, cuda, cuda:1 ...", group=SAMPLING)
     precision: str = arg("auto", "auto (the export's training precision on CUDA, fp32 on CPUs), fp16, bf16, fp32",
                          choices=INFERENCE_PRECISIONS, group=SAMPLING)  # fmt: skip
@@ -90,12 +76,10 @@ def predict(o: PredictOptions) -> list[str]:
 
     o.check()
     p = Predictor.from_export(o.checkpoint, device=o.device, precision=o.precision)
-    kw = {"sampler": o.sampler, "steps": o.steps, "guidance": o.guidance, "seed": o.seed}
-    if o.prompt is not None or o.text_guidance is not None:
-        if p.text is None:
-            raise PredictError(f"--prompt: {o.checkpoint} was trained without text (no text.encoder)")
-        kw.update(prompt=o.prompt, text_guidance=o.text_guidance)
-    settings = p.settings(sampler=o.sampler, steps=o.steps, guidance=o.guidance, text_guidance=o.text_guidance)
+    if (o.prompt is not None or o.text_guidance is not None) and p.text is None:
+        raise PredictError(f"--prompt: {o.checkpoint} was trained without text (no text.encoder)")
+    kw = {**o.sampling(), "seed": o.seed, "prompt": o.prompt}
+    settings = p.settings(**o.sampling())
 
     def load(count: int | None) -> tuple[np.ndarray, float | None]:
         frames, fps = read_frames(o.input, o.start, count)
@@ -131,7 +115,7 @@ def _run_task(o: PredictOptions, p, kw: dict, load, progress_for) -> tuple:
     if o.task == "predict":
         k = o.context or p.cfg.data.context_frames
         n = o.future or max(1, p.window - min(k, p.max_context))
-        progress_for(p.windows(n, p.context_for(k)))
+        progress_for(p.windows("predict", future=n, context=k))
         frames, fps = load(k + n)
         if len(frames) < k:
             raise PredictError(f"--input {o.input}: {len(frames)} frame(s) from --start {o.start}; --context {k} "
@@ -141,7 +125,7 @@ def _run_task(o: PredictOptions, p, kw: dict, load, progress_for) -> tuple:
         return made, context, truth, np.concatenate([context, made]), fps, frames
     if o.task == "generate":
         length = o.frames or p.window
-        progress_for(1 + max(0, p.windows(length - p.window, p.max_context)))
+        progress_for(p.windows("generate", frames=length))
         made = p.generate(length, batch=o.batch, **kw)
         shown = np.concatenate(list(made), axis=2) if made.ndim == 5 else made  # clips side by side
         return made, None, None, shown, None, None

@@ -162,18 +162,30 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 
+# The registry, one row a sampler: its class, the arguments that fix it, and the network evaluations one step
+# takes (what a server prices a request with; Heun's last step takes one). vocab.SAMPLERS lists the same names
+# without importing torch, for the config, the CLI and the HTTP API; tests hold the two equal.
+REGISTRY = {
+    "ddpm": (DDPMSampler, {}, 1),
+    "ddim": (DDIMSampler, {}, 1),
+    "dpm++": (DPMSolverPP2M, {}, 1),
+    "euler": (DDIMSampler, {"eta": 0.0}, 1),
+    "heun": (HeunSampler, {}, 2),
+}
+
+
 def make_sampler(name: str, diffusion: DiffusionProcess, spacing: str = "trailing", eta: float = 0.0) -> Sampler:
-    if name == "ddim":
-        return DDIMSampler(diffusion, spacing, eta)
-    if name == "ddpm":
-        return DDPMSampler(diffusion, spacing)
-    if name == "dpm++":
-        return DPMSolverPP2M(diffusion, spacing)
-    if name == "euler":
-        return DDIMSampler(diffusion, spacing, 0.0)
-    if name == "heun":
-        return HeunSampler(diffusion, spacing)
-    raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
+    """Sampler ``name`` of the registry; ``eta`` (sampling.eta) reaches DDIM only."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
+    cls, fixed, _ = REGISTRY[name]
+    configured = {"eta": eta} if cls is DDIMSampler else {}
+    return cls(diffusion, spacing, **{**configured, **fixed})
+
+
+def evaluations_per_step(name: str) -> int:
+    """Network evaluations one step of sampler ``name`` takes (at most)."""
+    return REGISTRY[name][2]
 
 
 @torch.no_grad()

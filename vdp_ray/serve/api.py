@@ -1,17 +1,18 @@
 """The HTTP API's parameters, without Ray or a web framework: the error every refusal is, the server's limits, and
-the typed parameters of one request. Fields are type-checked here; their ranges are the library's own checks
+the typed parameters of one request. The fields are ``request.Request``'s (the command line's too) and the response's
+``format``; each value is typed from its declaration. Their ranges are the library's own checks
 (``config.check_sampling`` / ``check_prompts``, which the Predictor runs too), translated into a 422 naming the
 field. Uploads are read in ``uploads.py``, responses written in ``responses.py``.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import Field, asdict, dataclass, fields
 
 from ..config import SettingError, check_prompts, check_sampling
 from ..latent import latent_frames
-from ..options import arg
+from ..options import arg, field_types
+from ..request import TASK_FIELDS, Request
 from ..vocab import RESPONSE_FORMATS as FORMATS
 
 
@@ -49,75 +50,55 @@ class Limits:
 
 # ------------------------------------------------------------------------------------ parameters
 @dataclass
-class Params:
-    task: str
-    context: int | None = None
-    future: int = 8
-    frames: int | None = None  # generate: clip length
-    batch: int = 1  # generate
-    between: int | None = None  # interpolate
-    strength: float = 0.5  # refine
-    sampler: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    format: str = "gif"
-    resize: bool = False
-    fps: float = 4.0
-    prompt: str | None = None  # text-conditioned models
-    text_guidance: float | None = None
+class Params(Request):
+    """One HTTP request: ``Request``'s fields (its task is the route's) and how the answer is written."""
 
-    def sampling(self) -> dict:
-        kw = {"sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "seed": self.seed}
-        return {**kw, "text_guidance": self.text_guidance} if self.text_guidance is not None else kw
+    format: str = arg("gif", "the answer: a video, arrays (npz) or base64 PNGs (json)", choices=tuple(FORMATS))
 
     def batch_key(self) -> tuple:
-        """Requests with equal keys (and equal clip shapes) can share one batched sampling call; prompts may
-        differ within a batch (each clip has its own)."""
-        return (self.task, self.context, self.future, self.frames, self.between, self.strength, self.sampler,
-                self.steps, self.guidance, self.seed, self.text_guidance)  # fmt: skip
+        """Requests with equal keys (and equal clip shapes) can share one batched sampling call: every field but
+        the prompt (each clip has its own), generate's clip count (a batch stacks them) and how the answer is
+        written."""
+        return tuple(v for k, v in asdict(self).items() if k not in ("prompt", "batch", "format", "resize", "fps"))
 
 
-FIELDS = {  # name: (type, tasks it applies to; None = all)
-    "context": (int, ("predict",)),
-    "future": (int, ("predict",)),
-    "frames": (int, ("generate",)),
-    "batch": (int, ("generate",)),
-    "between": (int, ("interpolate",)),
-    "strength": (float, ("refine",)),
-    "sampler": (str, None),
-    "steps": (int, None),
-    "guidance": (float, None),
-    "seed": (int, None),
-    "format": (str, None),
-    "resize": (bool, None),
-    "fps": (float, None),
-    "prompt": ("text", None),
-    "text_guidance": (float, None),
-}
+TYPES = field_types(Params)
+JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
+
+
+def fields_for(task: str) -> dict[str, Field]:
+    """The fields a request for ``task`` takes: the shared ones and its task's own (the task is the route)."""
+    others = {f.name for name, cls in TASK_FIELDS.items() if name != task for f in fields(cls)}
+    return {f.name: f for f in fields(Params) if f.name not in others and f.name != "task"}
+
+
+def schema(task: str) -> dict[str, dict]:
+    """The JSON schema of each field a request for ``task`` takes (for the OpenAPI document)."""
+    props = {}
+    for name, f in fields_for(task).items():
+        props[name] = {"type": JSON_TYPES[TYPES[name]]}
+        if f.metadata["cli"]["choices"] is not None:
+            props[name]["enum"] = list(f.metadata["cli"]["choices"])
+    return props
 
 
 def parse_params(task: str, raw: dict, limits: Limits, model: dict) -> Params:
     """Typed, range-checked parameters of one request (form fields, query parameters or JSON values, all
     accepted as strings too). ``model`` is ``Predictor.info()``."""
-    unknown = sorted(k for k in raw if k not in FIELDS or (FIELDS[k][1] and task not in FIELDS[k][1]))
+    known = fields_for(task)
+    unknown = sorted(k for k in raw if k not in known)
     if unknown:
-        allowed = [k for k, (_, tasks) in FIELDS.items() if not tasks or task in tasks]
-        raise ApiError(422, unknown[0], f"unknown parameter for /v1/{task}; expected some of {allowed}")
+        raise ApiError(422, unknown[0], f"unknown parameter for /v1/{task}; expected some of {list(known)}")
     p = Params(task=task)
     for name, value in raw.items():
-        if value is None or value == "":
-            continue
-        setattr(p, name, _coerce(name, value, FIELDS[name][0]))
+        if value is not None and value != "":
+            setattr(p, name, _coerce(known[name], value))
 
-    if p.format not in FORMATS:
-        raise ApiError(422, "format", f"expected one of {list(FORMATS)}, got {p.format!r}")
     _range(p.steps, "steps", 1, limits.max_steps)  # the server's own budget, within the model's timesteps
     _range(p.seed, "seed", 0, 2**63 - 1)
     _range(p.fps, "fps", 0.5, 60.0)
     try:
-        check_sampling(model.get("num_timesteps", limits.max_steps), sampler=p.sampler, steps=p.steps,
-                       guidance=p.guidance, text_guidance=p.text_guidance)  # fmt: skip
+        check_sampling(model.get("num_timesteps", limits.max_steps), **p.sampling())
         check_prompts(bool(model.get("text")), p.prompt, p.text_guidance, 1)
     except SettingError as exc:
         raise ApiError(422, exc.field, exc.message) from None
@@ -142,46 +123,24 @@ def parse_params(task: str, raw: dict, limits: Limits, model: dict) -> Params:
     return p
 
 
-def work(p: Params, model: dict) -> tuple[int, list[str]]:
-    """Network evaluations of one clip-window that request ``p`` asks for (windows x steps x evaluations per
-    step x guidance branches x clips) and the fields that set it. ``model`` is the Model deployment's info."""
-    d = model.get("defaults", {})
-    frames, most = model["frames"], model["max_context"]
-    steps = p.steps or d.get("steps") or 1
-    fields = ["steps"]
-    windows, clips = 1, 1
-    if p.task == "predict":
-        context = min(p.context or most, most)
-        windows = math.ceil(p.future / max(1, frames - context))
-        fields.append("future")
-    elif p.task == "generate":
-        windows = 1 + math.ceil(max(0, (p.frames or frames) - frames) / max(1, frames - most))
-        clips = p.batch
-        fields += ["frames", "batch"]
-    elif p.task == "refine":
-        steps = max(1, math.ceil(steps * p.strength))
-        fields.append("strength")
-    per_step = 2 if (p.sampler or d.get("sampler")) == "heun" else 1
-    guidance = p.guidance if p.guidance is not None else d.get("guidance") or 1.0
-    text_guidance = p.text_guidance if p.text_guidance is not None else d.get("text_guidance") or 1.0
-    branches = 1 + (guidance != 1.0) + (text_guidance != 1.0)
-    return windows * steps * per_step * branches * clips, fields
+# What to ask less of when a request is too much work: its steps and these, which multiply them.
+COSTLY = {"predict": ["future"], "generate": ["frames", "batch"], "interpolate": [], "refine": ["strength"]}
 
 
-def check_work(p: Params, model: dict, timeout_s: float) -> None:
-    """Refuse (422, naming the fields) a request whose estimated compute passes the request time limit, from
-    the replica's measured seconds per evaluation (``model["eval_s"]``)."""
-    seconds = model.get("eval_s")
-    if not seconds:
-        return
-    evals, fields = work(p, model)
-    if evals * seconds > timeout_s:
-        raise ApiError(422, ",".join(fields), f"about {evals} network evaluations (~{evals * seconds:.0f} s here), "
-                       f"past the server's {timeout_s:g} s of work per request: ask for fewer "
+def check_work(p: Params, evaluations: int, eval_s: float, budget_s: float) -> None:
+    """Refuse (422, naming the fields) a request whose network ``evaluations`` (``Predictor.evaluations``), at
+    ``eval_s`` seconds each (measured by the replica), pass ``budget_s``."""
+    seconds = evaluations * eval_s
+    if seconds > budget_s:
+        fields = ["steps", *COSTLY[p.task]]
+        raise ApiError(422, ",".join(fields), f"about {evaluations} network evaluations (~{seconds:.0f} s here), "
+                       f"past the server's {budget_s:g} s of work per request: ask for fewer "
                        f"{', '.join(fields)}")  # fmt: skip
 
 
-def _coerce(name: str, value, kind):
+def _coerce(f: Field, value):
+    """``value`` as field ``f``'s type: a choice is a word in any case, free text keeps its case."""
+    name, kind, choices = f.name, TYPES[f.name], f.metadata["cli"]["choices"]
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -191,10 +150,15 @@ def _coerce(name: str, value, kind):
         if text in ("false", "0", "no", "off"):
             return False
         raise ApiError(422, name, f"expected true or false, got {str(value)[:40]!r}")
-    if kind in (str, "text"):
+    if kind is str:
         if not isinstance(value, str):
             raise ApiError(422, name, f"expected a string, got {type(value).__name__}")
-        return " ".join(value.split()) if kind == "text" else value.strip().lower()
+        if choices is None:
+            return " ".join(value.split())
+        word = value.strip().lower()
+        if word not in choices:
+            raise ApiError(422, name, f"expected one of {list(choices)}, got {value[:40]!r}")
+        return word
     if isinstance(value, bool):
         raise ApiError(422, name, f"expected a number, got {value}")
     try:

@@ -15,8 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from ..latent import LatentFrameError, latent_frames
-from ..vocab import SAMPLERS
-from .api import FORMATS, ApiError, Limits, Params, check_work, parse_params
+from .api import FORMATS, ApiError, Limits, Params, parse_params, schema
 from .model import Job
 from .options import ServeOptions, key_digest
 from .responses import encode
@@ -46,18 +45,8 @@ async def _api_error(request: Request, exc: ApiError):
 
 
 def _request_body_doc(task: str) -> dict:
-    fields = {
-        "predict": {"context": "integer", "future": "integer"},
-        "generate": {"frames": "integer", "batch": "integer"},
-        "interpolate": {"between": "integer"},
-        "refine": {"strength": "number"},
-    }[task]
-    common = {"sampler": "string", "steps": "integer", "guidance": "number", "seed": "integer",
-              "format": "string", "resize": "boolean", "fps": "number", "prompt": "string",
-              "text_guidance": "number"}  # fmt: skip
-    props = {k: {"type": v} for k, v in {**fields, **common}.items()}
-    props["format"]["enum"] = list(FORMATS)
-    props["sampler"] = {"type": "string", "enum": list(SAMPLERS)}
+    """A route's request body in the OpenAPI document: the clip (a file, or JSON frames) and the task's fields."""
+    props = schema(task)
     upload = {} if task == "generate" else {"file": {"type": "string", "format": "binary"}}
     frames = {} if task == "generate" else {"frames": {"type": "array", "items": {"type": "string"}}}
     return {
@@ -220,13 +209,13 @@ class Api:
             info = await self.model_info()
             raw, upload = await self._read(request, task)
             params = parse_params(task, raw, self.options.limits, info)  # cheap checks before any decoding
-            check_work(params, info, self.options.limits.max_work_s or self.options.timeout_s)
             clip = None if upload is None else await asyncio.to_thread(self._decode, upload, params, info)
             frames, given, truth = self._frames_for(task, params, clip, info)
             del clip, upload  # the request holds only what the model and the answer need while it waits
             start = time.perf_counter()
+            budget = self.options.limits.max_work_s or self.options.timeout_s  # the model replica prices the job
             try:
-                job = Job(params, frames, timeout_s=self.options.timeout_s)
+                job = Job(params, frames, timeout_s=self.options.timeout_s, work_s=budget)
                 out = await asyncio.wait_for(self.model.remote(job), timeout=self.options.timeout_s)
             except asyncio.TimeoutError:
                 raise ApiError(504, "timeout", f"the model did not answer within {self.options.timeout_s:g} s; "
@@ -237,7 +226,8 @@ class Api:
                       "queue_s": round(out["queue_s"], 4), "batch": out["batch"]}  # fmt: skip
             meta = {"model_id": info["model_id"], "task": task, "timing": timing,
                     "params": {k: v for k, v in asdict(params).items() if v is not None}}  # fmt: skip
-            body = await asyncio.to_thread(encode, out["frames"], given, truth, params.format, params.fps, meta)
+            fps = params.fps or 4.0
+            body = await asyncio.to_thread(encode, out["frames"], given, truth, params.format, fps, meta)
             headers = {"X-Model-Id": info["model_id"], "X-Timing": json.dumps(timing)}
             return Response(body, media_type=FORMATS[params.format], headers=headers)
         except ApiError as exc:
@@ -319,6 +309,7 @@ class Api:
                 raise ApiError(422, "context", f"{context} frames asked for, but the clip has {len(clip)}")
             _whole(context, tc, "context")
             params.context = context
+            params.future = params.future or info["frames"] - context  # default: the rest of the window
             truth = clip[context : context + params.future].copy() if len(clip) > context else None
             given = clip[:context].copy()  # copies: the rest of the upload is freed before the model runs
             return given, given, truth

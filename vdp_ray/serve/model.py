@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from .api import ApiError, Params
+from .api import ApiError, Params, check_work
 
 
 @dataclass
@@ -19,6 +19,7 @@ class Job:
     params: Params
     frames: np.ndarray | None  # the clip the task works on (predict: the context; interpolate: first+last)
     timeout_s: float | None = None  # how long its client waits: past it, sampling stops between steps
+    work_s: float = math.inf  # the estimated sampling seconds it may ask for
     enqueued: float = 0.0
     deadline: float = math.inf
 
@@ -78,6 +79,12 @@ class Model:
 
     async def __call__(self, job: Job):
         job.enqueued = time.perf_counter()
+        try:  # priced before it queues: the Predictor counts its network evaluations, this replica timed one
+            check_work(job.params, self.predictor.evaluations(job.params), self.eval_s, job.work_s)
+        except ApiError as exc:
+            return exc
+        except ValueError as exc:  # PredictError: a request this model cannot take
+            return ApiError(422, "parameters", str(exc))
         if job.timeout_s is not None:
             job.deadline = time.monotonic() + job.timeout_s
         return await self.run(job)
@@ -133,7 +140,7 @@ class Model:
 
     def _run_group(self, group: list[Job]) -> list[np.ndarray]:
         p, first = self.predictor, group[0].params
-        kw = first.sampling()
+        kw = {**first.sampling(), "seed": first.seed}
         kw["progress"] = _stop_after(max(job.deadline for job in group))  # checked between sampling steps
         if p.text is not None:  # each clip its own prompt ("" = the null text)
             per_clip = [job.params.batch if first.task == "generate" else 1 for job in group]
