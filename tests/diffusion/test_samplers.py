@@ -36,7 +36,7 @@ def test_the_registry_is_the_vocabulary_and_counts_each_samplers_network_calls()
     from vdp_ray.vocab import SAMPLERS
 
     assert tuple(REGISTRY) == SAMPLERS
-    d = GaussianDiffusion("cosine", 1000, "eps")
+    d = GaussianDiffusion(prediction_type="eps", anchor="none")
     assert [make_sampler(name, d, eta=0.5).eta for name in ("ddim", "euler", "ddpm")] == [0.5, 0.0, 1.0]
     for name in SAMPLERS:
         oracle, per_step = GaussianOracle(d, MU, S), evaluations_per_step(name)
@@ -229,8 +229,8 @@ def test_bad_sampling_arguments(kwargs, message):
 
 
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
-def test_residual_x0_model_gets_its_anchor_back(guidance):
-    """A perfect residual model (it outputs truth minus the nearest given frame) trains to zero loss and
+def test_an_anchored_x0_model_gets_its_anchor_back(guidance):
+    """A perfect anchored model (it outputs truth minus the nearest given frame) trains to zero loss and
     samples the truth exactly: the anchor is subtracted in training and added back in sampling."""
     from vdp_ray.diffusion import GaussianDiffusion, nearest_given, prediction_mask, sample
 
