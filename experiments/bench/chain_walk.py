@@ -33,31 +33,38 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) * 1000 / repeats
 
 
+def bench_case(n: int, c: int, t: int, size: int, given: int, kernel: int, repeats: int) -> dict:
+    """Milliseconds per batch of each part, for both walks, on random clips whose first ``given`` frames are given."""
+    frames = torch.rand(n, c, t, size, size) * 2 - 1
+    mask = torch.zeros(n, t, dtype=torch.bool)
+    mask[:, :given] = True
+    weights = (torch.randn(n, kernel * kernel, t, size, size) * 0.05).requires_grad_(True)
+    row = {}
+    for walk, sync_free in (("by_distance", False), ("sync_free", True)):
+
+        def kernels_step(sync_free=sync_free):  # a training step's share: forward and backward through the chain
+            weights.grad = None
+            moved(frames, mask, weights, kernel, sync_free=sync_free).square().mean().backward()
+
+        def estimate(sync_free=sync_free):
+            estimate_motion(frames, mask, kernel, sync_free)
+
+        row[f"kernels_fwd_bwd_ms_{walk}"] = round(timed(kernels_step, repeats), 2)
+        row[f"estimate_ms_{walk}"] = round(timed(estimate, repeats), 2)
+    for part in ("kernels_fwd_bwd", "estimate"):
+        row[f"{part}_sync_free_over_by_distance"] = round(
+            row[f"{part}_ms_sync_free"] / row[f"{part}_ms_by_distance"], 2
+        )
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     torch.manual_seed(0)
-    for name, (n, c, t, size, k, kernel) in CASES.items():
-        frames = torch.rand(n, c, t, size, size) * 2 - 1
-        mask = torch.zeros(n, t, dtype=torch.bool)
-        mask[:, :k] = True
-        weights = (torch.randn(n, kernel * kernel, t, size, size) * 0.05).requires_grad_(True)
-        row = {"case": name, "threads": torch.get_num_threads()}
-        for walk, sync_free in (("by_distance", False), ("sync_free", True)):
-
-            def kernels_step(sync_free=sync_free):
-                weights.grad = None
-                moved(frames, mask, weights, kernel, sync_free=sync_free).square().mean().backward()
-
-            row[f"kernels_fwd_bwd_ms_{walk}"] = round(timed(kernels_step, args.repeats), 2)
-            row[f"estimate_ms_{walk}"] = round(
-                timed(lambda sync_free=sync_free: estimate_motion(frames, mask, kernel, sync_free), args.repeats), 2
-            )
-        for part in ("kernels_fwd_bwd", "estimate"):
-            row[f"{part}_sync_free_over_by_distance"] = round(
-                row[f"{part}_ms_sync_free"] / row[f"{part}_ms_by_distance"], 2
-            )
+    for name, case in CASES.items():
+        row = {"case": name, "threads": torch.get_num_threads(), **bench_case(*case, repeats=args.repeats)}
         print(json.dumps(row), flush=True)
 
 
