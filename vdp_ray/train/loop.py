@@ -116,8 +116,8 @@ def train_loop_per_worker(config: dict) -> None:
     limit, used = cfg.train.max_minutes, 0.0  # the fraction of the time budget spent, as rank 0's clock says
     peak = stage_settings(cfg, w.name).lr
     while step < total:
-        if limit is not None:  # the schedule ends with the run, by steps or by time (engine.lr_ratio)
-            set_lr(engine, peak * lr_ratio(step, w.max_steps, cfg.train.warmup_steps, cfg.train.min_lr_ratio, used))
+        # one schedule whether the run ends by steps or by time; set from the step, so a resume needs no state
+        set_lr(engine, peak * lr_ratio(step, w.max_steps, cfg.train.warmup_steps, cfg.train.min_lr_ratio, used))
         stepped = _optimizer_step(w, train_iter, window, preview, step)
         if stepped is None:  # diverged: every rank stopped, the last checkpoint kept
             return
