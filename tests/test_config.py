@@ -110,6 +110,24 @@ def test_sampling_keys_of_older_exports_still_load_under_their_new_names(tmp_pat
         load_config(None, ["diffusion.sample_steps=9", "sampling.steps=3"])
 
 
+def test_failure_drills_are_no_config_keys_and_older_configs_holding_them_still_load(tmp_path, caplog):
+    """Drills are the tests' (train.faults.Drill passed to fit): not in `vdp keys`, a saved config or the schema.
+    Every export's config.yaml written before holds train.fault / fault_step: they are dropped on loading, and a
+    drill that was set is named in a warning rather than silently run or refused."""
+    assert not [row[0] for row in describe_keys("train.") if "fault" in row[0]]
+    assert "fault" not in load_config(None).to_yaml()
+    old = tmp_path / "config.yaml"
+    old.write_text("train: {lr: 0.002, fault: none, fault_step: 1}\n")  # an export's, with the old defaults
+    with caplog.at_level("WARNING", logger="vdp_ray.config"):
+        cfg = load_config(old)
+    assert cfg.train.lr == 0.002 and "fault" not in cfg.to_yaml() and not caplog.records
+    old.write_text("train: {fault: kill, fault_step: 16}\n")
+    with caplog.at_level("WARNING", logger="vdp_ray.config"):
+        assert load_config(old).to_dict() == load_config(None).to_dict()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["train.fault", "train.fault_step"]
+    assert "'kill' is ignored" in caplog.records[0].getMessage()
+
+
 def test_a_requests_sampling_settings_are_checked_once_naming_the_setting():
     from vdp_ray.config import SamplingConfig, SettingError, check_prompts, resolve_sampling
 

@@ -281,19 +281,17 @@ def test_a_non_finite_loss_stops_fp16_the_same_clean_way(one_rank, tmp_path):
     from support.runs import ROOT
 
     from vdp_ray.train import faults
+    from vdp_ray.train.faults import Drill
     from vdp_ray.train.loop import Preview, Window, Worker, _optimizer_step
     from vdp_ray.train.runlog import RankZeroLog
     from vdp_ray.train.stages import DiffusionStage
 
-    cfg = load_config(
-        ROOT / "experiments" / "tiny_unet.yaml",
-        ["train.batch_size=2", "train.fault=nan", "train.fault_step=1", "train.grad_accum=2"],
-    )
+    cfg = load_config(ROOT / "experiments" / "tiny_unet.yaml", ["train.batch_size=2", "train.grad_accum=2"])
     stage = DiffusionStage(cfg, torch.device("cpu"))
     engine, ema = build_engine(stage, cfg, "unet3d", 1, "fp32", deepspeed.initialize)
     log = RankZeroLog(tmp_path, "unet3d", 0)
     w = Worker(cfg, "unet3d", tmp_path, 0, 1, torch.device("cpu"), "fp16", torch.float32, log, stage, ema, engine, 2,
-               8)  # fmt: skip
+               8, drill=Drill("nan", 1))  # fmt: skip
     d = cfg.data
     batch = {"clip": torch.rand(2, d.channels, d.frames, *d.size) * 2 - 1, "caption": ["", ""]}
     before = _weights(engine, False)
@@ -302,8 +300,7 @@ def test_a_non_finite_loss_stops_fp16_the_same_clean_way(one_rank, tmp_path):
     assert "non-finite loss at step 1 of the unet3d stage" in status
     assert all(torch.equal(v, before[k]) for k, v in _weights(engine, False).items()), "no update was made"
     # a finite loss with NaN gradients stops the same way in fp32 / bf16 (fp16's scaler skips such steps itself)
-    poisoned = replace(cfg, train=replace(cfg.train, fault="nan_grad"))
-    w = replace(w, cfg=poisoned, precision="fp32", log=RankZeroLog(tmp_path / "grad", "unet3d", 0))
+    w = replace(w, drill=Drill("nan_grad", 1), precision="fp32", log=RankZeroLog(tmp_path / "grad", "unet3d", 0))
     assert _optimizer_step(w, iter([(0, batch)] * 2), Window(), Preview(stage, ema, w.device, 8), step=0) is None
     status = (tmp_path / "grad" / "logs" / "unet3d-status.json").read_text()
     assert "non-finite gradients (of a finite loss) at step 1" in status

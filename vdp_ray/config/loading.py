@@ -4,6 +4,7 @@ move still load)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import yaml
@@ -20,6 +21,13 @@ MOVED = {
     "diffusion.guidance": "sampling.guidance",
     "diffusion.clip_x0": "sampling.clip_x0",
     "text.guidance": "sampling.text_guidance",
+}
+
+# Keys that are gone: old name -> (its old default, why). A config written while they existed (every export's
+# config.yaml holds them) still loads without them; a value other than the old default is named in a warning.
+RETIRED = {
+    "train.fault": ("none", "failure drills are not config keys any more (tests pass a train.faults.Drill to fit)"),
+    "train.fault_step": (1, "failure drills are not config keys any more (tests pass a train.faults.Drill to fit)"),
 }
 
 
@@ -99,8 +107,9 @@ def set_key(values: dict, key: str, value, what: str | None = None) -> None:
 
 
 def normalise(values: dict) -> dict:
-    """Plain values in today's key layout: moved keys under their new names, the elastic shorthand expanded."""
-    return _elastic_shorthand(_moved_keys(values))
+    """Plain values in today's key layout: moved keys under their new names, retired keys dropped, the elastic
+    shorthand expanded."""
+    return _elastic_shorthand(_retired_keys(_moved_keys(values)))
 
 
 def describe_keys(prefix: str = "") -> list[tuple[str, str, str, str]]:
@@ -128,6 +137,19 @@ def _moved_keys(values: dict) -> dict:
             raise ConfigError(f"{old} and {new} both set: {old} is the older name of {new}; keep only {new}")
         target[new_key] = section.pop(old_key)
     return out
+
+
+def _retired_keys(values: dict) -> dict:
+    """``values`` without the RETIRED keys (a copy where there were any); a setting that mattered is named."""
+    for key, (old_default, why) in RETIRED.items():
+        section_name, name = key.split(".")
+        section = values.get(section_name) if isinstance(values, dict) else None
+        if not isinstance(section, dict) or name not in section:
+            continue
+        values = {**values, section_name: {k: v for k, v in section.items() if k != name}}
+        if section[name] != old_default:
+            logging.getLogger("vdp_ray.config").warning("%s: %r is ignored: %s", key, section[name], why)
+    return values
 
 
 def _elastic_shorthand(values: dict) -> dict:

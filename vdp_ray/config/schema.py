@@ -273,10 +273,6 @@ class TrainConfig:
                              "(what train.select_by: val/psnr_gain picks the export by): taken from the first "
                              "validation's batches (at most val_batches of them). More clips, a steadier choice and a "
                              "slower preview; a mean over 8 clips can swing by 2 dB.", ge=1, le=4096)  # fmt: skip
-    fault: str = opt("none", "Drills: raise once, SIGKILL rank 0 once, make the loss NaN, or keep the loss finite "
-                     "and make its gradients NaN (nan_grad), at fault_step.",
-                     choices=("none", "raise", "kill", "nan", "nan_grad"))  # fmt: skip
-    fault_step: int = opt(1, "The step at which train.fault strikes.", ge=1)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The training loop every Ray Train worker runs, for every stage (vae, unet3d, dit), precision and scale.
 
-It depends only on its ``config`` argument: the driver's resolved config, the stage and the run folder. The
-device comes from Ray, the process group from Ray (DeepSpeed reuses it), the data from Ray Data shards. What
-is trained is the stage's business (``stages.py``), the checkpoint format ``checkpoint.py``'s, the decisions
-all ranks must share ``collectives.py``'s and what people see ``runlog.py``'s; this file only sequences them.
+It depends only on its ``config`` argument: the driver's resolved config, the stage, the run folder (and a test's
+failure drill, ``faults.Drill``, never part of the config). The device comes from Ray, the process group from Ray
+(DeepSpeed reuses it), the data from Ray Data shards. What is trained is the stage's business (``stages.py``), the
+checkpoint format ``checkpoint.py``'s, the decisions all ranks must share ``collectives.py``'s and what people see
+``runlog.py``'s; this file only sequences them.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Worker:
     batch_size: int
     max_steps: int
     bad: BadClips | None = None  # the clips this rank skipped (set by the loop)
+    drill: faults.Drill | None = None  # a failure made on purpose (tests and benches; never a config key)
 
 
 def start(config: dict) -> Worker:
@@ -80,7 +82,7 @@ def start(config: dict) -> Worker:
     engine, ema = build_engine(stage, cfg, name, world, precision, deepspeed.initialize)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     return Worker(cfg, name, run_dir, rank, world, device, precision, dtype, log, stage, ema, engine, own.batch_size,
-                  own.max_steps)  # fmt: skip
+                  own.max_steps, drill=faults.Drill.from_dict(config.get("drill")))  # fmt: skip
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -124,7 +126,7 @@ def train_loop_per_worker(config: dict) -> None:
         epoch = stepped
         step += 1
         w.ema.update(engine.module)
-        faults.inject(cfg, w.run_dir, w.name, step, w.rank)
+        faults.inject(w.drill, w.run_dir, w.name, step, w.rank)
         if limit is not None and step < total:
             used = rank0_value((time.perf_counter() - run_start) / (60 * limit), device)
             if used > 1:
@@ -174,7 +176,7 @@ def _optimizer_step(w: Worker, train_iter, window: Window, preview: Preview, ste
         clips = on_device(batch, device)
         window.wait += time.perf_counter() - t0
         preview.offer_training_clips(clips, batch["caption"])
-        loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), cfg, step)
+        loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), w.drill, step)
         losses = losses + loss.detach().float()
         if micro == cfg.train.grad_accum - 1:
             mine = w.bad is not None and w.bad.too_many()
