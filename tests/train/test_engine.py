@@ -282,7 +282,7 @@ def test_a_non_finite_loss_stops_fp16_the_same_clean_way(one_rank, tmp_path):
 
     from vdp_ray.train import faults
     from vdp_ray.train.faults import Drill
-    from vdp_ray.train.loop import Preview, Window, Worker, _optimizer_step
+    from vdp_ray.train.loop import LogTally, Preview, Worker, _optimizer_step
     from vdp_ray.train.runlog import RankZeroLog
     from vdp_ray.train.stages import DiffusionStage
 
@@ -295,13 +295,13 @@ def test_a_non_finite_loss_stops_fp16_the_same_clean_way(one_rank, tmp_path):
     d = cfg.data
     batch = {"clip": torch.rand(2, d.channels, d.frames, *d.size) * 2 - 1, "caption": ["", ""]}
     before = _weights(engine, False)
-    assert _optimizer_step(w, iter([(0, batch)] * 2), Window(), Preview(stage, ema, w.device, 8), step=0) is None
+    assert _optimizer_step(w, iter([(0, batch)] * 2), LogTally(), Preview(stage, ema, w.device, 8), step=0) is None
     status = (tmp_path / "logs" / "unet3d-status.json").read_text()
     assert "non-finite loss at step 1 of the unet3d stage" in status
     assert all(torch.equal(v, before[k]) for k, v in _weights(engine, False).items()), "no update was made"
     # a finite loss with NaN gradients stops the same way in fp32 / bf16 (fp16's scaler skips such steps itself)
     w = replace(w, drill=Drill("nan_grad", 1), precision="fp32", log=RankZeroLog(tmp_path / "grad", "unet3d", 0))
-    assert _optimizer_step(w, iter([(0, batch)] * 2), Window(), Preview(stage, ema, w.device, 8), step=0) is None
+    assert _optimizer_step(w, iter([(0, batch)] * 2), LogTally(), Preview(stage, ema, w.device, 8), step=0) is None
     status = (tmp_path / "grad" / "logs" / "unet3d-status.json").read_text()
     assert "non-finite gradients (of a finite loss) at step 1" in status
     # and DeepSpeed's own end of a diverged fp16 run is recognised, not re-raised as a crash

@@ -352,10 +352,10 @@ def _adopt_diffusers_vae(v: VAEConfig) -> VAEConfig:
         geometry = read_autoencoder_config(v.diffusers)
     except DiffusersVAEError as exc:
         raise ConfigError(f"vae.diffusers: {exc}") from None
-    sc = geometry["spatial_compression"]
-    return replace(v, latent_channels=geometry["latent_channels"], spatial_compression=sc, temporal_compression=1,
+    spatial = geometry["spatial_compression"]
+    return replace(v, latent_channels=geometry["latent_channels"], spatial_compression=spatial, temporal_compression=1,
                    scale_factor=geometry["scale_factor"],
-                   channel_mults=tuple([1] * (int(math.log2(sc)) + 1)))  # unused: no 3D VAE is built  # fmt: skip
+                   channel_mults=tuple([1] * (int(math.log2(spatial)) + 1)))  # unused: no 3D VAE is built  # fmt: skip
 
 
 def _fill_preset(section_cfg, presets: dict, name: str, key: str, family: str):

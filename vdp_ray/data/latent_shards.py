@@ -156,10 +156,10 @@ def encode_latents(opts: EncodeOptions, log=print) -> dict:
 def _check_target(out: Path, sources: list[Path]) -> None:
     """Replace ``out`` only if it holds latent shards (our manifest), never a folder of anything else or one
     that overlaps the clip shards read."""
-    from ..fsutil import OutputError, check_apart
+    from ..fsutil import OutputError, check_no_overlap
 
     try:
-        check_apart(out, [("the clip shards", s) for s in sources])
+        check_no_overlap(out, [("the clip shards", s) for s in sources])
     except OutputError as exc:
         raise OptionError("out", str(exc)) from None
     if out.exists() and not holds_latents(out) and (not out.is_dir() or any(out.iterdir())):

@@ -170,11 +170,11 @@ def export_checkpoint(checkpoint_dir: str | Path, export_dir: str | Path, cfg: C
     train.select_by kept and their score), no DeepSpeed needed. The stage decides what the export's config records
     (the VAE its measured scale factor)."""
     from ..config import load_config
-    from ..fsutil import check_apart
+    from ..fsutil import check_no_overlap
     from .stages import STAGE_CLASSES
 
     checkpoint_dir = Path(checkpoint_dir)
-    check_apart(export_dir, [("the checkpoint", checkpoint_dir)])  # an export never replaces what it reads
+    check_no_overlap(export_dir, [("the checkpoint", checkpoint_dir)])  # an export never replaces what it reads
     for name in (EMA_FILE, STATE, CONFIG):
         if not (checkpoint_dir / name).is_file():
             raise CheckpointError(f"{checkpoint_dir}: not a vdp_ray checkpoint (missing {name})")

@@ -111,7 +111,7 @@ def train_loop_per_worker(config: dict) -> None:
         # as the given frames' motion carried on), so a run whose training never beats that on the validation
         # clips exports it rather than something worse
         selection.offer(_validate_and_preview(w, 0, w.max_steps, val_shard, preview), 0, w.ema, log)
-    window = Window()
+    tally = LogTally()
     total, run_start, start_step = w.max_steps, time.perf_counter(), step
     metrics: dict = {}
 
@@ -120,7 +120,7 @@ def train_loop_per_worker(config: dict) -> None:
     while step < total:
         # one schedule whether the run ends by steps or by time; set from the step, so a resume needs no state
         set_lr(engine, peak * lr_ratio(step, w.max_steps, cfg.train.warmup_steps, cfg.train.min_lr_ratio, used))
-        stepped = _optimizer_step(w, train_iter, window, preview, step)
+        stepped = _optimizer_step(w, train_iter, tally, preview, step)
         if stepped is None:  # diverged: every rank stopped, the last checkpoint kept
             return
         epoch = stepped
@@ -134,7 +134,7 @@ def train_loop_per_worker(config: dict) -> None:
                 total = step  # this step becomes the last: validated, checkpointed, exported
 
         if step % cfg.train.log_every == 0 or step == total:
-            metrics = window.metrics(step, epoch, engine, w.world, device, w.precision)
+            metrics = tally.metrics(step, epoch, engine, w.world, device, w.precision)
             metrics.update({k: mean_across(v, device) for k, v in w.stage.step_metrics().items()})
             metrics["skipped_clips"] = round(mean_across(w.bad.bad, device) * w.world)  # over all ranks so far
             rate = (step - start_step) / (time.perf_counter() - run_start)
@@ -142,7 +142,7 @@ def train_loop_per_worker(config: dict) -> None:
             if limit is not None:  # the clock ends it first when that comes first
                 eta = min(eta if eta is not None else math.inf, max(0.0, 60 * limit * (1 - used)))
             log.metrics(metrics, total, eta=eta)
-            window = Window()
+            tally = LogTally()
         val = _validate_and_preview(w, step, total, val_shard, preview)
         if val:
             selection.offer(val, step, w.ema, log)
@@ -160,7 +160,7 @@ def train_loop_per_worker(config: dict) -> None:
     log.close()
 
 
-def _optimizer_step(w: Worker, train_iter, window: Window, preview: Preview, step: int) -> int | None:
+def _optimizer_step(w: Worker, train_iter, tally: LogTally, preview: Preview, step: int) -> int | None:
     """One optimizer step over train.grad_accum micro-batches (DeepSpeed steps the optimizer on the last one);
     the epoch it ended in, or None when the run diverged and this rank stopped with the others.
 
@@ -174,7 +174,7 @@ def _optimizer_step(w: Worker, train_iter, window: Window, preview: Preview, ste
         t0 = time.perf_counter()
         epoch, batch = next(train_iter)
         clips = on_device(batch, device)
-        window.wait += time.perf_counter() - t0
+        tally.wait += time.perf_counter() - t0
         preview.offer_training_clips(clips, batch["caption"])
         loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), w.drill, step)
         losses = losses + loss.detach().float()
@@ -200,7 +200,7 @@ def _optimizer_step(w: Worker, train_iter, window: Window, preview: Preview, ste
             # the same on every rank (the norm is global); stopped before anything is checkpointed
             faults.stop_non_finite(w.log, w.name, step, reason="non-finite gradients (of a finite loss)")
             return None
-        window.add(loss, clips.shape[0])
+        tally.add(loss, clips.shape[0])
     return epoch
 
 
@@ -239,7 +239,7 @@ def _validate_and_preview(w: Worker, step: int, total: int, val_shard, preview: 
     return {f"val/{k}": v for k, v in report.items()}
 
 
-class Window:
+class LogTally:
     """Losses, clips and data-wait time since the last logged step."""
 
     def __init__(self):

@@ -213,7 +213,7 @@ class DiffusionStage:
         out = sample(model, self.diffusion, tuple(x0.shape), cond, settings, generator=torch.Generator().manual_seed(0),
                      device=x0.device)  # fmt: skip
         pred = self.latent.decode(out).clamp(-1, 1)
-        kp = k * self.latent.tc
+        kp = k * self.latent.temporal_compression
         future, truth = pred[:, :, kp:], clips[:, :, kp:]
         metrics = {"psnr": psnr(future, truth).mean().item()}
         for name, guess in baselines(clips[:, :, :kp], clips.shape[2] - kp).items():
