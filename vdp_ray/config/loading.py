@@ -1,6 +1,7 @@
 """From files and command lines to plain values: YAML experiment files, ``key.sub=value`` overrides, the elastic
-``train.workers: [min, max]`` shorthand, and the older names of keys that moved (so exports written before a
-move still load)."""
+``train.workers: [min, max]`` shorthand, and the older names of keys that moved or are gone (``MOVED``,
+``RETIRED``: so exports written before still load). ``normalise`` brings any plain values to today's layout;
+``schema.Config.from_dict`` reads them. Nothing here knows the schema (it imports this module)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .fields import ConfigError, describe
+from .fields import ConfigError
 
 # Keys that moved to another section: old name -> new name. An export's config.yaml written before the move
 # still loads; giving both names is an error.
@@ -29,20 +30,6 @@ RETIRED = {
     "train.fault": ("none", "failure drills are not config keys any more (tests pass a train.faults.Drill to fit)"),
     "train.fault_step": (1, "failure drills are not config keys any more (tests pass a train.faults.Drill to fit)"),
 }
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()):
-    """Load a YAML experiment file (or the defaults when None) and apply ``key.sub=value`` overrides."""
-    from .schema import Config
-
-    values = read_yaml_mapping(path, ConfigError, "config file") if path is not None else {}
-    for item in overrides:
-        apply_override(values, item)
-    try:
-        return Config.from_dict(values)
-    except ConfigError as exc:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{exc}") from None
 
 
 def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> dict:
@@ -110,13 +97,6 @@ def normalise(values: dict) -> dict:
     """Plain values in today's key layout: moved keys under their new names, retired keys dropped, the elastic
     shorthand expanded."""
     return _elastic_shorthand(_retired_keys(_moved_keys(values)))
-
-
-def describe_keys(prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key, type, default, help) for every leaf key, for `vdp keys` and docs."""
-    from .schema import Config
-
-    return describe(Config, prefix)
 
 
 # ------------------------------------------------------------------------------------ internals

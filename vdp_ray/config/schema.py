@@ -28,7 +28,9 @@ from ..vocab import (
     SCHEDULES,
     TIME_DRAWS,
 )
-from .fields import ConfigError, build, opt, plain, section
+from .checks import validate
+from .fields import ConfigError, build, describe, opt, plain, section
+from .loading import apply_override, normalise, read_yaml_mapping, set_key
 from .sampling import SamplingConfig
 
 
@@ -289,17 +291,12 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict | None) -> Config:
         """Typed, range-checked config from plain values; presets resolved; cross-checks run."""
-        from .checks import validate
-        from .loading import normalise
-
         cfg = _resolved(build(cls, normalise(values or {}), ""))
         validate(cfg)
         return cfg
 
     def updated(self, changes: dict[str, Any]) -> Config:
         """A new validated config with dotted keys changed, e.g. ``{"vae.export": path}``."""
-        from .loading import set_key
-
         values = self.to_dict()
         for key, value in changes.items():
             set_key(values, key, plain(value))
@@ -319,6 +316,23 @@ class Config:
         describe the same model, whatever their run, training budget or sampling defaults."""
         d = self.to_dict()
         return {k: d[k] for k in ("data", "model", "vae", "diffusion", "text")}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML experiment file (or the defaults when None) and apply ``key.sub=value`` overrides."""
+    values = read_yaml_mapping(path, ConfigError, "config file") if path is not None else {}
+    for item in overrides:
+        apply_override(values, item)
+    try:
+        return Config.from_dict(values)
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def describe_keys(prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every leaf key, for `vdp keys` and docs."""
+    return describe(Config, prefix)
 
 
 def _resolved(cfg: Config) -> Config:

@@ -254,7 +254,7 @@ def make_stage(cfg: Config, name: str, device: torch.device) -> Stage:
 
 def _latent_shards(spec) -> bool:
     """Whether ``spec`` names `vdp encode`'s latent shards (False for clip shards, or none readable here)."""
-    from ..data.latent_shards import KIND
+    from ..data.latent_format import KIND
     from ..data.pipeline import shard_manifest
     from ..data.shards import ShardError
 

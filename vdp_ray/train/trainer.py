@@ -51,8 +51,8 @@ class TrainingError(RuntimeError):
 
 def check_inputs(cfg: Config) -> None:
     """Everything that can be wrong with a run's inputs, checked before any Ray work starts."""
-    from ..data.latent_shards import KIND as LATENTS
-    from ..data.latent_shards import check_latents
+    from ..data.latent_format import KIND as LATENTS
+    from ..data.latent_format import check_latents
     from ..data.pipeline import check_shards, list_shards
 
     if not cfg.data.train:
