@@ -110,6 +110,24 @@ def test_sampling_keys_of_older_exports_still_load_under_their_new_names(tmp_pat
         load_config(None, ["diffusion.sample_steps=9", "sampling.steps=3"])
 
 
+def test_failure_drills_are_no_config_keys_and_older_configs_holding_them_still_load(tmp_path, caplog):
+    """Drills are the tests' (train.faults.Drill passed to fit): not in `vdp keys`, a saved config or the schema.
+    Every export's config.yaml written before holds train.fault / fault_step: they are dropped on loading, and a
+    drill that was set is named in a warning rather than silently run or refused."""
+    assert not [row[0] for row in describe_keys("train.") if "fault" in row[0]]
+    assert "fault" not in load_config(None).to_yaml()
+    old = tmp_path / "config.yaml"
+    old.write_text("train: {lr: 0.002, fault: none, fault_step: 1}\n")  # an export's, with the old defaults
+    with caplog.at_level("WARNING", logger="vdp_ray.config"):
+        cfg = load_config(old)
+    assert cfg.train.lr == 0.002 and "fault" not in cfg.to_yaml() and not caplog.records
+    old.write_text("train: {fault: kill, fault_step: 16}\n")
+    with caplog.at_level("WARNING", logger="vdp_ray.config"):
+        assert load_config(old).to_dict() == load_config(None).to_dict()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["train.fault", "train.fault_step"]
+    assert "'kill' is ignored" in caplog.records[0].getMessage()
+
+
 def test_a_requests_sampling_settings_are_checked_once_naming_the_setting():
     from vdp_ray.config import SamplingConfig, SettingError, check_prompts, resolve_sampling
 
@@ -280,16 +298,16 @@ def test_a_storage_uri_for_run_dir_is_refused_before_any_work():
     assert load_config(None, ["run.dir=/mnt/shared/runs/a"]).run.dir == "/mnt/shared/runs/a"
 
 
-def test_the_retired_residual_key_loads_as_the_anchor_it_meant_and_says_so(tmp_path):
+def test_the_retired_residual_key_loads_as_the_anchor_it_meant_and_says_so(tmp_path, caplog):
     old = tmp_path / "old.yaml"  # an export's config.yaml from before diffusion.anchor took none
     old.write_text("diffusion:\n  residual: false\n  prediction_type: v\n")
-    with pytest.warns(
-        FutureWarning, match=r"diffusion\.residual: false is an older key, read as diffusion\.anchor: none"
-    ):
+    with caplog.at_level("WARNING", logger="vdp_ray.config"):
         assert load_config(old).diffusion.anchor == "none"
-    old.write_text("diffusion:\n  residual: true\n  anchor: motion\n  motion_kernel: 5\n")
-    with pytest.warns(FutureWarning, match=r"read as diffusion\.anchor: motion"):
+        old.write_text("diffusion:\n  residual: true\n  anchor: motion\n  motion_kernel: 5\n")
         cfg = load_config(old)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("diffusion.residual: false is an older key, read as diffusion.anchor: none")
+    assert messages[1].startswith("diffusion.residual: true is an older key, read as diffusion.anchor: motion")
     assert (cfg.diffusion.anchor, cfg.diffusion.motion_kernel) == ("motion", 5)
     with pytest.raises(ConfigError, match=r"diffusion\.residual: true contradicts"):
         load_config(None, ["diffusion.residual=true", "diffusion.anchor=none"])

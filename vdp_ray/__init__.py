@@ -1,6 +1,8 @@
 """vdp_ray: video diffusion models that predict the future of a video, trained and served on Ray."""
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__"]
 
 
 def __getattr__(name: str):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import Config, load_config
-from .fsutil import check_replaceable, readable, swap_in
+from .fsutil import check_replaceable, folder_to_read, swap_in
 
 WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
 DIFFUSERS_CONFIG = "diffusers_config.json"  # a VAE export wrapping a pretrained diffusers AutoencoderKL
@@ -117,7 +117,7 @@ class Export:
     """A loaded export: config, metadata and the network(s), on the CPU in fp32."""
 
     def __init__(self, directory: str | Path):
-        self.directory = readable(Path(directory), META)  # the previous export while a new one is swapped in
+        self.directory = folder_to_read(Path(directory), META)  # the previous export while a new one is swapped in
         for name in (WEIGHTS, CONFIG, META):
             if not (self.directory / name).is_file():
                 raise FileNotFoundError(f"{self.directory}: not an export (missing {name})")

@@ -3,7 +3,7 @@ wrote (a folder carrying our marker file); one writer per run folder.
 
 Durable: a file is fsynced before the rename that publishes it, a folder's files and the folder itself before it
 is swapped in, and the parent after. The swap keeps the previous folder as ``.NAME.old`` until the new one is in
-place, and readers (``readable``) fall back to it for that moment.
+place, and readers (``folder_to_read``) fall back to it for that moment.
 """
 
 from __future__ import annotations
@@ -83,13 +83,13 @@ def check_replaceable(target: str | Path, marker: str, what: str) -> Path:
     return target
 
 
-def check_apart(target: str | Path, inputs: Iterable[tuple[str, str | Path]]) -> None:
-    """OutputError when ``target`` is, holds, or lies inside one of the named inputs (``(name, path)``)."""
-    out = Path(target).expanduser().resolve()
+def check_no_overlap(output: str | Path, inputs: Iterable[tuple[str, str | Path]]) -> None:
+    """OutputError when the folder ``output`` is, holds, or lies inside one of the named inputs (``(name, path)``)."""
+    out = Path(output).expanduser().resolve()
     for name, path in inputs:
         p = Path(path).expanduser().resolve()
         if out == p or p in out.parents or out in p.parents:
-            raise OutputError(f"{target} overlaps {name} {path}: give the output a folder of its own")
+            raise OutputError(f"{output} overlaps {name} {path}: give the output a folder of its own")
 
 
 def swap_in(staging: Path, target: Path, marker: str) -> None:
@@ -106,7 +106,7 @@ def swap_in(staging: Path, target: Path, marker: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def readable(target: Path, marker: str) -> Path:
+def folder_to_read(target: Path, marker: str) -> Path:
     """``target``, or its previous version while a swap is between its two renames."""
     target = Path(target)
     if not (target / marker).is_file() and (old_of(target) / marker).is_file():

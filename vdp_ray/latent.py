@@ -26,18 +26,19 @@ class LatentFrameError(SettingError):
     """A number of frames that does not fill whole latent frames; ``field`` names it, the message says what would."""
 
 
-def latent_frames(frames: int, tc: int, what: str = "frames") -> int:
-    """Whole latent frames holding ``frames`` pixel frames under temporal compression ``tc``; a partial latent
-    frame is refused, naming ``what``."""
-    if frames % tc:
+def latent_frames(frames: int, temporal_compression: int, what: str = "frames") -> int:
+    """Whole latent frames holding ``frames`` pixel frames (``temporal_compression`` pixel frames per latent
+    frame); a partial latent frame is refused, naming ``what``."""
+    if frames % temporal_compression:
+        n = temporal_compression
         raise LatentFrameError(what, f"{frames} frame(s) do not fill whole latent frames; this model's VAE "
-                                     f"compresses time by {tc}, so give a multiple of {tc}")  # fmt: skip
-    return frames // tc
+                                     f"compresses time by {n}, so give a multiple of {n}")  # fmt: skip
+    return frames // temporal_compression
 
 
-def whole_frames(frames: int, tc: int) -> int:
+def whole_frames(frames: int, temporal_compression: int) -> int:
     """``frames`` rounded down to whole latent frames (in pixel frames)."""
-    return frames // tc * tc
+    return frames // temporal_compression * temporal_compression
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,14 @@ class LatentSpace:
         self.size, self.channels = tuple(frame_size), channels
         self.cache = cache  # training only: the frozen encoder's posterior per clip (train/latent_cache.py)
         if vae is None:
-            self.scale, self.tc, self.sc, self.latent_channels = 1.0, 1, 1, channels
+            self.scale, self.latent_channels = 1.0, channels
+            self.temporal_compression = self.spatial_compression = 1
         else:
             # latents are scaled to unit variance (Rombach et al. 2022, sec. 4.3.2); the factor is measured at
             # the end of VAE training and travels in the config
             self.scale = float(vae_cfg.scale_factor or 1.0)
-            self.tc, self.sc = vae_cfg.temporal_compression, vae_cfg.spatial_compression
+            self.temporal_compression = vae_cfg.temporal_compression  # pixel frames per latent frame
+            self.spatial_compression = vae_cfg.spatial_compression  # pixels per latent pixel, each side
             self.latent_channels = vae_cfg.latent_channels
 
     @classmethod
@@ -97,20 +100,22 @@ class LatentSpace:
     def latent_shape(self, n: int, frames: int) -> tuple[int, ...]:
         """The shape of ``n`` clips of ``frames`` pixel frames in this space."""
         h, w = self.size
-        return (n, self.latent_channels, self.latent_frames(frames), h // self.sc, w // self.sc)
+        s = self.spatial_compression
+        return (n, self.latent_channels, self.latent_frames(frames), h // s, w // s)
 
     def latent_frames(self, frames: int, what: str = "frames") -> int:
         """Whole latent frames holding ``frames`` pixel frames; a partial latent frame is refused."""
-        return latent_frames(frames, self.tc, what)
+        return latent_frames(frames, self.temporal_compression, what)
 
     def whole(self, frames: int) -> int:
         """``frames`` rounded down to whole latent frames (pixel frames)."""
-        return whole_frames(frames, self.tc)
+        return whole_frames(frames, self.temporal_compression)
 
     def latent_context(self, frames: int, window: int) -> int:
         """Latent frames given when ``frames`` pixel frames are given in a window of ``window`` pixel frames: at
         least one, and at least one latent frame left to make."""
-        return min(max(1, frames // self.tc), window // self.tc - 1)
+        t = self.temporal_compression
+        return min(max(1, frames // t), window // t - 1)
 
     def sampling(self, settings):
         """``settings`` for this space: x0 is clamped to the pixel range only in pixel space (latents are not

@@ -109,9 +109,9 @@ class Predictor:
         return self.cfg.data.channels
 
     @property
-    def tc(self) -> int:
+    def temporal_compression(self) -> int:
         """Pixel frames per latent frame (1 for pixel models)."""
-        return self.latent.tc
+        return self.latent.temporal_compression
 
     @property
     def vae(self):
@@ -121,16 +121,18 @@ class Predictor:
     def max_context(self) -> int:
         """Most given frames per window: what training showed the model (diffusion.masks.context_max), in
         whole latent frames, leaving at least one latent frame to predict."""
-        most = min(max(self.cfg.diffusion.masks.context_max, self.cfg.data.context_frames), self.window - self.tc)
-        return max(self.tc, self.latent.whole(most))
+        trained = max(self.cfg.diffusion.masks.context_max, self.cfg.data.context_frames)
+        frames_per_latent = self.temporal_compression
+        return max(frames_per_latent, self.latent.whole(min(trained, self.window - frames_per_latent)))
 
     def context_for(self, given: int, context: int | None = None) -> int:
         """The given frames each window of a prediction conditions on, for ``given`` frames and an optional
         ``context`` limit: as many as the model takes, in whole latent frames."""
         c = min(self.max_context if context is None else context, given, self.max_context)
-        if self.latent.whole(c) < self.tc:
-            raise PredictError(f"frames: {given} context frame(s) given; this model needs at least {self.tc} "
-                               f"(its VAE compresses time by {self.tc})")  # fmt: skip
+        frames_per_latent = self.temporal_compression
+        if self.latent.whole(c) < frames_per_latent:
+            raise PredictError(f"frames: {given} context frame(s) given; this model needs at least {frames_per_latent} "
+                               f"(its VAE compresses time by {frames_per_latent})")  # fmt: skip
         return self.latent.whole(c)
 
     def windows(
@@ -178,7 +180,7 @@ class Predictor:
             "channels": self.channels,
             "context_frames": self.cfg.data.context_frames,
             "max_context": self.max_context,
-            "temporal_compression": self.tc,
+            "temporal_compression": self.temporal_compression,
             "objective": self.diffusion.objective,
             "num_timesteps": self.diffusion.num_timesteps,
             "steps": self.export.meta.get("steps"),
@@ -246,17 +248,18 @@ class Predictor:
         if a.shape[0] != b.shape[0]:
             raise PredictError(f"first and last: {a.shape[0]} and {b.shape[0]} clips; expected the same batch size")
         _positive(num_between, "num_between")
-        if a.shape[2] != self.tc or b.shape[2] != self.tc:
-            raise PredictError(f"first/last: give {self.tc} frame(s) each (the model's latent frame)")
+        end = self.temporal_compression  # first and last are one latent frame each
+        if a.shape[2] != end or b.shape[2] != end:
+            raise PredictError(f"first/last: give {end} frame(s) each (the model's latent frame)")
         self._latent_frames(num_between, "num_between")
-        self._fits_window(num_between + 2 * self.tc, "num_between", f"{self.window - 2 * self.tc}")
+        self._fits_window(num_between + 2 * end, "num_between", f"{self.window - 2 * end}")
         generator = self._generator(kw.pop("seed", None))
         n, c, _, h, w = a.shape
         filler = torch.zeros(n, c, num_between, h, w, device=a.device)
         latent = self.latent.encode(torch.cat([a, filler, b], dim=2))
         cond = Condition(latent, interpolation_mask(n, latent.shape[2], device=self.device), any_given=True)
         out = self.latent.decode(self._sample(latent.shape, cond, generator, **kw))
-        return self._out(out[:, :, self.tc : self.tc + num_between], batched)
+        return self._out(out[:, :, end : end + num_between], batched)
 
     def refine(self, frames, strength: float = 0.5, **kw) -> np.ndarray:
         """SDEdit (Meng et al. 2022): noise the clip to ``strength`` of the schedule (0 < s <= 1) and denoise

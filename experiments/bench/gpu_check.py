@@ -84,6 +84,7 @@ def config(name: str, run: Path, shards: Path, *overrides: str):
 
 def train_unet(a, shards: Path, work: Path) -> str:
     from vdp_ray.train import fit
+    from vdp_ray.train.faults import Drill
 
     run = work / "unet-fp16"
     kill = a.steps // 2 + 3
@@ -97,12 +98,11 @@ def train_unet(a, shards: Path, work: Path) -> str:
             "train.zero_stage=2",
             f"train.workers={a.workers}",
             f"train.checkpoint_every={a.steps // 2}",
-            "train.fault=kill",
-            f"train.fault_step={kill}",
             "train.max_failures=1",
             "train.log_every=5",
             *a.device_overrides,
-        )
+        ),
+        drill=Drill("kill", kill),
     )
     rows = logged(run, "unet3d")
     steps = [r["step"] for r in rows]

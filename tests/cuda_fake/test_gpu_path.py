@@ -151,9 +151,9 @@ def test_the_predictor_samples_a_window_on_the_gpu(fake, tmp_path):
         p = Predictor.from_export(dit_export(tmp_path), device="cpu", precision="bf16")
     p.model, p.device = p.model.to(CUDA), CUDA  # what device="cuda" does on a GPU machine
     p.latent.vae.to(CUDA)
-    ctx = torch.rand(1, p.channels, 2 * p.tc, *p.size, device=CUDA) * 2 - 1
-    new = p._window(ctx, p.tc, torch.Generator().manual_seed(0), steps=2)
-    assert new.device == CUDA and new.dtype == torch.float32 and new.shape[2] == p.tc
+    ctx = torch.rand(1, p.channels, 2 * p.temporal_compression, *p.size, device=CUDA) * 2 - 1
+    new = p._window(ctx, p.temporal_compression, torch.Generator().manual_seed(0), steps=2)
+    assert new.device == CUDA and new.dtype == torch.float32 and new.shape[2] == p.temporal_compression
 
 
 def test_inference_precision_follows_the_export_on_gpus_and_is_fp32_on_cpus():

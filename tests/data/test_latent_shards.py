@@ -11,7 +11,8 @@ import torch
 from support.runs import ROOT
 
 from vdp_ray.config import ConfigError, load_config
-from vdp_ray.data.latent_shards import EncodeOptions, encode_latents, vae_id
+from vdp_ray.data.latent_format import vae_id
+from vdp_ray.data.latent_shards import EncodeOptions, encode_latents
 from vdp_ray.export import Export, write_export
 from vdp_ray.models import build_vae
 from vdp_ray.options import OptionError

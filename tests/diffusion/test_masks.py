@@ -18,16 +18,17 @@ def test_tasks_come_at_the_configured_frequencies():
 
 def test_each_task_builds_its_mask():
     masks = draw()
-    m, task = masks.mask, masks.task
-    pred = m[task == 0]
+    m = masks.mask
+    drawn = {name: masks.task == i for i, name in enumerate(TASKS)}  # masks.task indexes TASKS
+    pred = m[drawn["prediction"]]
     k = pred.sum(1)
     assert k.min() == 2 and k.max() == 5
     assert torch.equal(pred, torch.arange(8)[None] < k[:, None]), "prediction gives a prefix"
     for value in range(2, 6):  # k uniform over the range
         assert (k == value).float().mean().item() == pytest.approx(0.25, abs=0.02)
-    assert not m[task == 1].any(), "generation gives nothing"
-    assert torch.equal(m[task == 2], interpolation_mask(int((task == 2).sum()), 8))
-    rand = m[task == 3]
+    assert not m[drawn["generation"]].any(), "generation gives nothing"
+    assert torch.equal(m[drawn["interpolation"]], interpolation_mask(int(drawn["interpolation"].sum()), 8))
+    rand = m[drawn["random"]]
     assert not rand.all(1).any(), "random never gives every frame"
     assert rand.float().mean().item() == pytest.approx(0.5, abs=0.03)
 

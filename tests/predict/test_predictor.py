@@ -61,7 +61,7 @@ def test_generate_interpolate_refine(unet_export):
 
 def test_latent_model_predicts_in_whole_latent_frames(dit_export):
     p = Predictor.from_export(dit_export, device="cpu")
-    assert p.tc == 2 and p.vae is not None
+    assert p.temporal_compression == 2 and p.vae is not None
     ctx = frames(4, 32, 32)
     out = p.predict(ctx, 6, seed=0, include_context=True)
     assert out.shape == (10, 32, 32, 1)

@@ -87,7 +87,7 @@ def test_a_dit_trains_on_the_pretrained_latent_space_and_its_export_stands_alone
     assert export.vae().meta["kind"] == "diffusers" and export.cfg.vae.scale_factor == 0.5
     shutil.rmtree(own)  # the export carries the autoencoder's weights and config
     p = Predictor.from_export(exports["dit"], device="cpu")
-    assert p.tc == 1 and p.generate(steps=2, seed=0).shape == (8, 32, 32, 1)
+    assert p.temporal_compression == 1 and p.generate(steps=2, seed=0).shape == (8, 32, 32, 1)
     with torch.no_grad():  # the wrapped weights are the autoencoder's own
         ref = FrameVAE.from_folder(autoencoder, 1).eval().encode(torch.zeros(1, 1, 1, 32, 32)).mode()
         assert torch.allclose(p.vae.encode(torch.zeros(1, 1, 1, 32, 32)).mode(), ref, atol=1e-6)

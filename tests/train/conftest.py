@@ -43,10 +43,11 @@ def latent_run(digits, tmp_path_factory) -> Run:
     fp32 are checked in-process in test_engine.py). Rank 0 is killed (SIGKILL) once, at the DiT's step 16: the
     group restarts from its step-14 checkpoint. The export is the last weights (select_by is unet_run's)."""
     from vdp_ray.train import fit
+    from vdp_ray.train.faults import Drill
 
     run = tmp_path_factory.mktemp("runs") / "latent"
     cfg = train_config("tiny_dit", digits, run, "train.max_steps=20", "vae.max_steps=12", "train.lr=1e-3",
                        "vae.lr=2e-3", "train.zero_stage=3", "train.precision=bf16", "train.val_every=10",
-                       "train.preview_every=20", "train.log_every=1", "train.checkpoint_every=7", "train.fault=kill",
-                       "train.fault_step=16", "train.max_failures=1", "train.select_by=last")  # fmt: skip
-    return Run(run, fit(cfg))
+                       "train.preview_every=20", "train.log_every=1", "train.checkpoint_every=7",
+                       "train.max_failures=1", "train.select_by=last")  # fmt: skip
+    return Run(run, fit(cfg, drill=Drill("kill", 16)))

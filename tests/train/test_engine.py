@@ -1,3 +1,4 @@
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -6,7 +7,14 @@ import torch
 
 from vdp_ray.config import load_config
 from vdp_ray.train.ema import EMA
-from vdp_ray.train.engine import build_engine, deepspeed_config, lr_ratio, resolve_precision, stage_settings
+from vdp_ray.train.engine import (
+    build_engine,
+    deepspeed_config,
+    lr_ratio,
+    resolve_precision,
+    set_lr,
+    stage_settings,
+)
 
 
 def test_fp16_falls_back_to_fp32_on_every_cpu():
@@ -24,7 +32,6 @@ def test_deepspeed_config_follows_ours():
     assert ds["train_batch_size"] == 3 * 2 * 4 and ds["zero_optimization"]["stage"] == 2
     assert ds["fp16"]["enabled"] and ds["fp16"]["loss_scale"] == 0, "dynamic loss scaling"
     assert ds["optimizer"]["params"]["torch_adam"] is True and ds["optimizer"]["params"]["lr"] == 3e-4
-    assert ds["scheduler"]["params"]["warmup_num_steps"] == 49, "warm-up shorter than the run"
     zero = ds["zero_optimization"]
     assert zero["reduce_bucket_size"] == 200_000_000 and zero["overlap_comm"], "no size given: the largest buckets"
     sized = deepspeed_config(cfg, "unet3d", world_size=4, precision="bf16", num_params=160_000_000, overlap=True)
@@ -41,9 +48,10 @@ def test_deepspeed_config_follows_ours():
 
 
 def test_the_lr_schedule_ends_with_the_run_by_steps_or_by_time():
-    """Without a time cap the schedule is DeepSpeed's WarmupCosineLR (after its warm-up); under train.max_minutes
-    the loop sets the LR itself, and the cosine reaches its floor when the time budget is spent even if the steps
-    are far from done, so a run stopped by the clock ends on a decayed learning rate."""
+    """One schedule for every run, set by the loop (DeepSpeed gets no scheduler). Bounded by steps, after the
+    warm-up it is DeepSpeed's WarmupCosineLR, which such runs used before; under train.max_minutes the cosine
+    reaches its floor when the time budget is spent even if the steps are far from done, so a run stopped by the
+    clock ends on a decayed learning rate."""
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
@@ -52,13 +60,24 @@ def test_the_lr_schedule_ends_with_the_run_by_steps_or_by_time():
         ds.step()  # DeepSpeed's iteration `step` now
         if step >= 5:
             assert lr_ratio(step, 40, 5, 0.1) == pytest.approx(ds.get_lr()[0], rel=1e-9), step
-    assert [lr_ratio(s, 40, 5, 0.1) for s in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    # the numbers of a 40-step run with 5 warm-up updates, pinned: a linear warm-up from the first update, then
+    # the cosine, whose last update is at the floor
+    steps_bounded = [lr_ratio(s, 40, 5, 0.1) for s in range(40)]
+    assert steps_bounded[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert steps_bounded[5:9] == pytest.approx([0.998188, 0.992768, 0.983783, 0.971306], abs=1e-6)
+    assert steps_bounded[21] == pytest.approx(0.55 + 0.45 * math.cos(math.pi * 17 / 35))
+    assert steps_bounded[4:] == sorted(steps_bounded[4:], reverse=True) and steps_bounded[-1] == pytest.approx(0.1)
+    # a warm-up longer than the run ends before its last update, which is the cosine's
+    assert lr_ratio(48, 50, 80, 0.1) == 1.0 and lr_ratio(49, 50, 80, 0.1) == pytest.approx(0.1)
     # 10 of 100000 steps, but half the time used: half-way down the cosine; all of it: the floor
     assert lr_ratio(10, 100_000, 5, 0.1, used=0.5) == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-3)
     assert lr_ratio(10, 100_000, 5, 0.1, used=1.0) == pytest.approx(0.1)
     assert lr_ratio(10, 100_000, 5, 0.1, used=0.0) == pytest.approx(1.0, abs=1e-6)
-    cfg = load_config(None, ["train.max_minutes=3"])
-    assert "scheduler" not in deepspeed_config(cfg, "unet3d", world_size=1, precision="fp32")
+    # no warm-up, and a one-step run (DeepSpeed refused both: warmup_num_steps must be positive)
+    assert lr_ratio(0, 10, 0, 0.1) == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi / 10)) / 2)
+    assert lr_ratio(0, 1, 100, 0.1) == pytest.approx(0.1)
+    for overrides in ([], ["train.max_minutes=3"]):
+        assert "scheduler" not in deepspeed_config(load_config(None, overrides), "unet3d", 1, precision="fp32")
 
 
 def test_ema_follows_weights_with_warmup():
@@ -148,7 +167,9 @@ def test_every_zero_stage_and_precision_trains_saves_and_restores_on_one_rank(on
     d = cfg.data
     clips = torch.rand(2, d.channels, d.frames, *d.size) * 2 - 1
     losses = []
+    t = cfg.train
     for step in range(8):
+        set_lr(engine, t.lr * lr_ratio(step, t.max_steps, t.warmup_steps, t.min_lr_ratio))  # as the loop sets it
         torch.manual_seed(step % 2)  # two fixed draws of masks, timesteps and noise: the loss must fall on them
         loss = stage.loss(engine, clips, [""] * 2, dtype)
         engine.backward(loss)
@@ -260,30 +281,27 @@ def test_a_non_finite_loss_stops_fp16_the_same_clean_way(one_rank, tmp_path):
     from support.runs import ROOT
 
     from vdp_ray.train import faults
-    from vdp_ray.train.loop import Preview, Window, Worker, _optimizer_step
+    from vdp_ray.train.faults import Drill
+    from vdp_ray.train.loop import LogTally, Preview, Worker, _optimizer_step
     from vdp_ray.train.runlog import RankZeroLog
     from vdp_ray.train.stages import DiffusionStage
 
-    cfg = load_config(
-        ROOT / "experiments" / "tiny_unet.yaml",
-        ["train.batch_size=2", "train.fault=nan", "train.fault_step=1", "train.grad_accum=2"],
-    )
+    cfg = load_config(ROOT / "experiments" / "tiny_unet.yaml", ["train.batch_size=2", "train.grad_accum=2"])
     stage = DiffusionStage(cfg, torch.device("cpu"))
     engine, ema = build_engine(stage, cfg, "unet3d", 1, "fp32", deepspeed.initialize)
     log = RankZeroLog(tmp_path, "unet3d", 0)
     w = Worker(cfg, "unet3d", tmp_path, 0, 1, torch.device("cpu"), "fp16", torch.float32, log, stage, ema, engine, 2,
-               8)  # fmt: skip
+               8, drill=Drill("nan", 1))  # fmt: skip
     d = cfg.data
     batch = {"clip": torch.rand(2, d.channels, d.frames, *d.size) * 2 - 1, "caption": ["", ""]}
     before = _weights(engine, False)
-    assert _optimizer_step(w, iter([(0, batch)] * 2), Window(), Preview(stage, ema, w.device, 8), step=0) is None
+    assert _optimizer_step(w, iter([(0, batch)] * 2), LogTally(), Preview(stage, ema, w.device, 8), step=0) is None
     status = (tmp_path / "logs" / "unet3d-status.json").read_text()
     assert "non-finite loss at step 1 of the unet3d stage" in status
     assert all(torch.equal(v, before[k]) for k, v in _weights(engine, False).items()), "no update was made"
     # a finite loss with NaN gradients stops the same way in fp32 / bf16 (fp16's scaler skips such steps itself)
-    poisoned = replace(cfg, train=replace(cfg.train, fault="nan_grad"))
-    w = replace(w, cfg=poisoned, precision="fp32", log=RankZeroLog(tmp_path / "grad", "unet3d", 0))
-    assert _optimizer_step(w, iter([(0, batch)] * 2), Window(), Preview(stage, ema, w.device, 8), step=0) is None
+    w = replace(w, drill=Drill("nan_grad", 1), precision="fp32", log=RankZeroLog(tmp_path / "grad", "unet3d", 0))
+    assert _optimizer_step(w, iter([(0, batch)] * 2), LogTally(), Preview(stage, ema, w.device, 8), step=0) is None
     status = (tmp_path / "grad" / "logs" / "unet3d-status.json").read_text()
     assert "non-finite gradients (of a finite loss) at step 1" in status
     # and DeepSpeed's own end of a diverged fp16 run is recognised, not re-raised as a crash

@@ -16,6 +16,7 @@ from vdp_ray.export import Export, load_state_dict
 from vdp_ray.fsutil import OutputError, run_lock
 from vdp_ray.models import build_denoiser
 from vdp_ray.train import CheckpointError, TrainingError, export_checkpoint, fit
+from vdp_ray.train.faults import Drill
 
 pytestmark = pytest.mark.train
 
@@ -125,9 +126,9 @@ def test_a_rerun_resumes_on_other_worker_counts_survives_a_failure_and_the_time_
     # select_by=last: these runs check that the step count and the export carry on (the best-validation export is
     # test_selection.py's and test_unet_trains_exports_and_reloads's)
     common = ("train.lr=1e-3", "train.precision=fp16", "train.zero_stage=1", "train.select_by=last")
-    fit(train_config("tiny_unet", digits, run, "train.max_steps=30", "train.workers=1", "train.log_every=1",
-                     "train.checkpoint_every=5", "train.fault=raise", "train.fault_step=28", "train.max_failures=1",
-                     *common))  # fmt: skip
+    cfg = train_config("tiny_unet", digits, run, "train.max_steps=30", "train.workers=1", "train.log_every=1",
+                       "train.checkpoint_every=5", "train.max_failures=1", *common)  # fmt: skip
+    fit(cfg, drill=Drill("raise", 28))
     rows = logged(run, "unet3d")
     steps = [m["step"] for m in rows]
     assert steps[:4] == [5, 10, 15, 20], "the first run's rows are kept"
@@ -202,9 +203,8 @@ def test_two_stages_vae_then_dit_in_one_run_survive_a_killed_worker(latent_run):
 
 def test_non_finite_loss_stops_with_a_clear_message(digits, tmp_path):
     run = tmp_path / "nan"
-    cfg = train_config("tiny_unet", digits, run, "train.max_steps=10", "train.checkpoint_every=5", "train.fault=nan",
-                       "train.fault_step=7")  # fmt: skip
+    cfg = train_config("tiny_unet", digits, run, "train.max_steps=10", "train.checkpoint_every=5")
     with pytest.raises(TrainingError, match="non-finite loss at step 7 of the unet3d stage"):
-        fit(cfg)
+        fit(cfg, drill=Drill("nan", 7))
     assert trainer_state(last_checkpoint(run, "nan-unet3d"))["step"] == 5
     assert not (run / "export").exists()

@@ -130,16 +130,17 @@ def _run_task(o: PredictOptions, p, kw: dict, load, progress_for) -> tuple:
         shown = np.concatenate(list(made), axis=2) if made.ndim == 5 else made  # clips side by side
         return made, None, None, shown, None, None
     if o.task == "interpolate":
-        between = o.between or (p.window - 2 * p.tc)
-        span = between + 2 * p.tc
+        end = p.temporal_compression  # first and last are one latent frame each
+        between = o.between or (p.window - 2 * end)
+        span = between + 2 * end
         frames, fps = load(span)
         if len(frames) < span:
             raise PredictError(f"--input {o.input}: {len(frames)} frame(s) from --start {o.start}; --between "
                                f"{between} needs {span} (first, {between} between, last)")  # fmt: skip
         progress_for(1)
-        first, last = frames[: p.tc], frames[-p.tc :]
-        made = p.interpolate(first if p.tc > 1 else first[0], last if p.tc > 1 else last[0], between, **kw)
-        return made, first, frames[p.tc : -p.tc], np.concatenate([first, made, last]), fps, frames
+        first, last = frames[:end], frames[-end:]
+        made = p.interpolate(first if end > 1 else first[0], last if end > 1 else last[0], between, **kw)
+        return made, first, frames[end:-end], np.concatenate([first, made, last]), fps, frames
     frames, fps = load(o.frames or p.window)  # refine
     progress_for(None)
     made = p.refine(frames, o.strength, **kw)
@@ -158,7 +159,7 @@ def _write(o: PredictOptions, p, made, given, truth, shown, fps, frames) -> None
     elif o.task == "generate":
         write_png(png, strip([(f"clip {i}", c) for i, c in enumerate(made if made.ndim == 5 else [made])]))
     else:
-        below = np.concatenate([given, truth, frames[-p.tc :]]) if given is not None else truth
+        below = np.concatenate([given, truth, frames[-p.temporal_compression :]]) if given is not None else truth
         write_png(png, strip([("made", shown), ("input", below)]))
 
 

@@ -4,12 +4,13 @@
     cfg.train.lr                                                          # typed, frozen
     cfg.updated({"vae.export": "runs/vae/export"})                        # a derived config, validated again
 
-``schema`` holds the sections, ``checks`` the relations between them, ``sampling`` the sampling section and the
-check of a request's sampling settings, ``loading`` files and overrides, ``fields`` the typed machinery.
+``schema`` holds the sections and ``load_config``, ``checks`` the relations between the sections, ``sampling`` the
+sampling section and the check of a request's sampling settings, ``loading`` files and overrides as plain values
+(and the older names of keys), ``fields`` the typed machinery.
 """
 
 from .fields import ConfigError, opt, section
-from .loading import MOVED, apply_override, describe_keys, load_config, parse_value, read_yaml_mapping, set_key
+from .loading import MOVED, RETIRED, apply_override, parse_value, read_yaml_mapping, set_key
 from .sampling import SamplingConfig, SettingError, check_prompts, check_sampling, resolve_sampling
 from .schema import (
     Config,
@@ -23,10 +24,13 @@ from .schema import (
     TrainConfig,
     UNetConfig,
     VAEConfig,
+    describe_keys,
+    load_config,
 )
 
 __all__ = [
     "MOVED",
+    "RETIRED",
     "Config",
     "ConfigError",
     "DataConfig",

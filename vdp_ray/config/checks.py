@@ -119,19 +119,19 @@ def _check_vae_geometry(cfg) -> None:
             f"vae.channel_mults needs {need} entries for vae.spatial_compression={v.spatial_compression} "
             f"(log2 + 1), got {list(v.channel_mults)}"
         )
-    tc, sc = v.temporal_compression, v.spatial_compression
-    if frames % tc:
-        raise ConfigError(f"data.frames ({frames}) must be divisible by vae.temporal_compression ({tc})")
-    if h % sc or w % sc:
-        raise ConfigError(f"data.size {h}x{w} must be divisible by vae.spatial_compression ({sc})")
+    frames_per_latent, pixels_per_latent = v.temporal_compression, v.spatial_compression
+    if frames % frames_per_latent:
+        raise ConfigError(f"data.frames ({frames}) must be divisible by vae.temporal_compression ({frames_per_latent})")
+    if h % pixels_per_latent or w % pixels_per_latent:
+        raise ConfigError(f"data.size {h}x{w} must be divisible by vae.spatial_compression ({pixels_per_latent})")
 
 
 def _check_dit(cfg) -> None:
     d, dt, v, mk = cfg.data, cfg.model.dit, cfg.vae, cfg.diffusion.masks
     if dt.hidden % dt.heads:
         raise ConfigError(f"model.dit.hidden ({dt.hidden}) must be divisible by model.dit.heads ({dt.heads})")
-    tc, sc = v.temporal_compression, v.spatial_compression
-    lt, lh, lw = d.frames // tc, d.size[0] // sc, d.size[1] // sc
+    frames_per_latent, pixels_per_latent = v.temporal_compression, v.spatial_compression
+    lt, lh, lw = d.frames // frames_per_latent, d.size[0] // pixels_per_latent, d.size[1] // pixels_per_latent
     if lh % dt.patch or lw % dt.patch or lt % dt.patch_t:
         raise ConfigError(
             f"latent grid {lt}x{lh}x{lw} (data.frames/vae.temporal_compression x data.size/"
@@ -145,12 +145,13 @@ def _check_dit(cfg) -> None:
         )
     # given frames must map to whole latent frames (DESIGN: temporal compression and masks must agree)
     for key in ("context_min", "context_max"):
-        if getattr(mk, key) % tc:
+        if getattr(mk, key) % frames_per_latent:
             raise ConfigError(
                 f"diffusion.masks.{key} ({getattr(mk, key)}) must be a multiple of "
-                f"vae.temporal_compression ({tc}): given frames must fill whole latent frames"
+                f"vae.temporal_compression ({frames_per_latent}): given frames must fill whole latent frames"
             )
-    if d.context_frames % tc:
+    if d.context_frames % frames_per_latent:
         raise ConfigError(
-            f"data.context_frames ({d.context_frames}) must be a multiple of vae.temporal_compression ({tc})"
+            f"data.context_frames ({d.context_frames}) must be a multiple of vae.temporal_compression "
+            f"({frames_per_latent})"
         )

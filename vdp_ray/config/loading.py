@@ -1,15 +1,16 @@
 """From files and command lines to plain values: YAML experiment files, ``key.sub=value`` overrides, the elastic
-``train.workers: [min, max]`` shorthand, and the older names of keys that moved (so exports written before a
-move still load)."""
+``train.workers: [min, max]`` shorthand, and the older names of keys that moved or are gone (``MOVED``,
+``RETIRED``: so exports written before still load). ``normalise`` brings any plain values to today's layout;
+``schema.Config.from_dict`` reads them. Nothing here knows the schema (it imports this module)."""
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 
 import yaml
 
-from .fields import ConfigError, describe
+from .fields import ConfigError
 
 # Keys that moved to another section: old name -> new name. An export's config.yaml written before the move
 # still loads; giving both names is an error.
@@ -23,19 +24,12 @@ MOVED = {
     "text.guidance": "sampling.text_guidance",
 }
 
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()):
-    """Load a YAML experiment file (or the defaults when None) and apply ``key.sub=value`` overrides."""
-    from .schema import Config
-
-    values = read_yaml_mapping(path, ConfigError, "config file") if path is not None else {}
-    for item in overrides:
-        apply_override(values, item)
-    try:
-        return Config.from_dict(values)
-    except ConfigError as exc:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{exc}") from None
+# Keys that are gone: old name -> (its old default, why). A config written while they existed (every export's
+# config.yaml holds them) still loads without them; a value other than the old default is named in a warning.
+RETIRED = {
+    "train.fault": ("none", "failure drills are not config keys any more (tests pass a train.faults.Drill to fit)"),
+    "train.fault_step": (1, "failure drills are not config keys any more (tests pass a train.faults.Drill to fit)"),
+}
 
 
 def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> dict:
@@ -100,16 +94,9 @@ def set_key(values: dict, key: str, value, what: str | None = None) -> None:
 
 
 def normalise(values: dict) -> dict:
-    """Plain values in today's key layout: moved keys under their new names, retired keys read into the ones that
-    replaced them, the elastic shorthand expanded."""
-    return _elastic_shorthand(_retired_residual(_moved_keys(values)))
-
-
-def describe_keys(prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key, type, default, help) for every leaf key, for `vdp keys` and docs."""
-    from .schema import Config
-
-    return describe(Config, prefix)
+    """Plain values in today's key layout: moved keys under their new names, retired keys dropped (or, for
+    ``diffusion.residual``, read into the key that replaced it), the elastic shorthand expanded."""
+    return _elastic_shorthand(_retired_residual(_retired_keys(_moved_keys(values))))
 
 
 # ------------------------------------------------------------------------------------ internals
@@ -150,9 +137,25 @@ def _retired_residual(values: dict) -> dict:
                           "(false = none); keep only diffusion.anchor")  # fmt: skip
     if not residual:
         section["anchor"] = "none"
-    warnings.warn(f"diffusion.residual: {str(residual).lower()} is an older key, read as diffusion.anchor: "
-                  f"{section.get('anchor', 'last')}; write that instead", FutureWarning, stacklevel=2)  # fmt: skip
+    logging.getLogger("vdp_ray.config").warning(
+        "diffusion.residual: %s is an older key, read as diffusion.anchor: %s; write that instead",
+        str(residual).lower(),
+        section.get("anchor", "last"),
+    )
     return {**values, "diffusion": section}
+
+
+def _retired_keys(values: dict) -> dict:
+    """``values`` without the RETIRED keys (a copy where there were any); a setting that mattered is named."""
+    for key, (old_default, why) in RETIRED.items():
+        section_name, name = key.split(".")
+        section = values.get(section_name) if isinstance(values, dict) else None
+        if not isinstance(section, dict) or name not in section:
+            continue
+        values = {**values, section_name: {k: v for k, v in section.items() if k != name}}
+        if section[name] != old_default:
+            logging.getLogger("vdp_ray.config").warning("%s: %r is ignored: %s", key, section[name], why)
+    return values
 
 
 def _elastic_shorthand(values: dict) -> dict:

@@ -28,7 +28,9 @@ from ..vocab import (
     SCHEDULES,
     TIME_DRAWS,
 )
-from .fields import ConfigError, build, opt, plain, section
+from .checks import validate
+from .fields import ConfigError, build, describe, opt, plain, section
+from .loading import apply_override, normalise, read_yaml_mapping, set_key
 from .sampling import SamplingConfig
 
 
@@ -272,10 +274,6 @@ class TrainConfig:
                              "(what train.select_by: val/psnr_gain picks the export by): taken from the first "
                              "validation's batches (at most val_batches of them). More clips, a steadier choice and a "
                              "slower preview; a mean over 8 clips can swing by 2 dB.", ge=1, le=4096)  # fmt: skip
-    fault: str = opt("none", "Drills: raise once, SIGKILL rank 0 once, make the loss NaN, or keep the loss finite "
-                     "and make its gradients NaN (nan_grad), at fault_step.",
-                     choices=("none", "raise", "kill", "nan", "nan_grad"))  # fmt: skip
-    fault_step: int = opt(1, "The step at which train.fault strikes.", ge=1)
 
 
 @dataclass(frozen=True)
@@ -292,17 +290,12 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict | None) -> Config:
         """Typed, range-checked config from plain values; presets resolved; cross-checks run."""
-        from .checks import validate
-        from .loading import normalise
-
         cfg = _resolved(build(cls, normalise(values or {}), ""))
         validate(cfg)
         return cfg
 
     def updated(self, changes: dict[str, Any]) -> Config:
         """A new validated config with dotted keys changed, e.g. ``{"vae.export": path}``."""
-        from .loading import set_key
-
         values = self.to_dict()
         for key, value in changes.items():
             set_key(values, key, plain(value))
@@ -322,6 +315,23 @@ class Config:
         describe the same model, whatever their run, training budget or sampling defaults."""
         d = self.to_dict()
         return {k: d[k] for k in ("data", "model", "vae", "diffusion", "text")}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML experiment file (or the defaults when None) and apply ``key.sub=value`` overrides."""
+    values = read_yaml_mapping(path, ConfigError, "config file") if path is not None else {}
+    for item in overrides:
+        apply_override(values, item)
+    try:
+        return Config.from_dict(values)
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def describe_keys(prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every leaf key, for `vdp keys` and docs."""
+    return describe(Config, prefix)
 
 
 def _resolved(cfg: Config) -> Config:
@@ -355,10 +365,10 @@ def _adopt_diffusers_vae(v: VAEConfig) -> VAEConfig:
         geometry = read_autoencoder_config(v.diffusers)
     except DiffusersVAEError as exc:
         raise ConfigError(f"vae.diffusers: {exc}") from None
-    sc = geometry["spatial_compression"]
-    return replace(v, latent_channels=geometry["latent_channels"], spatial_compression=sc, temporal_compression=1,
+    spatial = geometry["spatial_compression"]
+    return replace(v, latent_channels=geometry["latent_channels"], spatial_compression=spatial, temporal_compression=1,
                    scale_factor=geometry["scale_factor"],
-                   channel_mults=tuple([1] * (int(math.log2(sc)) + 1)))  # unused: no 3D VAE is built  # fmt: skip
+                   channel_mults=tuple([1] * (int(math.log2(spatial)) + 1)))  # unused: no 3D VAE is built  # fmt: skip
 
 
 def _fill_preset(section_cfg, presets: dict, name: str, key: str, family: str):

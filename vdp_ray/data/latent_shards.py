@@ -6,7 +6,7 @@ has GPUs, CPUs otherwise), and the driver writes WebDataset shards of the poster
 fp16 array (2, C, t, h, w) holding the mean and the standard deviation (a fresh latent is drawn from them at
 every use, as the encoder would), and ``{key}.json`` with its caption. Each split's manifest.json records
 ``kind: latents``, the VAE export and the digest of its weights, the clip geometry and the latent shape; the
-DiT stage trains from such shards directly and refuses ones made by another VAE.
+DiT stage trains from such shards directly and refuses ones made by another VAE (the format: latent_format.py).
 
 Clips are encoded as validation reads them (the first data.frames frames, centre crop, no flip): augmentation is
 fixed at encoding time. Caption tables (``text/``) of a split are copied along.
@@ -14,7 +14,6 @@ fixed at encoding time. Caption tables (``text/``) of a split are copied along.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -26,10 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..options import REQUIRED, OptionError, arg
+from .latent_format import KIND, LATENT, holds_latents, vae_id
 from .shards import MANIFEST, ShardError, _add_member
-
-KIND = "latents"
-LATENT = "npy"  # the member suffix of a clip's posterior
 
 
 @dataclass
@@ -46,45 +43,6 @@ class EncodeOptions:
         for name in ("batch_size", "workers", "shard_clips"):
             if getattr(self, name) < 1:
                 raise OptionError(name, "must be at least 1")
-
-
-def holds_latents(folder: Path) -> bool:
-    """Whether ``folder``'s manifest.json says it holds our latent shards (a split, or the top of an output)."""
-    manifest = Path(folder) / MANIFEST
-    return manifest.is_file() and json.loads(manifest.read_text()).get("kind") == KIND
-
-
-def vae_id(export_dir: str | Path) -> str:
-    """The identity of a VAE export: the digest of its weights (a retrained VAE in the same folder differs)."""
-    from ..export import WEIGHTS
-
-    return hashlib.sha256((Path(export_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
-
-
-def check_latents(manifest: dict, cfg, key: str = "data.train") -> None:
-    """Latent shards fit a run only if made by its VAE at its clip geometry (refused before any Ray work)."""
-    from ..config import ConfigError
-
-    where = f"{key}: latent shards (`vdp encode`)"
-    if cfg.model.family != "dit" or "vae" in cfg.train.stages:
-        raise ConfigError(f"{where} train a dit with an existing VAE (vae.export, train.stages without vae)")
-    if not cfg.vae.export or vae_id(cfg.vae.export) != manifest["vae_id"]:
-        raise ConfigError(
-            f"{where} were made by the VAE at {manifest.get('vae_export')} (weights "
-            f"{manifest['vae_id']}), but vae.export is {cfg.vae.export}: encode again with it"
-        )
-    d = cfg.data
-    mine = {"frames": d.frames, "size": list(d.size), "channels": d.channels}
-    theirs = {k: manifest[k] for k in mine}
-    if mine != theirs:
-        raise ConfigError(f"{where} hold clips of {theirs}, the run reads {mine}")
-
-
-def decode_latents(batch: dict) -> dict:
-    """Ray Data: raw members -> {"latent": fp16 (B, 2, C, t, h, w), "key", "caption"}."""
-    latents = np.stack([np.load(io.BytesIO(b), allow_pickle=False) for b in batch[LATENT]])
-    captions = [str(json.loads(m).get("caption", "")) if m is not None else "" for m in batch["json"]]
-    return {"latent": latents, "key": np.asarray(batch["__key__"]), "caption": np.asarray(captions, dtype=object)}
 
 
 class _Encoder:
@@ -156,10 +114,10 @@ def encode_latents(opts: EncodeOptions, log=print) -> dict:
 def _check_target(out: Path, sources: list[Path]) -> None:
     """Replace ``out`` only if it holds latent shards (our manifest), never a folder of anything else or one
     that overlaps the clip shards read."""
-    from ..fsutil import OutputError, check_apart
+    from ..fsutil import OutputError, check_no_overlap
 
     try:
-        check_apart(out, [("the clip shards", s) for s in sources])
+        check_no_overlap(out, [("the clip shards", s) for s in sources])
     except OutputError as exc:
         raise OptionError("out", str(exc)) from None
     if out.exists() and not holds_latents(out) and (not out.is_dir() or any(out.iterdir())):

@@ -23,8 +23,8 @@ import numpy as np
 
 from ..pixels import crop_and_resize, match_channels
 from .codec import decode_clip
-from .latent_shards import KIND as LATENTS
-from .latent_shards import decode_latents
+from .latent_format import KIND as LATENTS
+from .latent_format import decode_latents
 from .shards import MANIFEST, ShardError
 
 DECODE_BATCH = 16  # clips per map_batches call: large enough to amortise the call, small for memory
@@ -111,7 +111,7 @@ def check_shards(spec: str | list[str], data_cfg) -> dict | None:
     """Fail early, before any training starts, when the shards cannot give the clips the config asks for."""
     manifest = shard_manifest(spec)
     if manifest and manifest.get("kind") == LATENTS:
-        return manifest  # their geometry is checked against the run's VAE (latent_shards.check_latents)
+        return manifest  # their geometry is checked against the run's VAE (latent_format.check_latents)
     _check_sizes(spec, manifest)
     if manifest and manifest.get("shape"):
         t = manifest["shape"][0]

@@ -163,12 +163,12 @@ class Plan:
 def _check_output(out: str, inputs: list[tuple[str, str]], replaceable: bool = True) -> None:
     """--out is new, empty or an earlier `vdp shard` output (its manifest), and apart from every source: replacing
     its splits must never delete a user's videos."""
-    from ..fsutil import OutputError, check_apart, check_replaceable
+    from ..fsutil import OutputError, check_no_overlap, check_replaceable
 
     try:
         if replaceable:
             check_replaceable(out, "manifest.json", "a `vdp shard` output")
-        check_apart(out, inputs)
+        check_no_overlap(out, inputs)
     except OutputError as exc:
         raise ShardError(f"--out: {exc}") from None
 

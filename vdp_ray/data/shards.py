@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fsutil import atomic_write, swap_in
+from ..version import __version__
 from .codec import encode_clip
 from .shard_plan import Plan, ShardError, ShardOptions, load_dataset_yaml, parse_split, plan, synthetic_splits
 from .sources import ClipSpec, Source, SourceError, source_clips
@@ -291,8 +292,6 @@ def _stable_int(text: str) -> int:
 
 
 def _created_by() -> str:
-    from .. import __version__
-
     return f"vdp_ray {__version__}"
 
 

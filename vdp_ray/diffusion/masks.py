@@ -76,10 +76,11 @@ def sample_frame_masks(
     full = rand.all(dim=1)
     rand[full, torch.randint(0, num_frames, (int(full.sum()),), generator=generator)] = False
 
-    mask = torch.zeros(batch, num_frames, dtype=torch.bool)
-    mask = torch.where((task == 0)[:, None], pred, mask)
-    mask = torch.where((task == 2)[:, None], interp.expand(batch, -1), mask)
-    mask = torch.where((task == 3)[:, None], rand, mask)
+    # every task's mask for every sample, then each sample's own task's (``task`` indexes TASKS)
+    nothing = torch.zeros(batch, num_frames, dtype=torch.bool)
+    given = {"prediction": pred, "generation": nothing, "interpolation": interp.expand(batch, -1), "random": rand}
+    by_task = torch.stack([given[name] for name in TASKS])  # (len(TASKS), N, T)
+    mask = by_task[task, torch.arange(batch)]  # (N, T)
     dropped = torch.rand(batch, generator=generator, dtype=torch.float64) < context_drop
     mask = mask & ~dropped[:, None]
     return FrameMasks(mask.to(device), task.to(device), dropped.to(device))

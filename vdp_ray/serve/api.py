@@ -102,7 +102,7 @@ def parse_params(task: str, raw: dict, limits: Limits, model: dict) -> Params:
         check_prompts(bool(model.get("text")), p.prompt, p.text_guidance, 1)
     except SettingError as exc:
         raise ApiError(422, exc.field, exc.message) from None
-    tc = model.get("temporal_compression", 1)
+    frames_per_latent = model.get("temporal_compression", 1)
     if task == "predict":
         _range(p.future, "future", 1, limits.max_frames)
         _range(p.context, "context", 1, model["max_context"])
@@ -113,9 +113,9 @@ def parse_params(task: str, raw: dict, limits: Limits, model: dict) -> Params:
     elif task == "interpolate":
         if p.between is None:
             raise ApiError(422, "between", "missing: how many frames to make between the first and the last")
-        _range(p.between, "between", 1, min(limits.max_frames, model["frames"] - 2 * tc))
+        _range(p.between, "between", 1, min(limits.max_frames, model["frames"] - 2 * frames_per_latent))
         try:
-            latent_frames(p.between, tc, "between")
+            latent_frames(p.between, frames_per_latent, "between")
         except SettingError as exc:
             raise ApiError(422, exc.field, exc.message) from None
     elif task == "refine" and not 0.0 < p.strength <= 1.0:

@@ -106,10 +106,10 @@ def _port(request) -> int | None:
     return None
 
 
-def _whole(frames: int, tc: int, field: str) -> None:
+def _whole(frames: int, temporal_compression: int, field: str) -> None:
     """A number of frames must fill whole latent frames (``latent.latent_frames``), else 422 naming the field."""
     try:
-        latent_frames(frames, tc, field)
+        latent_frames(frames, temporal_compression, field)
     except LatentFrameError as exc:
         raise ApiError(422, exc.field, exc.message) from None
 
@@ -302,24 +302,24 @@ class Api:
         (predict, when the upload is longer than the context)."""
         if task == "generate":
             return None, None, None
-        tc = info.get("temporal_compression", 1)
+        frames_per_latent = info.get("temporal_compression", 1)
         if task == "predict":
             context = params.context or min(len(clip), info["max_context"])
             if context > len(clip):
                 raise ApiError(422, "context", f"{context} frames asked for, but the clip has {len(clip)}")
-            _whole(context, tc, "context")
+            _whole(context, frames_per_latent, "context")
             params.context = context
             params.future = params.future or info["frames"] - context  # default: the rest of the window
             truth = clip[context : context + params.future].copy() if len(clip) > context else None
             given = clip[:context].copy()  # copies: the rest of the upload is freed before the model runs
             return given, given, truth
         if task == "interpolate":
-            if len(clip) < 2 * tc:
+            if len(clip) < 2 * frames_per_latent:
                 raise ApiError(422, "file", f"{len(clip)} frame(s); interpolation needs the first and the last "
-                               f"({2 * tc} frames for this model)")  # fmt: skip
-            ends = np.concatenate([clip[:tc], clip[-tc:]])  # a copy
+                               f"({2 * frames_per_latent} frames for this model)")  # fmt: skip
+            ends = np.concatenate([clip[:frames_per_latent], clip[-frames_per_latent:]])  # a copy
             return ends, None, None
         if len(clip) > info["frames"]:
             raise ApiError(422, "file", f"{len(clip)} frames; refine takes up to {info['frames']}")
-        _whole(len(clip), tc, "file")
+        _whole(len(clip), frames_per_latent, "file")
         return clip, None, None

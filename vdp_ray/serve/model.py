@@ -73,7 +73,7 @@ class Model:
             return
         try:
             p = self.predictor
-            p.generate(p.tc, steps=1, seed=0)
+            p.generate(p.temporal_compression, steps=1, seed=0)
         finally:
             self.busy.release()
 
@@ -155,8 +155,8 @@ class Model:
         if first.task == "predict":
             out = p.predict(stack, first.future, context=stack.shape[1], **kw)
         elif first.task == "interpolate":
-            tc = p.tc
-            out = p.interpolate(stack[:, :tc], stack[:, -tc:], first.between, **kw)
+            end = p.temporal_compression  # first and last are one latent frame each
+            out = p.interpolate(stack[:, :end], stack[:, -end:], first.between, **kw)
         else:
             out = p.refine(stack, first.strength, **kw)
         return list(out)

@@ -2,7 +2,7 @@
 
 A checkpoint folder (one per `train.checkpoint_every` steps, merged by Ray Train from every rank's files):
 
-    ds/                   DeepSpeed's files (model, optimizer and scheduler state, one shard per rank)
+    ds/                   DeepSpeed's files (model and optimizer state, one shard per rank)
     ema.safetensors       the EMA weights (rank 0): what an export ships
     rng_rank<N>.pt        rank N's random streams: CPU, its CUDA device, NumPy, Python (randomness.py; tensors and
                           plain values only, loaded with weights_only=True)
@@ -135,8 +135,8 @@ def verify(directory: Path, state: dict, only: tuple[str, ...] | None = None) ->
 def _load_engine(engine, directory: Path, state: dict, cfg: Config, world: int, step: int, log) -> None:
     """Resume the DeepSpeed engine. ZeRO partitions the optimizer state per worker and DeepSpeed cannot
     re-partition it for another worker count: then the model weights are loaded (consolidated from the
-    shards for ZeRO-3), the optimizer starts fresh and the LR schedule is moved to ``step``; step, epoch, EMA
-    and RNG continue as in any resume. Said in one log line."""
+    shards for ZeRO-3) and the optimizer starts fresh; step, epoch, EMA and RNG continue as in any resume (and
+    the learning rate with the step: the loop sets it from the step). Said in one log line."""
     saved = state.get("world_size") or len(list(directory.glob("rng_rank*.pt")))
     if saved == world or cfg.train.zero_stage == 0:
         engine.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True)
@@ -162,8 +162,6 @@ def _load_engine(engine, directory: Path, state: dict, cfg: Config, world: int, 
                                load_optimizer_states=False, load_lr_scheduler_states=False)  # fmt: skip
         if hasattr(engine.optimizer, "refresh_fp32_params"):  # the optimizer's fp32 copy of the loaded weights
             engine.optimizer.refresh_fp32_params()
-    if engine.lr_scheduler is not None:
-        engine.lr_scheduler.step(step - 1)  # the schedule's position after `step` optimizer steps
 
 
 def export_checkpoint(checkpoint_dir: str | Path, export_dir: str | Path, cfg: Config | None = None,
@@ -172,11 +170,11 @@ def export_checkpoint(checkpoint_dir: str | Path, export_dir: str | Path, cfg: C
     train.select_by kept and their score), no DeepSpeed needed. The stage decides what the export's config records
     (the VAE its measured scale factor)."""
     from ..config import load_config
-    from ..fsutil import check_apart
+    from ..fsutil import check_no_overlap
     from .stages import STAGE_CLASSES
 
     checkpoint_dir = Path(checkpoint_dir)
-    check_apart(export_dir, [("the checkpoint", checkpoint_dir)])  # an export never replaces what it reads
+    check_no_overlap(export_dir, [("the checkpoint", checkpoint_dir)])  # an export never replaces what it reads
     for name in (EMA_FILE, STATE, CONFIG):
         if not (checkpoint_dir / name).is_file():
             raise CheckpointError(f"{checkpoint_dir}: not a vdp_ray checkpoint (missing {name})")

@@ -98,7 +98,7 @@ def deepspeed_config(cfg, stage: str, world_size: int, precision: str, num_param
     t = cfg.train
     overlap = precision == "fp16" if overlap is None else overlap
     own = stage_settings(cfg, stage)
-    lr, steps, batch = own.lr, own.max_steps, own.batch_size
+    lr, batch = own.lr, own.batch_size
     ds = {
         "train_micro_batch_size_per_gpu": batch,
         "gradient_accumulation_steps": t.grad_accum,
@@ -107,7 +107,8 @@ def deepspeed_config(cfg, stage: str, world_size: int, precision: str, num_param
         "steps_per_print": 10**9,  # our own progress lines instead
         "wall_clock_breakdown": False,
         "zero_optimization": _zero(t.zero_stage, overlap=overlap, bucket=bucket_size(num_params)),
-        # torch's AdamW: DeepSpeed's fused Adam would JIT-compile C++ on first use
+        # torch's AdamW: DeepSpeed's fused Adam would JIT-compile C++ on first use. No "scheduler": the loop sets
+        # the learning rate before every step (``lr_ratio``), whether the run ends by steps or by time
         "optimizer": {
             "type": "AdamW",
             "params": {
@@ -119,17 +120,6 @@ def deepspeed_config(cfg, stage: str, world_size: int, precision: str, num_param
             },
         },
     }
-    if t.max_minutes is None:  # with a time cap the loop sets the LR itself (``lr_ratio``): the run ends by time
-        ds["scheduler"] = {
-            "type": "WarmupCosineLR",
-            "params": {
-                "total_num_steps": steps,
-                "warmup_num_steps": min(t.warmup_steps, max(steps - 1, 0)),
-                "warmup_min_ratio": 0.0,
-                "warmup_type": "linear",
-                "cos_min_ratio": t.min_lr_ratio,
-            },
-        }
     if precision == "fp16":
         ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                       "hysteresis": 2, "min_loss_scale": 1}  # fmt: skip
@@ -139,12 +129,17 @@ def deepspeed_config(cfg, stage: str, world_size: int, precision: str, num_param
 
 
 def lr_ratio(step: int, total: int, warmup: int, min_ratio: float, used: float = 0.0) -> float:
-    """The factor on the peak learning rate for the update after ``step`` optimizer steps: a linear warm-up over
-    ``warmup`` steps, then a cosine down to ``min_ratio`` at the end of the run, which is ``total`` steps or, under
-    train.max_minutes, the moment ``used`` (the fraction of the time budget spent) reaches 1, whichever comes
-    first. Without a time cap this is DeepSpeed's WarmupCosineLR after its warm-up; with one, a run stopped by the
-    clock still ends on a decayed learning rate instead of mid-schedule at nearly the peak."""
-    warmup = min(warmup, max(total - 1, 0))
+    """The factor on the peak learning rate for the update after ``step`` optimizer steps: the one schedule of
+    every run, whether it ends by steps or by the clock. A linear warm-up over ``warmup`` updates (the first at
+    1/warmup, none without a warm-up), then a cosine down to ``min_ratio`` at the end of the run: update
+    ``total``, or under train.max_minutes the moment ``used`` (the fraction of the time budget spent) reaches 1,
+    whichever comes first. So a run stopped by the clock still ends on a decayed learning rate instead of
+    mid-schedule at nearly the peak.
+
+    Without a time cap, ``lr_ratio(s)`` after the warm-up is DeepSpeed's WarmupCosineLR at its iteration s (what
+    runs bounded by steps used before; tests/train/test_engine.py pins it), which DeepSpeed applied one update
+    later: its start and linear warm-up spent the first two updates at a learning rate of 0."""
+    warmup = min(warmup, max(total - 1, 0))  # the last update is the cosine's: at least one step of decay
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, max((step - warmup + 1) / max(1, total - warmup), used))

@@ -1,10 +1,11 @@
-"""Failure: the drills that prove recovery works (``train.fault``), and stopping cleanly on a non-finite loss."""
+"""Failure: the drills that prove recovery works (a ``Drill``), and stopping cleanly on a non-finite loss."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -13,6 +14,33 @@ import torch
 # worker are noticed that much later, and a report is registered only at a poll. fit() sets it unless set.
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_S = 1.0
+
+DRILLS = ("raise", "kill", "nan", "nan_grad")
+
+
+@dataclass(frozen=True)
+class Drill:
+    """A failure made on purpose at optimizer step ``step``, to prove that recovery works: ``raise`` (rank 0
+    raises once), ``kill`` (rank 0 is SIGKILLed once), ``nan`` (the loss is NaN from then on, as a diverged
+    run's), ``nan_grad`` (the loss stays finite, its gradients are NaN). Tests and benches hand one to
+    ``fit(cfg, drill=...)``, which passes it to the workers beside the config: it is no config key, so it
+    never reaches `vdp keys`, a saved config or an export."""
+
+    kind: str
+    step: int = 1
+
+    def __post_init__(self):
+        if self.kind not in DRILLS:
+            raise ValueError(f"drill {self.kind!r}: expected one of {list(DRILLS)}")
+        if self.step < 1:
+            raise ValueError(f"drill step {self.step}: steps count from 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> Drill | None:
+        return cls(**values) if values else None
 
 
 class _NanGradient(torch.autograd.Function):
@@ -27,27 +55,29 @@ class _NanGradient(torch.autograd.Function):
         return grad * float("nan")
 
 
-def poisoned(loss: torch.Tensor, cfg, step: int) -> torch.Tensor:
-    """The ``nan`` drill: from train.fault_step on, the loss is NaN (as a diverged run's would be); ``nan_grad``:
+def poisoned(loss: torch.Tensor, drill: Drill | None, step: int) -> torch.Tensor:
+    """The ``nan`` drill: from the drill's step on, the loss is NaN (as a diverged run's would be); ``nan_grad``:
     the loss stays finite and its gradients are NaN."""
-    if cfg.train.fault == "nan" and step + 1 >= cfg.train.fault_step:
+    if drill is None or step + 1 < drill.step:
+        return loss
+    if drill.kind == "nan":
         return loss * float("nan")
-    if cfg.train.fault == "nan_grad" and step + 1 >= cfg.train.fault_step:
+    if drill.kind == "nan_grad":
         return _NanGradient.apply(loss)
     return loss
 
 
-def inject(cfg, run_dir: Path, stage: str, step: int, rank: int) -> None:
-    """The ``raise`` / ``kill`` drills: rank 0 fails or dies once at train.fault_step (a marker file makes it once,
-    so the restarted group gets past it)."""
-    if rank != 0 or cfg.train.fault not in ("raise", "kill") or step != cfg.train.fault_step:
+def inject(drill: Drill | None, run_dir: Path, stage: str, step: int, rank: int) -> None:
+    """The ``raise`` / ``kill`` drills: rank 0 fails or dies once at the drill's step (a marker file makes it
+    once, so the restarted group gets past it)."""
+    if drill is None or rank != 0 or drill.kind not in ("raise", "kill") or step != drill.step:
         return
-    marker = run_dir / f".fault-{stage}-{cfg.train.fault}-{step}"
+    marker = run_dir / f".fault-{stage}-{drill.kind}-{step}"
     if marker.exists():
         return
     marker.touch()
-    if cfg.train.fault == "raise":
-        raise RuntimeError(f"injected failure at step {step} (train.fault=raise)")
+    if drill.kind == "raise":
+        raise RuntimeError(f"injected failure at step {step} (drill: raise)")
     # Ray Train's controller registers a reported checkpoint when it next polls the workers (every
     # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S); a rank killed before that poll takes its report along and the group
     # resumes from the checkpoint before. A real crash may do so too (and loses only steps); the drill waits

@@ -1,9 +1,10 @@
 """The training loop every Ray Train worker runs, for every stage (vae, unet3d, dit), precision and scale.
 
-It depends only on its ``config`` argument: the driver's resolved config, the stage and the run folder. The
-device comes from Ray, the process group from Ray (DeepSpeed reuses it), the data from Ray Data shards. What
-is trained is the stage's business (``stages.py``), the checkpoint format ``checkpoint.py``'s, the decisions
-all ranks must share ``collectives.py``'s and what people see ``runlog.py``'s; this file only sequences them.
+It depends only on its ``config`` argument: the driver's resolved config, the stage, the run folder (and a test's
+failure drill, ``faults.Drill``, never part of the config). The device comes from Ray, the process group from Ray
+(DeepSpeed reuses it), the data from Ray Data shards. What is trained is the stage's business (``stages.py``), the
+checkpoint format ``checkpoint.py``'s, the decisions all ranks must share ``collectives.py``'s and what people see
+``runlog.py``'s; this file only sequences them.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Worker:
     batch_size: int
     max_steps: int
     bad: BadClips | None = None  # the clips this rank skipped (set by the loop)
+    drill: faults.Drill | None = None  # a failure made on purpose (tests and benches; never a config key)
 
 
 def start(config: dict) -> Worker:
@@ -80,7 +82,7 @@ def start(config: dict) -> Worker:
     engine, ema = build_engine(stage, cfg, name, world, precision, deepspeed.initialize)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     return Worker(cfg, name, run_dir, rank, world, device, precision, dtype, log, stage, ema, engine, own.batch_size,
-                  own.max_steps)  # fmt: skip
+                  own.max_steps, drill=faults.Drill.from_dict(config.get("drill")))  # fmt: skip
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -108,22 +110,22 @@ def train_loop_per_worker(config: dict) -> None:
         # the untrained model is a candidate too (an anchored model starts as its anchor), so a run whose training
         # never beats it on the validation clips exports it rather than something worse
         selection.offer(_validate_and_preview(w, 0, w.max_steps, val_shard, preview), 0, w.ema, log)
-    window = Window()
+    tally = LogTally()
     total, run_start, start_step = w.max_steps, time.perf_counter(), step
     metrics: dict = {}
 
     limit, used = cfg.train.max_minutes, 0.0  # the fraction of the time budget spent, as rank 0's clock says
     peak = stage_settings(cfg, w.name).lr
     while step < total:
-        if limit is not None:  # the schedule ends with the run, by steps or by time (engine.lr_ratio)
-            set_lr(engine, peak * lr_ratio(step, w.max_steps, cfg.train.warmup_steps, cfg.train.min_lr_ratio, used))
-        stepped = _optimizer_step(w, train_iter, window, preview, step)
+        # one schedule whether the run ends by steps or by time; set from the step, so a resume needs no state
+        set_lr(engine, peak * lr_ratio(step, w.max_steps, cfg.train.warmup_steps, cfg.train.min_lr_ratio, used))
+        stepped = _optimizer_step(w, train_iter, tally, preview, step)
         if stepped is None:  # diverged: every rank stopped, the last checkpoint kept
             return
         epoch = stepped
         step += 1
         w.ema.update(engine.module)
-        faults.inject(cfg, w.run_dir, w.name, step, w.rank)
+        faults.inject(w.drill, w.run_dir, w.name, step, w.rank)
         if limit is not None and step < total:
             used = rank0_value((time.perf_counter() - run_start) / (60 * limit), device)
             if used > 1:
@@ -131,7 +133,7 @@ def train_loop_per_worker(config: dict) -> None:
                 total = step  # this step becomes the last: validated, checkpointed, exported
 
         if step % cfg.train.log_every == 0 or step == total:
-            metrics = window.metrics(step, epoch, engine, w.world, device, w.precision)
+            metrics = tally.metrics(step, epoch, engine, w.world, device, w.precision)
             metrics.update({k: mean_across(v, device) for k, v in w.stage.step_metrics().items()})
             metrics["skipped_clips"] = round(mean_across(w.bad.bad, device) * w.world)  # over all ranks so far
             rate = (step - start_step) / (time.perf_counter() - run_start)
@@ -139,7 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
             if limit is not None:  # the clock ends it first when that comes first
                 eta = min(eta if eta is not None else math.inf, max(0.0, 60 * limit * (1 - used)))
             log.metrics(metrics, total, eta=eta)
-            window = Window()
+            tally = LogTally()
         val = _validate_and_preview(w, step, total, val_shard, preview)
         if val:
             selection.offer(val, step, w.ema, log)
@@ -157,7 +159,7 @@ def train_loop_per_worker(config: dict) -> None:
     log.close()
 
 
-def _optimizer_step(w: Worker, train_iter, window: Window, preview: Preview, step: int) -> int | None:
+def _optimizer_step(w: Worker, train_iter, tally: LogTally, preview: Preview, step: int) -> int | None:
     """One optimizer step over train.grad_accum micro-batches (DeepSpeed steps the optimizer on the last one);
     the epoch it ended in, or None when the run diverged and this rank stopped with the others.
 
@@ -171,9 +173,9 @@ def _optimizer_step(w: Worker, train_iter, window: Window, preview: Preview, ste
         t0 = time.perf_counter()
         epoch, batch = next(train_iter)
         clips = on_device(batch, device)
-        window.wait += time.perf_counter() - t0
+        tally.wait += time.perf_counter() - t0
         preview.offer_training_clips(clips, batch["caption"])
-        loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), cfg, step)
+        loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), w.drill, step)
         losses = losses + loss.detach().float()
         if micro == cfg.train.grad_accum - 1:
             mine = w.bad is not None and w.bad.too_many()
@@ -197,7 +199,7 @@ def _optimizer_step(w: Worker, train_iter, window: Window, preview: Preview, ste
             # the same on every rank (the norm is global); stopped before anything is checkpointed
             faults.stop_non_finite(w.log, w.name, step, reason="non-finite gradients (of a finite loss)")
             return None
-        window.add(loss, clips.shape[0])
+        tally.add(loss, clips.shape[0])
     return epoch
 
 
@@ -237,7 +239,7 @@ def _validate_and_preview(w: Worker, step: int, total: int, val_shard, preview: 
     return {f"val/{k}": v for k, v in report.items()}
 
 
-class Window:
+class LogTally:
     """Losses, clips and data-wait time since the last logged step."""
 
     def __init__(self):

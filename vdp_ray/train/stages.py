@@ -219,7 +219,7 @@ class DiffusionStage:
         out = sample(model, self.diffusion, tuple(x0.shape), cond, settings, generator=torch.Generator().manual_seed(0),
                      device=x0.device)  # fmt: skip
         pred = self.latent.decode(out).clamp(-1, 1)
-        kp = k * self.latent.tc
+        kp = k * self.latent.temporal_compression
         future, truth = pred[:, :, kp:], clips[:, :, kp:]
         metrics = {"psnr": psnr(future, truth).mean().item()}
         for name, guess in baselines(clips[:, :, :kp], clips.shape[2] - kp).items():
@@ -260,7 +260,7 @@ def make_stage(cfg: Config, name: str, device: torch.device) -> Stage:
 
 def _latent_shards(spec) -> bool:
     """Whether ``spec`` names `vdp encode`'s latent shards (False for clip shards, or none readable here)."""
-    from ..data.latent_shards import KIND
+    from ..data.latent_format import KIND
     from ..data.pipeline import shard_manifest
     from ..data.shards import ShardError
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import Config, ConfigError
 from .checkpoint import export_checkpoint
-from .faults import HEALTH_CHECK_ENV, HEALTH_CHECK_S
+from .faults import HEALTH_CHECK_ENV, HEALTH_CHECK_S, Drill
 from .loop import train_loop_per_worker
 from .runlog import STATUS
 from .selection import selected_weights
@@ -51,8 +51,8 @@ class TrainingError(RuntimeError):
 
 def check_inputs(cfg: Config) -> None:
     """Everything that can be wrong with a run's inputs, checked before any Ray work starts."""
-    from ..data.latent_shards import KIND as LATENTS
-    from ..data.latent_shards import check_latents
+    from ..data.latent_format import KIND as LATENTS
+    from ..data.latent_format import check_latents
     from ..data.pipeline import check_shards, list_shards
 
     if not cfg.data.train:
@@ -117,12 +117,15 @@ def resolve_run(cfg: Config) -> Config:
     return cfg
 
 
-def fit(cfg: Config, callbacks: list | None = None, verbose: bool = False) -> dict[str, Path]:
+def fit(
+    cfg: Config, callbacks: list | None = None, verbose: bool = False, drill: Drill | None = None
+) -> dict[str, Path]:
     """Train every stage of ``cfg.train.stages``; returns {stage: export folder}.
 
     ``callbacks`` (Ray Train ``UserCallback``s, e.g. Tune's report callback) watch the last stage only: the
     stage whose model is the result. Where this starts Ray, Ray's own output goes to the run folder's
-    logs/ray.log (``verbose``: to the terminal, as Ray prints it).
+    logs/ray.log (``verbose``: to the terminal, as Ray prints it). ``drill``: a failure made on purpose in every
+    stage that reaches its step (tests and benches of recovery).
     """
     from ..fsutil import run_lock
 
@@ -130,10 +133,12 @@ def fit(cfg: Config, callbacks: list | None = None, verbose: bool = False) -> di
     cfg = resolve_run(cfg)
     run_dir = Path(cfg.run.dir).resolve()
     with run_lock(run_dir, "vdp train"):  # one writer per run folder (a second run would interleave checkpoints)
-        return _fit_stages(cfg, run_dir, callbacks, verbose)
+        return _fit_stages(cfg, run_dir, callbacks, verbose, drill)
 
 
-def _fit_stages(cfg: Config, run_dir: Path, callbacks: list | None, verbose: bool) -> dict[str, Path]:
+def _fit_stages(
+    cfg: Config, run_dir: Path, callbacks: list | None, verbose: bool, drill: Drill | None
+) -> dict[str, Path]:
     from ..export import WEIGHTS, with_vae, write_diffusers_vae_export
     from ..raylog import ray_log
     from ..raytools import init_ray
@@ -152,12 +157,14 @@ def _fit_stages(cfg: Config, run_dir: Path, callbacks: list | None, verbose: boo
     for i, stage in enumerate(cfg.train.stages):
         last = i == len(cfg.train.stages) - 1
         export_dir = run_dir / ("export" if last else f"{stage}_export")
-        exports[stage] = run_stage(cfg, stage, run_dir, export_dir, callbacks if last else None)
+        exports[stage] = run_stage(cfg, stage, run_dir, export_dir, callbacks if last else None, drill)
         cfg = STAGE_CLASSES[stage].next_config(cfg, exports[stage])  # e.g. a VAE becomes the later stages' latent space
     return exports
 
 
-def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path, callbacks: list | None = None) -> Path:
+def run_stage(
+    cfg: Config, stage: str, run_dir: Path, export_dir: Path, callbacks: list | None = None, drill: Drill | None = None
+) -> Path:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -175,7 +182,12 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, export_dir: Path, callback
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "stage": stage, "run_dir": str(run_dir)},
+        train_loop_config={
+            "cfg": cfg.to_dict(),
+            "stage": stage,
+            "run_dir": str(run_dir),
+            "drill": drill.to_dict() if drill else None,
+        },
         scaling_config=ScalingConfig(
             num_workers=t.workers if t.min_workers is None else (t.min_workers, t.workers),
             elastic_resize_monitor_interval_s=t.resize_check_s,
