@@ -40,7 +40,9 @@ class _ToFile(logging.Filter):
         self.file = file
 
     def filter(self, record: logging.LogRecord) -> bool:
-        self.file.handle(record)
+        if not getattr(record, "vdp_filed", False):  # once, though it may pass a console of ray.train and of ray
+            self.file.handle(record)
+            record.vdp_filed = True
         return record.levelno >= logging.ERROR
 
 

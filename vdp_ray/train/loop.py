@@ -90,6 +90,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     w = start(config)
     cfg, log, engine, device = w.cfg, w.log, w.engine, w.device
+    # A worker group restarted by Ray (a failure, an elastic resize) lands here again: the last checkpoint, if
+    # any, brings back the weights, the EMA, the optimizer and every random stream, so the run goes on as if
+    # uninterrupted.
     resumed = checkpoint.restore(engine, w.ema, cfg, w.world, w.rank, log)  # every stream where it was saved
     if resumed is None:
         seed_rank(cfg.run.seed, w.rank)  # different masks, timesteps and noise on every rank
@@ -98,11 +101,13 @@ def train_loop_per_worker(config: dict) -> None:
     progress = resumed or checkpoint.Progress(step=0, epoch=0, extra={})
     step, epoch, extra = progress.step, progress.epoch, progress.extra
 
+    # unreadable clips are counted per rank and named where they were met; too many stop every rank together
     w.bad = BadClips(cfg.data.max_bad_fraction, log.line if w.rank == 0 else _rank_line(w))
     train_iter = epochs(ray.train.get_dataset_shard("train"), batch_size=w.batch_size,
                         shuffle_buffer=cfg.data.shuffle_buffer, start_epoch=epoch,
                         pin_memory=device.type == "cuda", bad=w.bad)  # fmt: skip
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
+    # without validation clips there is nothing to choose by: the export is the last EMA weights
     preview = Preview(w.stage, w.ema, device, cfg.train.preview_clips)
     selection = Selection(cfg.train.select_by if cfg.data.val else "last", w.run_dir, w.name, w.rank,
                           resumed is not None)  # fmt: skip
@@ -125,13 +130,16 @@ def train_loop_per_worker(config: dict) -> None:
         epoch = stepped
         step += 1
         w.ema.update(engine.module)
-        faults.inject(w.drill, w.run_dir, w.name, step, w.rank)
+        faults.inject(w.drill, w.run_dir, w.name, step, w.rank)  # a test's failure drill (no-op otherwise)
         if limit is not None and step < total:
+            # rank 0's clock decides for everyone: ranks that disagreed on the last step would wait forever in
+            # each other's collectives
             used = rank0_value((time.perf_counter() - run_start) / (60 * limit), device)
             if used > 1:
                 log.line(f"train.max_minutes={limit:g} reached at step {step}: finishing the stage here")
                 total = step  # this step becomes the last: validated, checkpointed, exported
 
+        # the only host reads of a step's numbers happen here, every log_every steps
         if step % cfg.train.log_every == 0 or step == total:
             metrics = tally.metrics(step, epoch, engine, w.world, device, w.precision)
             metrics.update({k: mean_across(v, device) for k, v in w.stage.step_metrics().items()})
@@ -151,6 +159,7 @@ def train_loop_per_worker(config: dict) -> None:
             extra = {**extra, **results}
             if note:
                 log.line(note)
+        # ray.train.report is a barrier: every rank calls it the same number of times, in the same order
         if step % cfg.train.checkpoint_every == 0 or step == total:
             checkpoint.save(engine, w.ema, cfg, w.name, checkpoint.Progress(step, epoch, extra), {**metrics, **val},
                             w.rank)  # fmt: skip
@@ -178,6 +187,7 @@ def _optimizer_step(w: Worker, train_iter, tally: LogTally, preview: Preview, st
         loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), w.drill, step)
         losses = losses + loss.detach().float()
         if micro == cfg.train.grad_accum - 1:
+            # one collective answers both questions for every rank, so all of them stop at the same step
             mine = w.bad is not None and w.bad.too_many()
             finite, too_many_bad = step_flags(losses, mine)
             if too_many_bad:  # every rank stops at this step; the rank that met them named each bad clip
@@ -188,7 +198,7 @@ def _optimizer_step(w: Worker, train_iter, tally: LogTally, preview: Preview, st
                 faults.stop_non_finite(w.log, w.name, step)
                 return None
         engine.backward(loss)
-        try:
+        try:  # DeepSpeed updates the weights only on the last micro-batch of train.grad_accum
             engine.step()
         except Exception as exc:
             if not faults.is_loss_scale_exhausted(exc):
@@ -227,6 +237,7 @@ def _validate_and_preview(w: Worker, step: int, total: int, val_shard, preview: 
     cfg = w.cfg
     if not (step % cfg.train.val_every == 0 or step == total):
         return {}
+    # every rank validates (under ZeRO-3 each forward is a collective); only rank 0 samples the preview
     report = _validate(w.stage, w.engine, val_shard, cfg, w.batch_size, w.dtype, w.device, preview)
     if (step % cfg.train.preview_every == 0 or step == total) and preview.clips is not None:
         model = preview.ema_model(everywhere=False)  # every rank: under ZeRO-3 rank 0 gathers the partitions
@@ -234,7 +245,7 @@ def _validate_and_preview(w: Worker, step: int, total: int, val_shard, preview: 
             image, scores = preview.run(model)
             w.log.image("preview", image, step)
             report.update(scores)
-    report = broadcast_from_rank0(report)
+    report = broadcast_from_rank0(report)  # the same numbers on every rank: the same export choice everywhere
     w.log.scalars({f"val/{k}": v for k, v in report.items()}, step)
     return {f"val/{k}": v for k, v in report.items()}
 
@@ -323,7 +334,7 @@ def _validate(stage, engine, val_shard, cfg: Config, batch_size: int, dtype, dev
     """The validation loss (fixed timesteps, all ranks); the first validation batch becomes the preview's."""
     if val_shard is None:
         return {}
-    engine.eval()
+    engine.eval()  # no dropout: validation losses comparable from one validation to the next
     losses = []
     batches = epochs(val_shard, batch_size=batch_size, drop_last=False, max_epochs=1)
     for i, (_, batch) in enumerate(batches):
