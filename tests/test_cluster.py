@@ -31,8 +31,15 @@ def load(path: Path) -> dict:
 
 
 def test_every_manifest_parses():
-    assert {p.name for p in MANIFESTS} >= {"aws-gpu.yaml", "runtime_env.yaml", "serve.yaml", "raycluster.yaml",
-                                          "rayjob-train.yaml", "rayjob-tune.yaml", "rayservice-serve.yaml"}  # fmt: skip
+    assert {p.name for p in MANIFESTS} >= {
+        "aws-gpu.yaml",
+        "runtime_env.yaml",
+        "serve.yaml",
+        "raycluster.yaml",
+        "rayjob-train.yaml",
+        "rayjob-tune.yaml",
+        "rayservice-serve.yaml",
+    }
     for path in MANIFESTS:
         assert isinstance(load(path), dict), path
 
@@ -146,6 +153,10 @@ def test_gpu_check_says_in_one_line_that_there_is_no_gpu_and_exits_2():
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: `make gpu-check` runs for real here")
-    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench" / "gpu_check.py")], capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "bench" / "gpu_check.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stdout.strip().count("\n") == 0 and "no CUDA GPU" in done.stdout

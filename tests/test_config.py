@@ -99,8 +99,9 @@ def test_a_config_is_frozen_and_derived_configs_are_validated_again():
 
 def test_sampling_keys_of_older_exports_still_load_under_their_new_names(tmp_path):
     old = tmp_path / "config.yaml"  # an export's config.yaml from before the sampling section existed
-    old.write_text("diffusion: {sampler: dpm++, sample_steps: 12, guidance: 1.5, eta: 0.2, clip_x0: null}\n"
-                   "text: {guidance: 3.0}\n")  # fmt: skip
+    old.write_text(
+        "diffusion: {sampler: dpm++, sample_steps: 12, guidance: 1.5, eta: 0.2, clip_x0: null}\ntext: {guidance: 3.0}\n"
+    )
     cfg = load_config(old)
     s = cfg.sampling
     assert (s.sampler, s.steps, s.guidance, s.eta, s.clip_x0, s.text_guidance) == ("dpm++", 12, 1.5, 0.2, None, 3.0)
@@ -134,17 +135,25 @@ def test_a_requests_sampling_settings_are_checked_once_naming_the_setting():
     base = SamplingConfig(steps=20)
     assert resolve_sampling(base, 1000, steps=5, guidance=None).steps == 5
     assert resolve_sampling(base, 1000, guidance=2).guidance == 2.0
-    for changes, field, words in [({"steps": 0}, "steps", "[1, 1000]"), ({"steps": 1001}, "steps", "got 1001"),
-                                  ({"sampler": "lms"}, "sampler", "unknown 'lms'"),
-                                  ({"guidance": 51}, "guidance", "[0, 50]"), ({"eta": 2}, "eta", "[0, 1]"),
-                                  ({"text_guidance": -1}, "text_guidance", "[0, 50]"),
-                                  ({"strength": 1}, "strength", "not a sampling setting")]:  # fmt: skip
+    for changes, field, words in [
+        ({"steps": 0}, "steps", "[1, 1000]"),
+        ({"steps": 1001}, "steps", "got 1001"),
+        ({"sampler": "lms"}, "sampler", "unknown 'lms'"),
+        ({"guidance": 51}, "guidance", "[0, 50]"),
+        ({"eta": 2}, "eta", "[0, 1]"),
+        ({"text_guidance": -1}, "text_guidance", "[0, 50]"),
+        ({"strength": 1}, "strength", "not a sampling setting"),
+    ]:
         with pytest.raises(SettingError) as err:
             resolve_sampling(base, 1000, **changes)
         assert err.value.field == field and words in err.value.message, (changes, err.value)
     assert check_prompts(True, "a 3", None, 2) == ["a 3", "a 3"] and check_prompts(False, None, None, 2) is None
-    for args, field in [((False, "a 3", None, 1), "prompt"), ((False, None, 2.0, 1), "text_guidance"),
-                        ((True, ["a", "b"], None, 3), "prompt"), ((True, "x" * 2001, None, 1), "prompt")]:  # fmt: skip
+    for args, field in [
+        ((False, "a 3", None, 1), "prompt"),
+        ((False, None, 2.0, 1), "text_guidance"),
+        ((True, ["a", "b"], None, 3), "prompt"),
+        ((True, "x" * 2001, None, 1), "prompt"),
+    ]:
         with pytest.raises(SettingError) as err:
             check_prompts(*args)
         assert err.value.field == field

@@ -8,9 +8,17 @@ from vdp_ray.models import build_denoiser
 
 
 def test_export_round_trip_and_replacement(tmp_path):
-    cfg = load_config(None, ["model.preset=tiny", "data.channels=1", "data.size=[16, 16]", "data.frames=4",
-                             "data.context_frames=1",
-                             "diffusion.masks.context_max=2"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "model.preset=tiny",
+            "data.channels=1",
+            "data.size=[16, 16]",
+            "data.frames=4",
+            "data.context_frames=1",
+            "diffusion.masks.context_max=2",
+        ],
+    )
     net = build_denoiser(cfg)
     with torch.no_grad():
         for p in net.parameters():

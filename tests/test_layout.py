@@ -77,8 +77,9 @@ def test_samplers_drive_a_real_model_with_context_and_guidance(repo_root, sample
     context = torch.rand(2, c, t, h, w) * 2 - 1
     mask = prediction_mask(2, t, cfg.data.context_frames)
     settings = replace(cfg.sampling, sampler=sampler, steps=3, guidance=2.0)
-    out = sample(model, diffusion, context.shape, Condition(context, mask), settings,
-                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = sample(
+        model, diffusion, context.shape, Condition(context, mask), settings, generator=torch.Generator().manual_seed(0)
+    )
     assert out.shape == context.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
     k = cfg.data.context_frames
     assert torch.equal(out[:, :, :k], context[:, :, :k])

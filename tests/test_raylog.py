@@ -66,8 +66,11 @@ def test_forwarded_lines_ours_on_the_terminal_ray_s_in_the_file_cluster_events_a
         dispatcher.emit({**worker, "is_err": True, "lines": ["[vdp data] skipped clip k1", "FutureWarning: old"]})
         oom = {"pid": "raylet", "ip": "10.0.0.1", "is_err": False, "lines": ["A worker died (out of memory)"]}
         dispatcher.emit(oom)
-        crash = {**worker, "is_err": True, "lines": ["Traceback (most recent call last):", '  File "x.py"',
-                                                     "ValueError: bad clip"]}  # fmt: skip
+        crash = {
+            **worker,
+            "is_err": True,
+            "lines": ["Traceback (most recent call last):", '  File "x.py"', "ValueError: bad clip"],
+        }
         dispatcher.emit(crash)
     finally:
         dispatcher.handlers = saved

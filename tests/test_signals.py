@@ -33,15 +33,26 @@ def test_a_stopped_command_leaves_none_of_its_ray_running(verb, sig, digits, tmp
 
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     if verb == "train":
-        args = [str(ROOT / "experiments" / "tiny_unet.yaml"), f"data.train={digits / 'train'}",
-                f"data.val={digits / 'val'}", f"run.dir={tmp_path / 'run'}", "train.max_steps=5000",
-                "train.workers=1", "train.log_every=1"]  # fmt: skip
+        args = [
+            str(ROOT / "experiments" / "tiny_unet.yaml"),
+            f"data.train={digits / 'train'}",
+            f"data.val={digits / 'val'}",
+            f"run.dir={tmp_path / 'run'}",
+            "train.max_steps=5000",
+            "train.workers=1",
+            "train.log_every=1",
+        ]
         ready = "step 2/5000"
     else:
         args = ["--checkpoint", str(unet_export(tmp_path)), "--port", str(free_port()), "--cpus-per-replica", "0.5"]
         ready = "Ctrl-C stops"
-    proc = subprocess.Popen([sys.executable, "-m", "vdp_ray.cli", verb, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vdp_ray.cli", verb, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     seen, deadline = [], time.time() + 300
     while time.time() < deadline:
         line = proc.stdout.readline()

@@ -7,17 +7,25 @@ from vdp_ray.tune import SweepError, load_sweep
 
 
 def write(tmp_path, repo_root, **fields):
-    doc = {"base": str(repo_root / "experiments" / "tiny_unet.yaml"), "metric": "val/loss",
-           "space": {"diffusion.prediction_type": {"choice": ["eps", "v", "x0"]}}, **fields}  # fmt: skip
+    doc = {
+        "base": str(repo_root / "experiments" / "tiny_unet.yaml"),
+        "metric": "val/loss",
+        "space": {"diffusion.prediction_type": {"choice": ["eps", "v", "x0"]}},
+        **fields,
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
 def test_a_good_sweep_loads_and_builds_trial_configs(tmp_path, repo_root):
-    path = write(tmp_path, repo_root, space={"diffusion.schedule": {"choice": ["linear", "cosine"]},
-                                             "train.lr": {"loguniform": [1e-4, 1e-3]}},
-                 overrides={"train.max_steps": 50}, metric="val/psnr_gain")  # fmt: skip
+    path = write(
+        tmp_path,
+        repo_root,
+        space={"diffusion.schedule": {"choice": ["linear", "cosine"]}, "train.lr": {"loguniform": [1e-4, 1e-3]}},
+        overrides={"train.max_steps": 50},
+        metric="val/psnr_gain",
+    )
     sweep = load_sweep(path, ["train.batch_size=2"])
     assert sweep.mode == "max" and sweep.metric == "val/psnr_gain"
     cfg = sweep.config_for({"diffusion.schedule": "linear", "train.lr": 3e-4})

@@ -22,8 +22,17 @@ from vdp_ray.tune import SweepError, TrialRow, load_sweep, pick_best, results_ta
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_LR, BAD_LR = 2e-3, 1e-7  # a learning rate that learns in 10 steps, and one that cannot
-TRIAL = {"max_steps": 10, "val_every": 5, "preview_every": 10, "checkpoint_every": 5, "log_every": 5,
-         "warmup_steps": 2, "workers": 1, "batch_size": 4, "val_batches": 1}  # fmt: skip
+TRIAL = {
+    "max_steps": 10,
+    "val_every": 5,
+    "preview_every": 10,
+    "checkpoint_every": 5,
+    "log_every": 5,
+    "warmup_steps": 2,
+    "workers": 1,
+    "batch_size": 4,
+    "val_batches": 1,
+}
 
 
 def sweep_file(tmp_path: Path, digits: Path, **changes) -> Path:
@@ -54,8 +63,14 @@ def sweep_file(tmp_path: Path, digits: Path, **changes) -> Path:
 
 
 def vdp(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "vdp_ray.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "vdp_ray.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **kw,
+    )
 
 
 def trial_logs(folder: Path) -> dict[str, str]:
@@ -197,8 +212,16 @@ def test_a_bad_sweep_fails_before_any_ray_work(digits, tmp_path, capsys):
 
 
 def row(trial, value, status="done", steps=10):
-    return TrialRow(trial=trial, params={"train.lr": 0.1}, status=status, steps=steps, value=value, best=value,
-                    wall_s=1.0, run_dir=f"/x/{trial}")  # fmt: skip
+    return TrialRow(
+        trial=trial,
+        params={"train.lr": 0.1},
+        status=status,
+        steps=steps,
+        value=value,
+        best=value,
+        wall_s=1.0,
+        run_dir=f"/x/{trial}",
+    )
 
 
 def test_the_winner_comes_from_trials_that_ran_to_the_end():

@@ -84,8 +84,9 @@ def run_demo(opts: DemoOptions) -> dict:
     export, training, params = _train(cfg)
     metrics = _evaluate(cfg, opts, export, shards, out)
     metrics["demo"] = _summary(cfg, opts, metrics, training, params, val_count)
-    metrics["demo"].update(total_minutes=round((time.time() - start) / 60, 2), config=str(out / "run" / "config.yaml"),
-                           export=str(export))  # fmt: skip
+    metrics["demo"].update(
+        total_minutes=round((time.time() - start) / 60, 2), config=str(out / "run" / "config.yaml"), export=str(export)
+    )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _report(metrics, out, export)
     return metrics
@@ -102,9 +103,19 @@ def _make_shards(cfg, opts: DemoOptions, shards: Path) -> int:
         _say(f"shards: reusing {shards}")
     else:
         _say(f"shards: {opts.clips} moving-digits clips, {d.frames} frames of {d.size[0]}x{d.size[1]}, {DIGITS} digits")
-        shard(ShardOptions(out=str(shards), synthetic="moving-digits", num_clips=opts.clips, frames=d.frames,
-                           size=tuple(d.size), digits=DIGITS, split={"train": 1 - VAL_FRACTION, "val": VAL_FRACTION},
-                           seed=0), log=_say)  # fmt: skip
+        shard(
+            ShardOptions(
+                out=str(shards),
+                synthetic="moving-digits",
+                num_clips=opts.clips,
+                frames=d.frames,
+                size=tuple(d.size),
+                digits=DIGITS,
+                split={"train": 1 - VAL_FRACTION, "val": VAL_FRACTION},
+                seed=0,
+            ),
+            log=_say,
+        )
         stamp.write_text(json.dumps(want))
     return read_manifest(str(shards / "val"))["count"]
 
@@ -131,10 +142,20 @@ def _train(cfg) -> tuple[Path, dict, int]:
         (Path(cfg.run.dir) / FINISHED).write_text(json.dumps({"export": str(export)}))
     meta = json.loads((export / "meta.json").read_text())
     minutes = round((time.time() - train_start) / 60, 2)
-    return export, {"steps": meta.get("trained_steps", meta.get("steps")), "exported_step": meta.get("steps"),
-                    "selected_by": meta.get("selected_by"), "max_steps": cfg.train.max_steps, "minutes": minutes,
-                    "reused_export": reused, "workers": cfg.train.workers,
-                    "batch_per_worker": cfg.train.batch_size}, params  # fmt: skip
+    return (
+        export,
+        {
+            "steps": meta.get("trained_steps", meta.get("steps")),
+            "exported_step": meta.get("steps"),
+            "selected_by": meta.get("selected_by"),
+            "max_steps": cfg.train.max_steps,
+            "minutes": minutes,
+            "reused_export": reused,
+            "workers": cfg.train.workers,
+            "batch_per_worker": cfg.train.batch_size,
+        },
+        params,
+    )
 
 
 def _evaluate(cfg, opts: DemoOptions, export: Path, shards: Path, out: Path) -> dict:
@@ -144,9 +165,22 @@ def _evaluate(cfg, opts: DemoOptions, export: Path, shards: Path, out: Path) -> 
     k, frames = cfg.data.context_frames, cfg.data.frames
     _say(f"evaluating up to {opts.eval_clips} held-out clips: {k} given -> {frames - k} predicted")
     s = cfg.sampling
-    return evaluate(EvalOptions(checkpoint=str(export), shards=str(shards / "val"), context=k, future=frames - k,
-                                clips=opts.eval_clips, sampler=s.sampler, steps=s.steps, guidance=s.guidance, workers=1,
-                                cpus_per_worker=2, seed=0, out=str(out)))  # fmt: skip
+    return evaluate(
+        EvalOptions(
+            checkpoint=str(export),
+            shards=str(shards / "val"),
+            context=k,
+            future=frames - k,
+            clips=opts.eval_clips,
+            sampler=s.sampler,
+            steps=s.steps,
+            guidance=s.guidance,
+            workers=1,
+            cpus_per_worker=2,
+            seed=0,
+            out=str(out),
+        )
+    )
 
 
 def _summary(cfg, opts: DemoOptions, metrics: dict, training: dict, params: int, val_count: int) -> dict:

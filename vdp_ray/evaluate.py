@@ -39,15 +39,20 @@ class EvalOptions(Sampling, PredictFields):
     checkpoint: str = arg(REQUIRED, "an export folder (run.dir/export)")
     shards: str = arg(REQUIRED, "held-out shards: a folder, a glob, a tar or a URI")
     clips: int = arg(64, "clips to score")
-    samples: int = arg(1, "draws per clip: metrics average them; with more than one, best-of-K is reported too",
-                       aliases=("--best-of",))  # fmt: skip
+    samples: int = arg(
+        1, "draws per clip: metrics average them; with more than one, best-of-K is reported too", aliases=("--best-of",)
+    )
     workers: int = arg(1, "Predictor actors")
     cpus_per_worker: float = arg(2.0, "CPUs per actor (its threads; a GPU each when the cluster has them)")
     batch_size: int = arg(16, "clips per batch")
     out: str | None = arg(None, "output folder", cli_default="eval")
     device: str = arg("auto", "auto (a GPU per actor when the Ray cluster has GPUs), cpu, cuda", group=SAMPLING)
-    precision: str = arg("auto", "auto (the export's training precision on GPUs, fp32 on CPUs), fp16, bf16, fp32",
-                         choices=INFERENCE_PRECISIONS, group=SAMPLING)  # fmt: skip
+    precision: str = arg(
+        "auto",
+        "auto (the export's training precision on GPUs, fp32 on CPUs), fp16, bf16, fp32",
+        choices=INFERENCE_PRECISIONS,
+        group=SAMPLING,
+    )
 
     def __post_init__(self):
         if self.seed is None:  # an evaluation is always reproducible
@@ -181,8 +186,14 @@ def plan(opts: EvalOptions) -> Plan:
     p = Predictor.from_export(opts.checkpoint, device="cpu")
     k = p.cfg.data.context_frames if opts.context is None else opts.context
     f = (p.window - k) if opts.future is None else opts.future
-    for name, value in (("--context", k), ("--future", f), ("--clips", opts.clips), ("--samples", opts.samples),
-                        ("--workers", opts.workers), ("--batch-size", opts.batch_size)):  # fmt: skip
+    for name, value in (
+        ("--context", k),
+        ("--future", f),
+        ("--clips", opts.clips),
+        ("--samples", opts.samples),
+        ("--workers", opts.workers),
+        ("--batch-size", opts.batch_size),
+    ):
         if value <= 0:
             raise EvaluationError(f"{name}: must be a positive integer, got {value}")
     if p.text is None and opts.text_guidance not in (None, 1.0):
@@ -223,13 +234,27 @@ def evaluate(opts: EvalOptions) -> dict:
         device, gpus = gpu_placement(opts.device, None, cluster_has_gpus)
     except PlacementError as exc:
         raise EvaluationError(str(exc)) from None
-    scorer = {"checkpoint": str(opts.checkpoint), "context": pl.context, "future": pl.future,
-              "samples": opts.samples, "sample_kw": opts.sampling(), "seed": opts.seed, "device": device,
-              "threads": int(max(1, opts.cpus_per_worker)), "precision": opts.precision}  # fmt: skip
+    scorer = {
+        "checkpoint": str(opts.checkpoint),
+        "context": pl.context,
+        "future": pl.future,
+        "samples": opts.samples,
+        "sample_kw": opts.sampling(),
+        "seed": opts.seed,
+        "device": device,
+        "threads": int(max(1, opts.cpus_per_worker)),
+        "precision": opts.precision,
+    }
     ds = clip_dataset(pl.paths, pl.data_cfg, train=False, with_meta=True).limit(opts.clips)
-    ds = ds.map_batches(ClipScorer, fn_constructor_kwargs=scorer, batch_size=opts.batch_size, batch_format="numpy",
-                        compute=ActorPoolStrategy(size=opts.workers), num_cpus=reserve,
-                        num_gpus=gpus)  # fmt: skip
+    ds = ds.map_batches(
+        ClipScorer,
+        fn_constructor_kwargs=scorer,
+        batch_size=opts.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=opts.workers),
+        num_cpus=reserve,
+        num_gpus=gpus,
+    )
     rows: dict[str, list] = {}
     kept: list[tuple] = []
     start, bar = time.perf_counter(), Progress(opts.clips, "clips evaluated")
@@ -238,8 +263,10 @@ def evaluate(opts: EvalOptions) -> dict:
         for key, v in batch.items():
             if not key.endswith("_u8") and key != "meta":
                 rows.setdefault(key, []).append(np.asarray(v))
-        kept += [(batch["context_u8"][i], batch["pred_u8"][i], batch["truth_u8"][i])
-                 for i in range(min(n, KEEP_CLIPS - len(kept)))]  # fmt: skip
+        kept += [
+            (batch["context_u8"][i], batch["pred_u8"][i], batch["truth_u8"][i])
+            for i in range(min(n, KEEP_CLIPS - len(kept)))
+        ]
         bar.update(n)
     if not rows:
         raise EvaluationError(f"--shards {opts.shards}: no clips with {pl.context + pl.future} frames to evaluate")
@@ -344,8 +371,11 @@ def table(metrics: dict) -> str:
     ident = "identity" in metrics
     cell = lambda d: f" {d['identity']:.2f} |" if ident and "identity" in d else (" |" if ident else "")
     head = "| | PSNR (dB) | SSIM |" + (" identity |" if ident else "")
-    lines = [head, "|---|---:|---:|" + ("---:|" if ident else ""),
-             f"| model | {metrics['psnr']:.2f} | {metrics['ssim']:.3f} |" + cell(metrics)]  # fmt: skip
+    lines = [
+        head,
+        "|---|---:|---:|" + ("---:|" if ident else ""),
+        f"| model | {metrics['psnr']:.2f} | {metrics['ssim']:.3f} |" + cell(metrics),
+    ]
     for name, b in metrics["baseline"].items():
         mark = " (best)" if name == metrics["best_baseline"]["psnr"] else ""
         lines.append(f"| {name}{mark} | {b['psnr']:.2f} | {b['ssim']:.3f} |" + cell(b))

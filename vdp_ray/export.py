@@ -42,8 +42,15 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def write_export(directory: str | Path, cfg: Config, stage: str, state: dict[str, torch.Tensor], meta: dict,
-                 vae_export: str | Path | None = None, files: dict[str, str] | None = None) -> Path:  # fmt: skip
+def write_export(
+    directory: str | Path,
+    cfg: Config,
+    stage: str,
+    state: dict[str, torch.Tensor],
+    meta: dict,
+    vae_export: str | Path | None = None,
+    files: dict[str, str] | None = None,
+) -> Path:
     """Write an export atomically: into a sibling temp folder, then swapped in. ``files``: extra text files. A
     latent model's export carries its VAE export (``vae_export``, else the config's ``vae.export``)."""
     directory = check_replaceable(directory, META, "an export")  # before anything is written
@@ -75,13 +82,28 @@ def write_diffusers_vae_export(directory: str | Path, cfg: Config) -> Path:
     # geometry kept, no outside path; a VAE export's config names the vae stage like one we trained
     plain = cfg.updated({"vae.diffusers": None, "vae.export": None, "train.stages": ["vae"]})
     meta = {"steps": 0, "kind": "diffusers", "source": str(cfg.vae.diffusers), "scale_factor": cfg.vae.scale_factor}
-    return write_export(directory, plain, "vae", vae.state_dict(), meta,
-                        files={DIFFUSERS_CONFIG: json.dumps(config, indent=1, default=list)})  # fmt: skip
+    return write_export(
+        directory,
+        plain,
+        "vae",
+        vae.state_dict(),
+        meta,
+        files={DIFFUSERS_CONFIG: json.dumps(config, indent=1, default=list)},
+    )
 
 
 # The VAE settings that define a latent space: a DiT trains in (and records) those of the VAE export it uses.
-VAE_GEOMETRY = ("preset", "base_channels", "channel_mults", "num_res_blocks", "mid_attention", "spatial_compression",
-                "temporal_compression", "latent_channels", "scale_factor")  # fmt: skip
+VAE_GEOMETRY = (
+    "preset",
+    "base_channels",
+    "channel_mults",
+    "num_res_blocks",
+    "mid_attention",
+    "spatial_compression",
+    "temporal_compression",
+    "latent_channels",
+    "scale_factor",
+)
 
 
 def with_vae(cfg: Config, vae_dir: str | Path, changes: dict | None = None) -> Config:
@@ -108,8 +130,10 @@ def provenance(meta: dict) -> str:
         return f"the weights after {steps} steps"
     words = f"the EMA weights of step {steps} of {trained}, best on {chosen['metric']} ({chosen['value']:+.4g})"
     if steps == 0 and trained:
-        words += ("; training did not beat the untrained model on validation, so the export is where it started "
-                  "(a longer run, or more data, may)")  # fmt: skip
+        words += (
+            "; training did not beat the untrained model on validation, so the export is where it started "
+            "(a longer run, or more data, may)"
+        )
     return words
 
 

@@ -78,8 +78,10 @@ def check_replaceable(target: str | Path, marker: str, what: str) -> Path:
         raise OutputError(f"{target}: refusing to write {what} over a filesystem root")
     if not replaceable(target, marker):
         kind = "a file" if not target.is_dir() else f"a folder without {marker}"
-        raise OutputError(f"{target} exists and is {kind}, not {what}: refusing to replace what vdp did not write "
-                          "(give a new or empty folder)")  # fmt: skip
+        raise OutputError(
+            f"{target} exists and is {kind}, not {what}: refusing to replace what vdp did not write "
+            "(give a new or empty folder)"
+        )
     return target
 
 
@@ -133,8 +135,9 @@ def run_lock(folder: str | Path, what: str) -> Iterator[None]:
         except OSError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise OutputError(f"{folder} is in use by {what} (pid {holder}): wait for it to finish, or give "
-                              "another folder") from None  # fmt: skip
+            raise OutputError(
+                f"{folder} is in use by {what} (pid {holder}): wait for it to finish, or give another folder"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))

@@ -31,8 +31,11 @@ def latent_frames(frames: int, temporal_compression: int, what: str = "frames") 
     frame); a partial latent frame is refused, naming ``what``."""
     if frames % temporal_compression:
         n = temporal_compression
-        raise LatentFrameError(what, f"{frames} frame(s) do not fill whole latent frames; this model's VAE "
-                                     f"compresses time by {n}, so give a multiple of {n}")  # fmt: skip
+        raise LatentFrameError(
+            what,
+            f"{frames} frame(s) do not fill whole latent frames; this model's VAE "
+            f"compresses time by {n}, so give a multiple of {n}",
+        )
     return frames // temporal_compression
 
 

@@ -143,8 +143,9 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
     return path
 
 
-def plot_curves(path: str | Path, curves: dict[str, list[float] | tuple[list, list]], xlabel: str, ylabel: str,
-                title: str) -> Path:  # fmt: skip
+def plot_curves(
+    path: str | Path, curves: dict[str, list[float] | tuple[list, list]], xlabel: str, ylabel: str, title: str
+) -> Path:
     """Lines (one per name) as a PNG: values against 1..N, or (xs, ys) pairs."""
     import matplotlib
 

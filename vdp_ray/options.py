@@ -32,17 +32,41 @@ class OptionError(ValueError):
         self.field, self.message = field_name, message
 
 
-def arg(default: Any, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), metavar=None,
-        choices=None, parse=None, show=None, group: str | None = None, exclusive: str | None = None,
-        positional: bool = False, cli_default: Any = MISSING):  # fmt: skip
+def arg(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    aliases: tuple[str, ...] = (),
+    metavar=None,
+    choices=None,
+    parse=None,
+    show=None,
+    group: str | None = None,
+    exclusive: str | None = None,
+    positional: bool = False,
+    cli_default: Any = MISSING,
+):
     """A dataclass field that is also a command-line option.
 
     flag: the option's name (default ``--field-name``); parse: text -> value (e.g. megabytes -> bytes);
     show: value -> the text shown as the default in --help; group / exclusive: argparse groups by title;
     cli_default: a different default on the command line than in the library (e.g. an output folder)."""
-    meta = {"cli": {"help": help, "flag": flag, "aliases": aliases, "metavar": metavar, "choices": choices,
-                    "parse": parse, "show": show, "group": group, "exclusive": exclusive, "positional": positional,
-                    "cli_default": cli_default}}  # fmt: skip
+    meta = {
+        "cli": {
+            "help": help,
+            "flag": flag,
+            "aliases": aliases,
+            "metavar": metavar,
+            "choices": choices,
+            "parse": parse,
+            "show": show,
+            "group": group,
+            "exclusive": exclusive,
+            "positional": positional,
+            "cli_default": cli_default,
+        }
+    }
     if default is REQUIRED:
         return field(default=None, metadata={**meta, "required": True})
     if isinstance(default, (list, dict, tuple)) and not isinstance(default, tuple):

@@ -105,5 +105,6 @@ def crop_and_resize(clip: torch.Tensor, size: tuple[int, int], crop_scale: float
 
 def is_grey(frames: np.ndarray) -> bool:
     """Three equal channels (grey stored as RGB, e.g. our own GIF/MP4 outputs)."""
-    return frames.shape[-1] == 3 and bool((frames[..., 0] == frames[..., 1]).all() and
-                                          (frames[..., 1] == frames[..., 2]).all())  # fmt: skip
+    return frames.shape[-1] == 3 and bool(
+        (frames[..., 0] == frames[..., 1]).all() and (frames[..., 1] == frames[..., 2]).all()
+    )

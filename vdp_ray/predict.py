@@ -131,8 +131,10 @@ class Predictor:
         c = min(self.max_context if context is None else context, given, self.max_context)
         frames_per_latent = self.temporal_compression
         if self.latent.whole(c) < frames_per_latent:
-            raise PredictError(f"frames: {given} context frame(s) given; this model needs at least {frames_per_latent} "
-                               f"(its VAE compresses time by {frames_per_latent})")  # fmt: skip
+            raise PredictError(
+                f"frames: {given} context frame(s) given; this model needs at least {frames_per_latent} "
+                f"(its VAE compresses time by {frames_per_latent})"
+            )
         return self.latent.whole(c)
 
     def windows(
@@ -282,8 +284,18 @@ class Predictor:
         out = self.latent.decode(self._sample(self.latent.latent_shape(n, frames), cond, generator, **kw))
         return out[:, :, ctx.shape[2] :]
 
-    def _sample(self, shape, cond: Condition, generator, *, init=None, strength: float = 1.0, progress=None,
-                prompt=None, **changes) -> torch.Tensor:  # fmt: skip
+    def _sample(
+        self,
+        shape,
+        cond: Condition,
+        generator,
+        *,
+        init=None,
+        strength: float = 1.0,
+        progress=None,
+        prompt=None,
+        **changes,
+    ) -> torch.Tensor:
         """One sampling call in the latent space: the call's settings and prompt(s) checked, the text condition
         added to ``cond``."""
         settings = self.latent.sampling(self.settings(**changes))
@@ -296,15 +308,27 @@ class Predictor:
         dtype = self.autocast_dtype
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with autocast:
-            out = sample(self.model, self.diffusion, tuple(shape), cond, settings, init=init, strength=strength,
-                         generator=generator, device=self.device, progress=progress)  # fmt: skip
+            out = sample(
+                self.model,
+                self.diffusion,
+                tuple(shape),
+                cond,
+                settings,
+                init=init,
+                strength=strength,
+                generator=generator,
+                device=self.device,
+                progress=progress,
+            )
         return out.float()
 
     def _fits_window(self, frames: int, name: str, expected: str) -> None:
         """A model whose frames are folded into channels (model.unet3d.fold_frames) takes exactly its window."""
         if getattr(self.model, "fold_frames", None) and frames != self.window:
-            raise PredictError(f"{name}: this model takes exactly {self.window} frames at once (its frames are "
-                               f"folded into channels); expected {expected}")  # fmt: skip
+            raise PredictError(
+                f"{name}: this model takes exactly {self.window} frames at once (its frames are "
+                f"folded into channels); expected {expected}"
+            )
 
     def _latent_frames(self, frames: int, name: str) -> int:
         try:

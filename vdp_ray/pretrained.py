@@ -19,15 +19,18 @@ def read_autoencoder_config(path: str | Path) -> dict:
     path = Path(path)
     config = path / CONFIG
     if not config.is_file():
-        raise DiffusersVAEError(f"{path}: no {CONFIG} (expected a local diffusers AutoencoderKL folder; nothing "
-                                "is downloaded)")  # fmt: skip
+        raise DiffusersVAEError(
+            f"{path}: no {CONFIG} (expected a local diffusers AutoencoderKL folder; nothing is downloaded)"
+        )
     raw = json.loads(config.read_text())
     if raw.get("_class_name") not in (None, "AutoencoderKL"):
         raise DiffusersVAEError(f"{path}: a {raw.get('_class_name')}, expected an AutoencoderKL")
     blocks = raw.get("block_out_channels") or [64]
     if 2 ** (len(blocks) - 1) not in (4, 8):
-        raise DiffusersVAEError(f"{path}: compresses frames {2 ** (len(blocks) - 1)}x; the DiT's latent space "
-                                "needs 4x or 8x (Stable Diffusion's VAE: 8x)")  # fmt: skip
+        raise DiffusersVAEError(
+            f"{path}: compresses frames {2 ** (len(blocks) - 1)}x; the DiT's latent space "
+            "needs 4x or 8x (Stable Diffusion's VAE: 8x)"
+        )
     return {
         "latent_channels": int(raw.get("latent_channels", 4)),
         "spatial_compression": 2 ** (len(blocks) - 1),

@@ -20,8 +20,12 @@ SAMPLING = "sampling (defaults: the export's sampling.* settings)"
 class Sampling:
     """How to sample: each None is the export's own sampling.* setting."""
 
-    sampler: str | None = arg(None, "ddpm, ddim, dpm++ (the fast solver), euler (= ddim), or heun (2nd order, two "
-                              "calls a step)", choices=SAMPLERS, group=SAMPLING)  # fmt: skip
+    sampler: str | None = arg(
+        None,
+        "ddpm, ddim, dpm++ (the fast solver), euler (= ddim), or heun (2nd order, two calls a step)",
+        choices=SAMPLERS,
+        group=SAMPLING,
+    )
     steps: int | None = arg(None, "sampling steps (e.g. 1000 for ddpm, 50 ddim, 20 dpm++)", group=SAMPLING)
     guidance: float | None = arg(None, "classifier-free guidance on the context (1 = off)", group=SAMPLING)
     text_guidance: float | None = arg(None, "text models: guidance scale on the prompt (1 = off)", group=SAMPLING)

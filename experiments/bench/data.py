@@ -23,8 +23,18 @@ def make_shards(root: Path, name: str, num_clips: int, frames: int, size: int, f
 
     out = root / name
     t0 = time.perf_counter()
-    shard(ShardOptions(out=str(out), synthetic="moving-digits", num_clips=num_clips, frames=frames, size=(size, size),
-                       format=fmt, shard_size=64), log=lambda *_: None)  # fmt: skip
+    shard(
+        ShardOptions(
+            out=str(out),
+            synthetic="moving-digits",
+            num_clips=num_clips,
+            frames=frames,
+            size=(size, size),
+            format=fmt,
+            shard_size=64,
+        ),
+        log=lambda *_: None,
+    )
     elapsed = time.perf_counter() - t0
     return out / "train", elapsed, read_manifest(out / "train")
 
@@ -32,8 +42,16 @@ def make_shards(root: Path, name: str, num_clips: int, frames: int, size: int, f
 def data_cfg(frames: int, size: int, channels: int = 1):
     from vdp_ray.config import load_config
 
-    return load_config(None, [f"data.frames={frames}", f"data.size=[{size}, {size}]", f"data.channels={channels}",
-                              "data.context_frames=2", "diffusion.masks.context_max=4"]).data  # fmt: skip
+    return load_config(
+        None,
+        [
+            f"data.frames={frames}",
+            f"data.size=[{size}, {size}]",
+            f"data.channels={channels}",
+            "data.context_frames=2",
+            "diffusion.masks.context_max=4",
+        ],
+    ).data
 
 
 def pipeline_rate(split: Path, frames: int, size: int, epochs: int = 2) -> tuple[float, float]:
@@ -64,8 +82,11 @@ def training_wait(split: Path, experiment: str, steps: int) -> dict:
     model = build_vae(cfg) if stage == "vae" else build_denoiser(cfg)
     diffusion = make_diffusion(cfg.diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    it = epochs(clip_dataset(str(split), cfg.data, train=True).iterator(), batch_size=cfg.train.batch_size,
-                shuffle_buffer=cfg.data.shuffle_buffer)  # fmt: skip
+    it = epochs(
+        clip_dataset(str(split), cfg.data, train=True).iterator(),
+        batch_size=cfg.train.batch_size,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+    )
     next(it)  # pipeline start-up is not a steady-state wait
     wait = compute = 0.0
     for _ in range(steps):
@@ -88,8 +109,12 @@ def training_wait(split: Path, experiment: str, steps: int) -> dict:
         wait += t1 - t0
         compute += time.perf_counter() - t1
     clips = steps * cfg.train.batch_size
-    return {"experiment": experiment, "wait": wait / (wait + compute), "consume": clips / compute,
-            "step_s": (wait + compute) / steps}  # fmt: skip
+    return {
+        "experiment": experiment,
+        "wait": wait / (wait + compute),
+        "consume": clips / compute,
+        "step_s": (wait + compute) / steps,
+    }
 
 
 def main() -> None:
@@ -112,16 +137,22 @@ def main() -> None:
                 split, shard_s, manifest = make_shards(root, f"{fmt}{size}", n, frames, size, fmt)
                 per_clip = sum(s["bytes"] for s in manifest["shards"]) / manifest["count"]
                 rate, first = pipeline_rate(split, frames, size)
-                print(f"| {n} x {frames}x{size}x{size} | {fmt} | {per_clip / 1024:.1f} KiB | {n / shard_s:.0f} | "
-                      f"{rate:.0f} | {first:.1f} |", flush=True)  # fmt: skip
+                print(
+                    f"| {n} x {frames}x{size}x{size} | {fmt} | {per_clip / 1024:.1f} KiB | {n / shard_s:.0f} | "
+                    f"{rate:.0f} | {first:.1f} |",
+                    flush=True,
+                )
         print("\n| experiment | step s | clips/s consumed by training | data wait | pipeline / consumption |")
         print("|---|---|---|---|---|")
         split, _, _ = make_shards(root, "tiny", 256, 8, 32, "npy")
         rate, _ = pipeline_rate(split, 8, 32)
         for experiment in ("tiny_unet", "tiny_vae"):
             r = training_wait(split, experiment, steps)
-            print(f"| {experiment} | {r['step_s']:.2f} | {r['consume']:.1f} | {100 * r['wait']:.1f}% | "
-                  f"{rate / r['consume']:.1f}x ({rate:.0f} clips/s alone) |", flush=True)  # fmt: skip
+            print(
+                f"| {experiment} | {r['step_s']:.2f} | {r['consume']:.1f} | {100 * r['wait']:.1f}% | "
+                f"{rate / r['consume']:.1f}x ({rate:.0f} clips/s alone) |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

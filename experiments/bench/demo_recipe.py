@@ -54,18 +54,30 @@ def pan_clips(n: int, seed: int, frames: int, size, channels: int, split: str, s
     name = f"pans-{split}-{n}-{seed}-{frames}-{size[0]}x{size[1]}-{channels}-{still}.npy"
     cache = Path(tempfile.gettempdir()) / "vdp-recipe" / name
     if not cache.is_file():
-        opts = ShardOptions(out=str(cache.parent), synthetic="photo-pans", num_clips=n, frames=frames, size=size,
-                            split={"train": 0.75, "val": 0.25}, seed=0)  # fmt: skip
+        opts = ShardOptions(
+            out=str(cache.parent),
+            synthetic="photo-pans",
+            num_clips=n,
+            frames=frames,
+            size=size,
+            split={"train": 0.75, "val": 0.25},
+            seed=0,
+        )
         photos = photos_of(split, opts)
-        out = np.stack([photo_pan_clip(i, seed, photos[i % len(photos)], frames, size, still=still,
-                                       channels=channels)[0] for i in range(n)])  # fmt: skip
+        out = np.stack(
+            [
+                photo_pan_clip(i, seed, photos[i % len(photos)], frames, size, still=still, channels=channels)[0]
+                for i in range(n)
+            ]
+        )
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, out)
     return torch.from_numpy(np.load(cache)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
-def evaluate(model, task, test: torch.Tensor, k: int, steps_list, data_mean: float, batch: int = 32,
-             metas: list | None = None) -> dict:  # fmt: skip
+def evaluate(
+    model, task, test: torch.Tensor, k: int, steps_list, data_mean: float, batch: int = 32, metas: list | None = None
+) -> dict:
     res = {}
     for steps in steps_list:
         settings = task.latent.sampling(replace(task.cfg.sampling, steps=steps))
@@ -81,8 +93,14 @@ def evaluate(model, task, test: torch.Tensor, k: int, steps_list, data_mean: flo
         if metas:  # digits: does each digit of the last predicted frame still read as itself (vdp evaluate's identity)
             u8 = clips_to_uint8(test)
             last = len(u8[0]) - 1
-            read = identity(metas, u8[:, k - 1], clips_to_uint8(torch.cat([test[:, :, :k], pred], 2))[:, last],
-                            u8[:, last], last, tuple(test.shape[-2:]))  # fmt: skip
+            read = identity(
+                metas,
+                u8[:, k - 1],
+                clips_to_uint8(torch.cat([test[:, :, :k], pred], 2))[:, last],
+                u8[:, last],
+                last,
+                tuple(test.shape[-2:]),
+            )
             res[f"identity{steps}"] = (
                 float(np.nanmean(read["identity"])),
                 float(np.nanmean(read["copy_last_identity"])),

@@ -26,10 +26,24 @@ def train_rate(cfg, run: Path, steps: int, **changes) -> float:
     from vdp_ray.train import fit
 
     never = 10**6  # no validation, preview or intermediate checkpoint: time the training steps
-    fit(cfg.updated({"run.dir": str(run), "run.name": run.name, "train.workers": 1, "train.cpus_per_worker": 1,
-                     "train.max_steps": steps, "train.log_every": max(1, steps // 5), "train.val_every": never,
-                     "train.checkpoint_every": never, "train.preview_every": never, "data.val": None,
-                     "train.stages": ["dit"], **{k.replace("__", "."): v for k, v in changes.items()}}))  # fmt: skip
+    fit(
+        cfg.updated(
+            {
+                "run.dir": str(run),
+                "run.name": run.name,
+                "train.workers": 1,
+                "train.cpus_per_worker": 1,
+                "train.max_steps": steps,
+                "train.log_every": max(1, steps // 5),
+                "train.val_every": never,
+                "train.checkpoint_every": never,
+                "train.preview_every": never,
+                "data.val": None,
+                "train.stages": ["dit"],
+                **{k.replace("__", "."): v for k, v in changes.items()},
+            }
+        )
+    )
     rows = [json.loads(line) for line in (run / "logs" / "dit.jsonl").read_text().splitlines()][1:]
     return sum(r["clips_per_s"] for r in rows) / len(rows)
 
@@ -50,28 +64,52 @@ def main() -> None:
 
     init_ray(num_cpus=4)
     print(f"# torch {torch.__version__}, {args.steps} steps, batch 8, 1 worker x 1 CPU, fp32\n")
-    print("| VAE | encoder params | vdp encode clips/s | (a) on the fly | (b) latent cache | (c) latent shards "
-          "| (c)/(a) | (c)/(b) |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    print(
+        "| VAE | encoder params | vdp encode clips/s | (a) on the fly | (b) latent cache | (c) latent shards "
+        "| (c)/(a) | (c)/(b) |\n|---|---|---|---|---|---|---|---|"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = tmp / "digits"
-        shard(ShardOptions(out=str(shards), synthetic="moving-digits", num_clips=args.clips, frames=8, size=(32, 32),
-                           split={"train": 1.0}), log=lambda *_: None)  # fmt: skip
+        shard(
+            ShardOptions(
+                out=str(shards),
+                synthetic="moving-digits",
+                num_clips=args.clips,
+                frames=8,
+                size=(32, 32),
+                split={"train": 1.0},
+            ),
+            log=lambda *_: None,
+        )
         # the seed VAE compresses time 4x: its given frames come in fours
-        frames = {"tiny": [], "seed": ["data.context_frames=4", "diffusion.masks.context_min=4",
-                                       "diffusion.masks.context_max=4"]}  # fmt: skip
+        frames = {
+            "tiny": [],
+            "seed": ["data.context_frames=4", "diffusion.masks.context_min=4", "diffusion.masks.context_max=4"],
+        }
         for size in args.sizes.split(","):
-            cfg = load_config(ROOT / "experiments" / "tiny_dit.yaml",
-                              [f"vae.preset={size}", "vae.scale_factor=1.0", f"data.train={shards / 'train'}",
-                               "train.batch_size=8", "train.precision=fp32", *frames.get(size, [])])  # fmt: skip
+            cfg = load_config(
+                ROOT / "experiments" / "tiny_dit.yaml",
+                [
+                    f"vae.preset={size}",
+                    "vae.scale_factor=1.0",
+                    f"data.train={shards / 'train'}",
+                    "train.batch_size=8",
+                    "train.precision=fp32",
+                    *frames.get(size, []),
+                ],
+            )
             torch.manual_seed(0)
             vae = build_vae(cfg)
             export = write_export(tmp / f"vae-{size}", cfg, "vae", vae.state_dict(), {"steps": 0})
             cfg = cfg.updated({"vae.export": str(export)})
             start = time.perf_counter()
-            summary = encode_latents(EncodeOptions(shards=str(shards / "train"), vae=str(export),
-                                                   out=str(tmp / f"latents-{size}"), batch_size=16),
-                                     log=lambda *_: None)  # fmt: skip
+            summary = encode_latents(
+                EncodeOptions(
+                    shards=str(shards / "train"), vae=str(export), out=str(tmp / f"latents-{size}"), batch_size=16
+                ),
+                log=lambda *_: None,
+            )
             encoded = summary["splits"]["train"]["clips"] / (time.perf_counter() - start)
             a = train_rate(cfg, tmp / f"fly-{size}", args.steps, train__latent_cache_mb=0)
             b = train_rate(cfg, tmp / f"cache-{size}", args.steps)

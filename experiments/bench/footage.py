@@ -46,24 +46,58 @@ def main() -> None:
         folder = out / "shards" / name
         if not (folder / "manifest.json").is_file():
             n = args.clips if name == "pans" else 4 * args.eval_clips  # the val quarter: >= eval_clips each
-            shard(ShardOptions(out=str(folder), synthetic="photo-pans", num_clips=n, frames=d.frames,
-                               size=tuple(d.size), split=SPLIT, grayscale=d.channels == 1, seed=0, **extra),
-                  log=print)  # fmt: skip
+            shard(
+                ShardOptions(
+                    out=str(folder),
+                    synthetic="photo-pans",
+                    num_clips=n,
+                    frames=d.frames,
+                    size=tuple(d.size),
+                    split=SPLIT,
+                    grayscale=d.channels == 1,
+                    seed=0,
+                    **extra,
+                ),
+                log=print,
+            )
     shards = out / "shards"
-    cfg = cfg.updated({"run.dir": str(out / "run"), "data.train": str(shards / "pans" / "train"),
-                       "data.val": str(shards / "pans" / "val"), "train.max_minutes": args.minutes})  # fmt: skip
+    cfg = cfg.updated(
+        {
+            "run.dir": str(out / "run"),
+            "data.train": str(shards / "pans" / "train"),
+            "data.val": str(shards / "pans" / "val"),
+            "train.max_minutes": args.minutes,
+        }
+    )
     start = time.time()
     export = fit(cfg)[cfg.train.stages[-1]]
     minutes = (time.time() - start) / 60
-    results = {"config": args.config, "overrides": args.overrides, "train_minutes": round(minutes, 2),
-               "export_meta": json.loads((export / "meta.json").read_text())}  # fmt: skip
+    results = {
+        "config": args.config,
+        "overrides": args.overrides,
+        "train_minutes": round(minutes, 2),
+        "export_meta": json.loads((export / "meta.json").read_text()),
+    }
     for name in SETS:
-        m = evaluate(EvalOptions(checkpoint=str(export), shards=str(shards / name / "val"), clips=args.eval_clips,
-                                 cpus_per_worker=2, out=str(out / "eval" / name)))  # fmt: skip
+        m = evaluate(
+            EvalOptions(
+                checkpoint=str(export),
+                shards=str(shards / name / "val"),
+                clips=args.eval_clips,
+                cpus_per_worker=2,
+                out=str(out / "eval" / name),
+            )
+        )
         copy = m["baseline"]["copy_last"]
-        results[name] = {"psnr": m["psnr"], "ssim": m["ssim"], "copy_last_psnr": copy["psnr"],
-                         "copy_last_ssim": copy["ssim"], "vs_copy_last_db": round(m["psnr"] - copy["psnr"], 3),
-                         "psnr_gain": m["psnr_gain"], "ssim_gain": m["ssim_gain"]}  # fmt: skip
+        results[name] = {
+            "psnr": m["psnr"],
+            "ssim": m["ssim"],
+            "copy_last_psnr": copy["psnr"],
+            "copy_last_ssim": copy["ssim"],
+            "vs_copy_last_db": round(m["psnr"] - copy["psnr"], 3),
+            "psnr_gain": m["psnr_gain"],
+            "ssim_gain": m["ssim_gain"],
+        }
         print(f"\n## {name}\n{table(m)}")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -33,8 +33,21 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 # dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity), by a substring of torch.cuda.get_device_name()
-PEAKS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "GH200": 989.0, "B200": 2250.0, "A100": 312.0,
-         "A800": 312.0, "L40S": 362.0, "L40": 181.0, "L4": 121.0, "A10": 125.0, "V100": 125.0, "T4": 65.0}  # fmt: skip
+PEAKS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "H800": 989.0,
+    "GH200": 989.0,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "V100": 125.0,
+    "T4": 65.0,
+}
 
 
 class Checks:
@@ -77,9 +90,16 @@ def falls(rows: list[dict]) -> str:
 def config(name: str, run: Path, shards: Path, *overrides: str):
     from vdp_ray.config import load_config
 
-    return load_config(ROOT / "experiments" / f"{name}.yaml", [
-        f"run.dir={run}", f"run.name={run.name}", f"data.train={shards / 'train'}", f"data.val={shards / 'val'}",
-        *overrides])  # fmt: skip
+    return load_config(
+        ROOT / "experiments" / f"{name}.yaml",
+        [
+            f"run.dir={run}",
+            f"run.name={run.name}",
+            f"data.train={shards / 'train'}",
+            f"data.val={shards / 'val'}",
+            *overrides,
+        ],
+    )
 
 
 def train_unet(a, shards: Path, work: Path) -> str:
@@ -116,9 +136,22 @@ def train_latent(a, shards: Path, work: Path) -> str:
     from vdp_ray.train import fit
 
     run = work / "dit-bf16"
-    fit(config("tiny_dit", run, shards, f"train.max_steps={a.steps}", f"vae.max_steps={a.steps // 2}",
-               "train.precision=bf16", "train.zero_stage=2", f"train.workers={a.workers}", "train.log_every=5",
-               "train.lr=1e-3", "vae.lr=2e-3", *a.device_overrides))  # fmt: skip
+    fit(
+        config(
+            "tiny_dit",
+            run,
+            shards,
+            f"train.max_steps={a.steps}",
+            f"vae.max_steps={a.steps // 2}",
+            "train.precision=bf16",
+            "train.zero_stage=2",
+            f"train.workers={a.workers}",
+            "train.log_every=5",
+            "train.lr=1e-3",
+            "vae.lr=2e-3",
+            *a.device_overrides,
+        )
+    )
     a.exports["dit"] = run / "export"
     a.vae = run / "vae_export"
     return f"vae: {falls(logged(run, 'vae'))}; dit: {falls(logged(run, 'dit'))}"
@@ -129,14 +162,29 @@ def train_from_latents(a, shards: Path, work: Path) -> str:
     from vdp_ray.data.latent_shards import EncodeOptions, encode_latents
     from vdp_ray.train import fit
 
-    summary = encode_latents(EncodeOptions(shards=str(shards), vae=str(a.vae), out=str(work / "latents")),
-                             log=lambda *_: None)  # fmt: skip
+    summary = encode_latents(
+        EncodeOptions(shards=str(shards), vae=str(a.vae), out=str(work / "latents")), log=lambda *_: None
+    )
     if not a.cpu_smoke:
         assert summary["device"] == "cuda", summary
     run = work / "dit-latents"
-    fit(config("tiny_dit", run, shards, f"data.train={work / 'latents' / 'train'}", f"vae.export={a.vae}",
-               "train.stages=[dit]", f"train.max_steps={a.steps}", "train.precision=bf16", "train.zero_stage=2",
-               f"train.workers={a.workers}", "train.log_every=5", "train.lr=1e-3", *a.device_overrides))  # fmt: skip
+    fit(
+        config(
+            "tiny_dit",
+            run,
+            shards,
+            f"data.train={work / 'latents' / 'train'}",
+            f"vae.export={a.vae}",
+            "train.stages=[dit]",
+            f"train.max_steps={a.steps}",
+            "train.precision=bf16",
+            "train.zero_stage=2",
+            f"train.workers={a.workers}",
+            "train.log_every=5",
+            "train.lr=1e-3",
+            *a.device_overrides,
+        )
+    )
     encoded = summary["splits"]["train"]
     where = f"encoded {encoded['clips']} clips on {summary['device']} in {encoded['seconds']:.1f} s"
     return f"{where}; {falls(logged(run, 'dit'))}"
@@ -165,8 +213,17 @@ def predict_every_precision(a) -> str:
 def evaluate_on_gpu(a, shards: Path, work: Path) -> str:
     from vdp_ray.evaluate import EvalOptions, evaluate
 
-    m = evaluate(EvalOptions(checkpoint=str(a.exports["unet"]), shards=str(shards / "val"), context=4, future=4,
-                             clips=32, steps=10, out=str(work / "eval")))  # fmt: skip
+    m = evaluate(
+        EvalOptions(
+            checkpoint=str(a.exports["unet"]),
+            shards=str(shards / "val"),
+            context=4,
+            future=4,
+            clips=32,
+            steps=10,
+            out=str(work / "eval"),
+        )
+    )
     pr = m["protocol"]
     if not a.cpu_smoke:
         assert pr["device"] == "cuda" and pr["gpus_per_actor"] == 1.0, pr
@@ -215,8 +272,13 @@ def throughput(a, checks: Checks) -> str:
     from vdp_ray.train.engine import build_engine, configure_device
 
     if not dist.is_initialized():
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), RANK="0",
-                          WORLD_SIZE="1", LOCAL_RANK="0")  # fmt: skip
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(29500 + os.getpid() % 1000),
+            RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_RANK="0",
+        )
         dist.init_process_group("nccl" if a.device == "cuda" else "gloo", rank=0, world_size=1)
     device = torch.device(a.device)
     name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
@@ -225,9 +287,11 @@ def throughput(a, checks: Checks) -> str:
     # the seed geometries: DiT-B/2 on the seed VAE's latents of 16 frames at 256^2 (4 x 32 x 32: 1024 tokens),
     # and the seed U-Net on 16 RGB frames at 64^2
     dit, latents = ["model.preset=B"], (4, 4, 32, 32)
-    cases = [("DiT-B/2, 1024 latent tokens", "seed_dit", dit, latents, 16),
-             ("DiT-B/2, 1024 tokens, compiled", "seed_dit", [*dit, "train.compile=true"], latents, 16),
-             ("U-Net seed, 16 x 64^2", "seed_unet", [], (3, 16, 64, 64), 8)]  # fmt: skip
+    cases = [
+        ("DiT-B/2, 1024 latent tokens", "seed_dit", dit, latents, 16),
+        ("DiT-B/2, 1024 tokens, compiled", "seed_dit", [*dit, "train.compile=true"], latents, 16),
+        ("U-Net seed, 16 x 64^2", "seed_unet", [], (3, 16, 64, 64), 8),
+    ]
     if a.cpu_smoke:
         cases = [("DiT-tiny (smoke)", "tiny_dit", ["model.preset=tiny"], (4, 4, 8, 8), 2)]
     lines = []
@@ -305,8 +369,9 @@ def main() -> int:
     shards = work / "shards"
     clips = 64 if a.cpu_smoke else 512
     split = {"train": 0.875, "val": 0.125}
-    options = ShardOptions(out=str(shards), synthetic="moving-digits", num_clips=clips, frames=8, size=(32, 32),
-                           split=split)  # fmt: skip
+    options = ShardOptions(
+        out=str(shards), synthetic="moving-digits", num_clips=clips, frames=8, size=(32, 32), split=split
+    )
     checks.run("shards", lambda: shard(options, log=lambda *_: None) and None)
     checks.run("U-Net fp16 ZeRO-2, killed and resumed", train_unet, a, shards, work)
     checks.run("VAE -> DiT bf16 ZeRO-2", train_latent, a, shards, work)
@@ -323,11 +388,15 @@ def main() -> int:
         print(f"\n# {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     print("\n| model | params | clips/s | TFLOP/s | MFU | peak GPU memory |\n|---|---|---|---|---|---|")
     for n in checks.numbers:
-        print(f"| {n['model']} | {n['params_M']:.1f}M | {n['clips_per_s']:.1f} | {n['TFLOP/s']:.1f} | {n['MFU']} | "
-              f"{n['peak_GiB']:.1f} GiB |")  # fmt: skip
+        print(
+            f"| {n['model']} | {n['params_M']:.1f}M | {n['clips_per_s']:.1f} | {n['TFLOP/s']:.1f} | {n['MFU']} | "
+            f"{n['peak_GiB']:.1f} GiB |"
+        )
     failed = [name for name, ok, _ in checks.results if not ok]
-    print(f"\ngpu-check: {len(checks.results) - len(failed)}/{len(checks.results)} checks passed"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))  # fmt: skip
+    print(
+        f"\ngpu-check: {len(checks.results) - len(failed)}/{len(checks.results)} checks passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

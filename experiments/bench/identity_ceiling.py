@@ -117,8 +117,11 @@ def best_guess(n: int, samples: int, tolerance: dict) -> dict:
     for name, got in rows.items():
         offsets, read = np.array([r[0] for r in got]), np.array([r[1] for r in got])
         share = {"exact": offsets == 0, "within_1px": offsets <= 1, "off_2px_or_more": offsets >= 2}
-        out[name] = {"digits": len(got), **{k: round(float(v.mean()), 3) for k, v in share.items()},
-                     "expected_identity": round(float(read.mean()), 3)}  # fmt: skip
+        out[name] = {
+            "digits": len(got),
+            **{k: round(float(v.mean()), 3) for k, v in share.items()},
+            "expected_identity": round(float(read.mean()), 3),
+        }
     return out
 
 

@@ -42,13 +42,17 @@ def score(test: torch.Tensor, k: int, kernel: int, metas=None) -> dict:
     out = {"ms_per_clip": round(ms, 2)}
     for name, guess in (("estimate", pred), ("copy_last", copy)):
         per = psnr(guess, truth)
-        out[name] = {"psnr": round(per.mean().item(), 2), "ssim": round(ssim(guess, truth).mean().item(), 3),
-                     "per_frame": [round(v, 2) for v in per.mean(0).tolist()]}  # fmt: skip
+        out[name] = {
+            "psnr": round(per.mean().item(), 2),
+            "ssim": round(ssim(guess, truth).mean().item(), 3),
+            "per_frame": [round(v, 2) for v in per.mean(0).tolist()],
+        }
     if metas:
         u8 = clips_to_uint8(test)
         last = test.shape[2] - 1
-        read = identity(metas, u8[:, k - 1], clips_to_uint8(built.clamp(-1, 1))[:, last], u8[:, last], last,
-                        tuple(test.shape[-2:]))  # fmt: skip
+        read = identity(
+            metas, u8[:, k - 1], clips_to_uint8(built.clamp(-1, 1))[:, last], u8[:, last], last, tuple(test.shape[-2:])
+        )
         out["estimate"]["identity"] = round(float(np.nanmean(read["identity"])), 3)
         out["copy_last"]["identity"] = round(float(np.nanmean(read["copy_last_identity"])), 3)
     out["gain_db"] = round(out["estimate"]["psnr"] - out["copy_last"]["psnr"], 2)

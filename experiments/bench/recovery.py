@@ -30,8 +30,13 @@ def main() -> None:
         for mode in ("fixed", "elastic"):
             run = Path(tmp) / mode
             sim = str(ROOT / "tests" / "support" / "cluster_sim.py")
-            proc = subprocess.run([sys.executable, sim, "--lose-node", mode, shards, str(run)], capture_output=True,
-                                  text=True, env=env, timeout=1200)  # fmt: skip
+            proc = subprocess.run(
+                [sys.executable, sim, "--lose-node", mode, shards, str(run)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=1200,
+            )
             if proc.returncode:
                 sys.exit(f"{mode}: failed\n{(proc.stdout + proc.stderr)[-3000:]}")
             result = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])

@@ -101,8 +101,14 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     rows = []
     for size in args.batch_sizes:
-        options = ServeOptions(export=args.export, port=port, cpus_per_replica=1.0, max_batch_size=size,
-                               batch_wait_s=args.batch_wait_ms / 1000 if size > 1 else 0.0, timeout_s=600)  # fmt: skip
+        options = ServeOptions(
+            export=args.export,
+            port=port,
+            cpus_per_replica=1.0,
+            max_batch_size=size,
+            batch_wait_s=args.batch_wait_ms / 1000 if size > 1 else 0.0,
+            timeout_s=600,
+        )
         serve.run(build_app(options), name="bench", route_prefix="/")
         wait_ready(url)
         result = run_load(url, body, fields, args.clients, args.requests)
@@ -111,16 +117,22 @@ def main() -> None:
         serve.delete("bench")
     serve.shutdown()
 
-    print(f"\n{info['family']} export {args.export} ({info['frames']} frames {w}x{h}), predict {args.future} frames, "
-          f"{args.steps} steps, {args.clients} clients, {args.requests} requests, one replica (1 CPU)\n")  # fmt: skip
+    print(
+        f"\n{info['family']} export {args.export} ({info['frames']} frames {w}x{h}), predict {args.future} frames, "
+        f"{args.steps} steps, {args.clients} clients, {args.requests} requests, one replica (1 CPU)\n"
+    )
     print("| batching | requests/s | p50 s | p95 s | p99 s | mean batch | errors |")
     print("|---|---|---|---|---|---|---|")
     for size, r in rows:
         label = f"on (max {size})" if size > 1 else "off"
-        print(f"| {label} | {r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['mean_batch']:.1f} "
-              f"| {r['errors']} |")  # fmt: skip
-    print(f"\nmodel alone (1 thread): {ceiling[1]:.3f} s per clip at batch 1, {min(ceiling.values()):.3f} at best: "
-          f"batching can gain at most x{ceiling[1] / min(ceiling.values()):.2f} here")  # fmt: skip
+        print(
+            f"| {label} | {r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['mean_batch']:.1f} "
+            f"| {r['errors']} |"
+        )
+    print(
+        f"\nmodel alone (1 thread): {ceiling[1]:.3f} s per clip at batch 1, {min(ceiling.values()):.3f} at best: "
+        f"batching can gain at most x{ceiling[1] / min(ceiling.values()):.2f} here"
+    )
     off = next((r for size, r in rows if size == 1), None)
     for size, on in rows:
         if off is not None and size > 1:

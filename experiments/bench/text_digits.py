@@ -48,16 +48,33 @@ def main() -> None:
     shards, encoder, run = out / "shards", out / "encoder", out / "run"
     started = time.time()
     if not (shards / "manifest.json").is_file():
-        shard(ShardOptions(out=str(shards), synthetic="moving-digits", num_clips=args.clips, frames=8, size=(32, 32),
-                           digits=(1, 1), split={"train": 0.9, "val": 0.1}))  # fmt: skip
+        shard(
+            ShardOptions(
+                out=str(shards),
+                synthetic="moving-digits",
+                num_clips=args.clips,
+                frames=8,
+                size=(32, 32),
+                digits=(1, 1),
+                split={"train": 0.9, "val": 0.1},
+            )
+        )
     if not (shards / "train" / "text" / "index.json").is_file():
         flags = ["--max-tokens", "16"] + ([] if (encoder / "config.json").is_file() else ["--make-encoder"])
         assert vdp(["encode-text", str(shards), "--encoder", str(encoder), *flags]) == 0
-    cfg = load_config(ROOT / "experiments" / "tiny_text_dit.yaml", [
-        f"data.train={shards / 'train'}", f"data.val={shards / 'val'}", f"run.dir={run}", f"text.encoder={encoder}",
-        f"train.max_steps={args.steps}", f"vae.max_steps={args.vae_steps}", "train.preview_every=1000000",
-        *args.set,
-    ])  # fmt: skip
+    cfg = load_config(
+        ROOT / "experiments" / "tiny_text_dit.yaml",
+        [
+            f"data.train={shards / 'train'}",
+            f"data.val={shards / 'val'}",
+            f"run.dir={run}",
+            f"text.encoder={encoder}",
+            f"train.max_steps={args.steps}",
+            f"vae.max_steps={args.vae_steps}",
+            "train.preview_every=1000000",
+            *args.set,
+        ],
+    )
     export = run / "export"
     if (
         not (export / "model.safetensors").is_file()
@@ -85,20 +102,34 @@ def main() -> None:
         hits, read = 0, []
         for d in range(10):
             prompt = f"the digit {d}" if fixed_prompt is None else fixed_prompt
-            clips = p.generate(batch=args.per_digit, seed=1000 + d, prompt=prompt, text_guidance=g,
-                               steps=args.sample_steps)  # fmt: skip
+            clips = p.generate(
+                batch=args.per_digit, seed=1000 + d, prompt=prompt, text_guidance=g, steps=args.sample_steps
+            )
             got = [reader.read_clip(c) for c in clips]
             read.append(got)
             hits += sum(x == d for x in got)
             if name != "null text" and g == max(args.guidance):
                 sheet.append((f"the digit {d}", np.concatenate(list(clips[:4]), axis=2)))
         total = 10 * args.per_digit
-        rows.append({"setting": name, "accuracy": hits / total, "clips": total, "read": read,
-                     "seconds": round(time.time() - t0, 1)})  # fmt: skip
+        rows.append(
+            {
+                "setting": name,
+                "accuracy": hits / total,
+                "clips": total,
+                "read": read,
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
         print(f"{name}: {hits}/{total} clips show the asked digit ({100 * hits / total:.0f} %)", flush=True)
     write_png(out / "prompted_digits.png", strip(sheet))
-    result = {"rows": rows, "chance": 0.1, "steps": args.steps, "clips": args.clips, "sample_steps": args.sample_steps,
-              "train_and_data_s": round(trained_s, 1)}  # fmt: skip
+    result = {
+        "rows": rows,
+        "chance": 0.1,
+        "steps": args.steps,
+        "clips": args.clips,
+        "sample_steps": args.sample_steps,
+        "train_and_data_s": round(trained_s, 1),
+    }
     (out / "text_digits.json").write_text(json.dumps(result, indent=1))
     print("\n| setting | clips showing the asked digit | of | accuracy |\n|---|---:|---:|---:|")
     for r in rows:

@@ -68,9 +68,17 @@ def vdp_run(cfg, run_dir: Path, workers: int, batch: int, steps: int) -> float:
     from vdp_ray.train import fit
 
     never = 10**6  # no validation, preview or intermediate checkpoint: time the training steps
-    train = {"workers": workers, "cpus_per_worker": 1, "batch_size": batch // workers, "max_steps": steps,
-             "log_every": max(1, steps // 4), "val_every": never, "checkpoint_every": never, "preview_every": never,
-             "stages": [cfg.model.family]}  # fmt: skip
+    train = {
+        "workers": workers,
+        "cpus_per_worker": 1,
+        "batch_size": batch // workers,
+        "max_steps": steps,
+        "log_every": max(1, steps // 4),
+        "val_every": never,
+        "checkpoint_every": never,
+        "preview_every": never,
+        "stages": [cfg.model.family],
+    }
     overrides = {"run": {"dir": str(run_dir), "name": run_dir.name}, "train": train}
     values = cfg.to_dict()
     for section, items in overrides.items():
@@ -100,12 +108,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        shard(ShardOptions(out=str(tmp / "digits"), synthetic="moving-digits", num_clips=256, frames=8, size=(32, 32)),
-              log=lambda *_: None)  # fmt: skip
+        shard(
+            ShardOptions(out=str(tmp / "digits"), synthetic="moving-digits", num_clips=256, frames=8, size=(32, 32)),
+            log=lambda *_: None,
+        )
         clips = torch.rand(64, 1, 8, 32, 32) * 2 - 1
         for name, experiment, overrides, batch in CASES:
-            cfg = load_config(ROOT / "experiments" / f"{experiment}.yaml",
-                              [*overrides, f"data.train={tmp / 'digits' / 'train'}", "data.val=null"])  # fmt: skip
+            cfg = load_config(
+                ROOT / "experiments" / f"{experiment}.yaml",
+                [*overrides, f"data.train={tmp / 'digits' / 'train'}", "data.val=null"],
+            )
             if cfg.model.family == "dit":  # a VAE export to encode with (random weights: speed only)
                 vae_dir = tmp / f"vae-{name.replace(' ', '_')}"
                 vae = build_vae(cfg)
@@ -125,8 +137,11 @@ def main() -> None:
             b = vdp_run(cfg, tmp / f"{name.replace(' ', '_')}-1", 1, batch, args.steps)
             c = vdp_run(cfg, tmp / f"{name.replace(' ', '_')}-2", 2, batch, args.steps)
             gf = c * flops / 1e9
-            print(f"| {name} | {params / 1e6:.2f}M | {flops / 1e9:.2f} | {a:.1f} | {b:.1f} | {c:.1f} | {b / a:.2f} | "
-                  f"{c / b:.2f} | {gf:.0f} | {100 * gf / peak:.0f}% |", flush=True)  # fmt: skip
+            print(
+                f"| {name} | {params / 1e6:.2f}M | {flops / 1e9:.2f} | {a:.1f} | {b:.1f} | {c:.1f} | {b / a:.2f} | "
+                f"{c / b:.2f} | {gf:.0f} | {100 * gf / peak:.0f}% |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -123,8 +123,17 @@ def test_every_sampler_with_guidance_and_refinement_keeps_to_the_gpu(fake, sampl
     with torch.autocast("cuda", dtype=torch.bfloat16):  # the Predictor's bf16 path: the state stays fp32
         out = sample(model, diffusion, tuple(clips.shape), cond, settings, generator=generator, device=CUDA)
     assert out.device == CUDA and out.dtype == torch.float32 and out.shape == clips.shape
-    refined = sample(model, diffusion, tuple(clips.shape), Condition(), settings, init=clips, strength=0.5,
-                     generator=generator, device=CUDA)  # fmt: skip
+    refined = sample(
+        model,
+        diffusion,
+        tuple(clips.shape),
+        Condition(),
+        settings,
+        init=clips,
+        strength=0.5,
+        generator=generator,
+        device=CUDA,
+    )
     assert refined.device == CUDA
 
 

@@ -29,8 +29,9 @@ def vae_export(folder, seed: int = 0):
 def latents(digits, tmp_path_factory):
     root = tmp_path_factory.mktemp("latents")
     vae = vae_export(root / "vae")
-    encode_latents(EncodeOptions(shards=str(digits), vae=str(vae), out=str(root / "out"), batch_size=8),
-                   log=lambda *_: None)  # fmt: skip
+    encode_latents(
+        EncodeOptions(shards=str(digits), vae=str(vae), out=str(root / "out"), batch_size=8), log=lambda *_: None
+    )
     return root / "out", vae
 
 

@@ -14,15 +14,26 @@ def video_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipe")
     for i in range(3):
         write_video(root / "src" / f"v{i}.avi", moving_square_frames(24, seed=i))
-    shard(ShardOptions(out=str(root / "out"), sources=[str(root / "src")], frames=8, size=(24, 32), shard_size=4),
-          log=lambda *_: None)  # fmt: skip
+    shard(
+        ShardOptions(out=str(root / "out"), sources=[str(root / "src")], frames=8, size=(24, 32), shard_size=4),
+        log=lambda *_: None,
+    )
     return root / "out" / "train"
 
 
 def data_cfg(**overrides):
     items = [f"data.{k}={v}" for k, v in overrides.items()]
-    return load_config(None, ["data.frames=8", "data.size=[24, 32]", "data.context_frames=2", "model.preset=tiny",
-                              "diffusion.masks.context_max=4", *items]).data  # fmt: skip
+    return load_config(
+        None,
+        [
+            "data.frames=8",
+            "data.size=[24, 32]",
+            "data.context_frames=2",
+            "model.preset=tiny",
+            "diffusion.masks.context_max=4",
+            *items,
+        ],
+    ).data
 
 
 def test_validation_clips_are_the_source_frames_as_bytes(video_shards):
@@ -51,8 +62,10 @@ def test_training_clips_are_cropped_in_time_resized_and_recoloured(video_shards)
 def test_augmentation_is_the_same_for_every_frame(tmp_path):
     static = np.repeat(moving_square_frames(1, seed=4), 10, axis=0)  # ten identical frames
     write_video(tmp_path / "src" / "still.avi", static)
-    shard(ShardOptions(out=str(tmp_path / "out"), sources=[str(tmp_path / "src")], frames=10, size=(24, 32)),
-          log=lambda *_: None)  # fmt: skip
+    shard(
+        ShardOptions(out=str(tmp_path / "out"), sources=[str(tmp_path / "src")], frames=10, size=(24, 32)),
+        log=lambda *_: None,
+    )
     ds = clip_dataset(str(tmp_path / "out" / "train"), data_cfg(frames=10, crop_scale=0.3, hflip="true"), train=True)
     seen = set()
     for _ in range(6):  # each pass draws a new crop/flip

@@ -21,8 +21,12 @@ def test_frame_folders_and_lossless_videos_round_trip_exactly(tmp_path):
     a, b = moving_square_frames(20, seed=1), moving_square_frames(13, seed=2)
     write_frame_folder(tmp_path / "src" / "folder_a", a)
     write_video(tmp_path / "src" / "video_b.avi", b, fps=12)
-    summary = shard(ShardOptions(out=str(tmp_path / "out"), sources=[str(tmp_path / "src")], frames=4, size=(24, 32),
-                                 stride=3, interval=2), log=quiet)  # fmt: skip
+    summary = shard(
+        ShardOptions(
+            out=str(tmp_path / "out"), sources=[str(tmp_path / "src")], frames=4, size=(24, 32), stride=3, interval=2
+        ),
+        log=quiet,
+    )
     samples = read_shard_samples(tmp_path / "out" / "train")
     # span = (4-1)*2+1 = 7 frames: starts 0,3,..,13 for 20 frames (5 clips); 0,3,6 for 13 frames (3 clips)
     assert summary["splits"]["train"]["count"] == len(samples) == 8
@@ -43,8 +47,12 @@ def test_frame_folders_and_lossless_videos_round_trip_exactly(tmp_path):
 def test_mp4_sources_and_mp4_clips(tmp_path):
     write_video(tmp_path / "src" / "long.mp4", moving_square_frames(50, 32, 32))
     write_video(tmp_path / "src" / "short.webm", moving_square_frames(20, 32, 32))
-    summary = shard(ShardOptions(out=str(tmp_path / "out"), sources=[str(tmp_path / "src")], frames=8, size=(16, 16),
-                                 stride=4, format="mp4"), log=quiet)  # fmt: skip
+    summary = shard(
+        ShardOptions(
+            out=str(tmp_path / "out"), sources=[str(tmp_path / "src")], frames=8, size=(16, 16), stride=4, format="mp4"
+        ),
+        log=quiet,
+    )
     # (50 - 8) // 4 + 1 = 11 clips and (20 - 8) // 4 + 1 = 4 clips
     assert summary["splits"]["train"]["count"] == 15
     samples = read_shard_samples(tmp_path / "out" / "train")
@@ -55,8 +63,16 @@ def test_mp4_sources_and_mp4_clips(tmp_path):
 def test_splits_are_by_source_video(tmp_path):
     for i in range(10):
         write_video(tmp_path / "src" / f"cam{i}.avi", moving_square_frames(12, seed=i))
-    summary = shard(ShardOptions(out=str(tmp_path / "out"), sources=[str(tmp_path / "src")], frames=4, size=(24, 32),
-                                 split=parse_split("train=0.8,val=0.2")), log=quiet)  # fmt: skip
+    summary = shard(
+        ShardOptions(
+            out=str(tmp_path / "out"),
+            sources=[str(tmp_path / "src")],
+            frames=4,
+            size=(24, 32),
+            split=parse_split("train=0.8,val=0.2"),
+        ),
+        log=quiet,
+    )
     train = read_shard_samples(tmp_path / "out" / "train")
     val = read_shard_samples(tmp_path / "out" / "val")
     train_src = {m["source"] for _, m in train.values()}
@@ -73,10 +89,19 @@ def test_dataset_yaml_sets_splits_and_clip_settings(tmp_path):
     write_video(root / "videos" / "train" / "t1.avi", moving_square_frames(16, seed=1))
     write_video(root / "videos" / "train" / "t2.avi", moving_square_frames(16, seed=2))
     write_frame_folder(root / "videos" / "val" / "v1", moving_square_frames(16, seed=3))
-    (root / "dataset.yaml").write_text(yaml.safe_dump({
-        "train": "videos/train", "val": "videos/val", "context_frames": 2, "future_frames": 3,
-        "frame_size": [12, 16], "frame_interval": 2, "augment": {"hflip": True},
-    }))  # fmt: skip
+    (root / "dataset.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "train": "videos/train",
+                "val": "videos/val",
+                "context_frames": 2,
+                "future_frames": 3,
+                "frame_size": [12, 16],
+                "frame_interval": 2,
+                "augment": {"hflip": True},
+            }
+        )
+    )
     summary = shard(ShardOptions(out=str(tmp_path / "out"), dataset=str(root / "dataset.yaml")), log=quiet)
     assert set(summary["splits"]) == {"train", "val"}
     manifest = read_manifest(tmp_path / "out" / "val")
@@ -102,8 +127,11 @@ def test_the_output_never_replaces_sources_or_folders_vdp_did_not_write(tmp_path
     notes.mkdir()
     (notes / "keep.txt").write_text("mine")
     opts = dict(sources=[str(src)], frames=4, size=(24, 32))
-    for out, words in ((src, "not a `vdp shard` output: refusing"), (src / "shards", "overlaps --source"),
-                       (notes, "refusing to replace")):  # fmt: skip
+    for out, words in (
+        (src, "not a `vdp shard` output: refusing"),
+        (src / "shards", "overlaps --source"),
+        (notes, "refusing to replace"),
+    ):
         with pytest.raises(ShardError, match=words):
             shard(ShardOptions(out=str(out), **opts), log=quiet)
     assert sorted(p.name for p in src.iterdir()) == ["a.avi"] and (notes / "keep.txt").read_text() == "mine"
@@ -159,8 +187,12 @@ def test_same_input_and_seed_give_identical_shards_and_no_temporaries(tmp_path):
         write_video(tmp_path / "src" / f"v{i}.avi", moving_square_frames(16, seed=i))
 
     def digest(out, seed):
-        shard(ShardOptions(out=str(out), sources=[str(tmp_path / "src")], frames=4, size=(12, 16), shard_size=5,
-                           seed=seed), log=quiet)  # fmt: skip
+        shard(
+            ShardOptions(
+                out=str(out), sources=[str(tmp_path / "src")], frames=4, size=(12, 16), shard_size=5, seed=seed
+            ),
+            log=quiet,
+        )
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "train").glob("*.tar"))}
 
     first, again = digest(tmp_path / "a", 0), digest(tmp_path / "b", 0)
@@ -199,9 +231,20 @@ def test_photo_pans_are_real_photos_in_motion_split_by_photo(tmp_path):
         assert clip.std() > 5, "real texture, not a flat frame"
         if meta["still"]:  # a still camera: only the sensor noise (1 grey level) changes
             assert 0 < np.abs(clip.astype(int) - clip[:1]).mean() < 2
-    still = shard(ShardOptions(out=str(tmp_path / "still"), synthetic="photo-pans", num_clips=8, frames=4,
-                               size=(16, 16), still=True, sprites=(1, 1), grayscale=True, noise=0.0),
-                  log=quiet)  # fmt: skip
+    still = shard(
+        ShardOptions(
+            out=str(tmp_path / "still"),
+            synthetic="photo-pans",
+            num_clips=8,
+            frames=4,
+            size=(16, 16),
+            still=True,
+            sprites=(1, 1),
+            grayscale=True,
+            noise=0.0,
+        ),
+        log=quiet,
+    )
     assert still["splits"]["train"]["count"] == 8
     for clip, meta in read_shard_samples(tmp_path / "still" / "train").values():
         assert clip.shape == (4, 16, 16, 1) and meta["still"] and len(meta["sprites"]) == 1

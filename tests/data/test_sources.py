@@ -56,8 +56,11 @@ def test_discover_finds_videos_and_frame_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     sources, skipped = discover([tmp_path / "vids", tmp_path / "frames", tmp_path / "empty", tmp_path / "nope"])
     assert [(s.kind, s.path.split("/")[-1]) for s in sources] == [
-        ("video", "a.mp4"), ("video", "b.avi"), ("frames", "clip2"), ("frames", "clip10")
-    ]  # fmt: skip
+        ("video", "a.mp4"),
+        ("video", "b.avi"),
+        ("frames", "clip2"),
+        ("frames", "clip10"),
+    ]
     reasons = {s["path"].split("/")[-1]: s["reason"] for s in skipped}
     assert reasons == {"empty": "empty source: no video files or frame folders found", "nope": "does not exist"}
 

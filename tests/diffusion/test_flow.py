@@ -95,8 +95,14 @@ def transported(sampler, steps, ptype="v"):
     """Sample N(MU, S^2) data with the exact velocity field; return the error against the exact flow map."""
     fm = FlowMatching(prediction_type=ptype, flow_shift=1.0, anchor="none")
     oracle = GaussianOracle(fm, MU, S)
-    x = sample(oracle, fm, SHAPE, settings=settings(sampler=sampler, steps=steps),
-               generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # fmt: skip
+    x = sample(
+        oracle,
+        fm,
+        SHAPE,
+        settings=settings(sampler=sampler, steps=steps),
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
     z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # the starting noise
     # For Gaussian data the ODE maps each noise draw linearly: x_t = a MU + sqrt(a^2 S^2 + t^2) z. Every sampler ends
     # with the jump from its last time t to the clean sample through E[x0 | x_t] = MU + a S^2 / sqrt(a^2 S^2 + t^2) z.
@@ -125,8 +131,14 @@ def test_euler_converges_at_first_order_and_heun_faster():
 @pytest.mark.parametrize("sampler", ["dpm++", "ddpm"])
 def test_the_other_samplers_recover_the_distribution_on_a_flow_path(sampler):
     fm = FlowMatching(prediction_type="v", flow_shift=1.0, anchor="none")
-    x = sample(GaussianOracle(fm, MU, S), fm, SHAPE, settings=settings(sampler=sampler, steps=200),
-               generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # fmt: skip
+    x = sample(
+        GaussianOracle(fm, MU, S),
+        fm,
+        SHAPE,
+        settings=settings(sampler=sampler, steps=200),
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
     assert x.mean().item() == pytest.approx(MU, abs=0.01)
     assert x.std().item() == pytest.approx(S, rel=0.03)
 
@@ -134,8 +146,14 @@ def test_the_other_samplers_recover_the_distribution_on_a_flow_path(sampler):
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
 def test_heun_and_euler_on_ddpm_recover_the_distribution(sampler):
     d = GaussianDiffusion(prediction_type="v", anchor="none")
-    x = sample(GaussianOracle(d, MU, S), d, SHAPE, settings=settings(sampler=sampler, steps=100),
-               generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # fmt: skip
+    x = sample(
+        GaussianOracle(d, MU, S),
+        d,
+        SHAPE,
+        settings=settings(sampler=sampler, steps=100),
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
     assert x.mean().item() == pytest.approx(MU, abs=0.01)
     assert x.std().item() == pytest.approx(S, rel=0.03)
 
@@ -159,8 +177,14 @@ def test_a_perfect_flow_model_has_zero_loss_and_samples_the_truth(residual):
     loss = fm.training_losses(model, truth, mask, generator=g)["loss"]
     assert loss.item() < 1e-8
     for guidance in (1.0, 2.0):
-        out = sample(model, fm, tuple(truth.shape), Condition(truth, mask),
-                     settings(sampler="heun", steps=4, guidance=guidance), generator=g)  # fmt: skip
+        out = sample(
+            model,
+            fm,
+            tuple(truth.shape),
+            Condition(truth, mask),
+            settings(sampler="heun", steps=4, guidance=guidance),
+            generator=g,
+        )
         assert torch.allclose(out, truth, atol=1e-4)
 
 
@@ -168,15 +192,31 @@ def test_refine_on_a_flow_path_starts_at_its_strength():
     fm = FlowMatching(prediction_type="v", flow_shift=1.0, anchor="none")
     init = torch.full((500, 1, 2, 2, 2), 0.8)
     oracle = GaussianOracle(fm, MU, S)
-    light = sample(oracle, fm, init.shape, settings=settings(sampler="euler", steps=10), init=init, strength=0.05,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
-    heavy = sample(oracle, fm, init.shape, settings=settings(sampler="euler", steps=10), init=init, strength=1.0,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    light = sample(
+        oracle,
+        fm,
+        init.shape,
+        settings=settings(sampler="euler", steps=10),
+        init=init,
+        strength=0.05,
+        generator=torch.Generator().manual_seed(0),
+    )
+    heavy = sample(
+        oracle,
+        fm,
+        init.shape,
+        settings=settings(sampler="euler", steps=10),
+        init=init,
+        strength=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert (light - init).abs().mean() < 0.05 < (heavy - init).abs().mean()
 
 
-@pytest.mark.parametrize("process", [GaussianDiffusion(prediction_type="v", context_noise=0.1),
-                                     FlowMatching(prediction_type="v", context_noise=0.1)])  # fmt: skip
+@pytest.mark.parametrize(
+    "process",
+    [GaussianDiffusion(prediction_type="v", context_noise=0.1), FlowMatching(prediction_type="v", context_noise=0.1)],
+)
 def test_given_frames_are_noised_in_training_and_the_network_is_told_the_level(process):
     g = torch.Generator().manual_seed(0)
     clips = torch.rand(64, 1, 4, 2, 2, generator=g) * 2 - 1

@@ -90,12 +90,15 @@ def test_the_process_refuses_motion_kernels_without_an_anchor():
 
 def test_the_sync_free_path_equals_the_per_frame_path_values_and_gradients():
     x = _frames(t=7)
-    mask = torch.tensor([[True, True, False, False, False, False, False], [False, True, False, False, True, False,
-                         False]])  # fmt: skip
+    mask = torch.tensor(
+        [[True, True, False, False, False, False, False], [False, True, False, False, True, False, False]]
+    )
     g = torch.Generator().manual_seed(3)
     base = torch.randn(2, 9, 7, 10, 12, generator=g) * 0.2
-    for estimate in (None, torch.softmax(torch.randn(2, 9, 7, 10, 12, generator=g) * 3, 1) - torch.eye(9)[4].view(9, 1,
-                  1, 1)):  # fmt: skip
+    for estimate in (
+        None,
+        torch.softmax(torch.randn(2, 9, 7, 10, 12, generator=g) * 3, 1) - torch.eye(9)[4].view(9, 1, 1, 1),
+    ):
         results = []
         for sync_free in (False, True):
             wts = base.clone().requires_grad_(True)
@@ -134,8 +137,10 @@ def test_the_motion_estimate_carries_a_moving_object_on_exactly(dy, dx, kernel):
     out = anchored(torch.zeros(2, 1 + kernel * kernel, 6, 24, 24), x, mask, kernel, motion=True)
     assert torch.allclose(out, x, atol=1e-5), (out - x).abs().amax(dim=(0, 1, 3, 4))
     # without the estimate the same fresh output is copy-last
-    assert torch.equal(anchored(torch.zeros_like(out[:, :1].expand(-1, 1 + kernel * kernel, -1, -1, -1)), x, mask,
-                                kernel), nearest_given(x, mask))  # fmt: skip
+    assert torch.equal(
+        anchored(torch.zeros_like(out[:, :1].expand(-1, 1 + kernel * kernel, -1, -1, -1)), x, mask, kernel),
+        nearest_given(x, mask),
+    )
 
 
 def _square_along(track, size=24, side=6, seed=1):

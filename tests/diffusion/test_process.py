@@ -12,8 +12,15 @@ from vdp_ray.diffusion import FlowMatching, GaussianDiffusion, make_diffusion
 @pytest.mark.parametrize(("cls", "objective"), [(GaussianDiffusion, "ddpm"), (FlowMatching, "flow")])
 def test_a_process_built_by_hand_is_the_one_the_config_builds(cls, objective):
     by_hand = cls(prediction_type="x0", anchor="motion", motion_kernel=5)
-    cfg = load_config(None, [f"diffusion.objective={objective}", "diffusion.prediction_type=x0",
-                             "diffusion.anchor=motion", "diffusion.motion_kernel=5"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"diffusion.objective={objective}",
+            "diffusion.prediction_type=x0",
+            "diffusion.anchor=motion",
+            "diffusion.motion_kernel=5",
+        ],
+    )
     from_config = make_diffusion(cfg.diffusion)
     assert type(from_config) is cls
     assert by_hand.cfg == dataclasses.replace(cfg.diffusion, masks=DiffusionConfig().masks)

@@ -67,8 +67,14 @@ CASES = [  # sampler, steps, relative tolerance on the std (first-order samplers
 def test_oracle_denoiser_recovers_the_data_distribution(sampler, steps, tol, schedule, ptype, zero_snr):
     d = GaussianDiffusion(schedule=schedule, prediction_type=ptype, zero_terminal_snr=zero_snr, anchor="none")
     oracle = GaussianOracle(d, MU, S)
-    x = sample(oracle, d, SHAPE, settings=settings(sampler=sampler, steps=steps),
-               generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # fmt: skip
+    x = sample(
+        oracle,
+        d,
+        SHAPE,
+        settings=settings(sampler=sampler, steps=steps),
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
     assert x.mean().item() == pytest.approx(MU, abs=0.01)
     assert x.std().item() == pytest.approx(expected_std(d, steps), rel=tol)
     assert oracle.calls == steps
@@ -142,8 +148,9 @@ def test_the_sampler_state_stays_fp32_when_the_network_answers_in_half(sampler):
     cond = Condition.first_frames(context[:, :, :2], 6)
 
     def run(net):
-        return sample(net, d, context.shape, cond, settings(sampler=sampler, steps=8),
-                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+        return sample(
+            net, d, context.shape, cond, settings(sampler=sampler, steps=8), generator=torch.Generator().manual_seed(0)
+        )
 
     def half(x, t, m):
         return oracle(x, t, m).to(torch.bfloat16)
@@ -205,10 +212,24 @@ def test_refine_keeps_low_strength_close_to_the_input():
     d = GaussianDiffusion(prediction_type="v", anchor="none")
     init = torch.full((500, 1, 2, 2, 2), 0.8)
     oracle = GaussianOracle(d, MU, S)
-    light = sample(oracle, d, init.shape, settings=settings(steps=10), init=init, strength=0.05,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
-    heavy = sample(oracle, d, init.shape, settings=settings(steps=10), init=init, strength=1.0,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    light = sample(
+        oracle,
+        d,
+        init.shape,
+        settings=settings(steps=10),
+        init=init,
+        strength=0.05,
+        generator=torch.Generator().manual_seed(0),
+    )
+    heavy = sample(
+        oracle,
+        d,
+        init.shape,
+        settings=settings(steps=10),
+        init=init,
+        strength=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert (light - init).abs().mean() < 0.1 < (heavy - init).abs().mean()
     assert oracle.calls < 20  # light refinement runs only the steps below its strength
 
@@ -248,6 +269,12 @@ def test_an_anchored_x0_model_gets_its_anchor_back(guidance):
     mask = prediction_mask(2, 5, 2)
     loss = diffusion.training_losses(model, truth, mask, generator=g)["loss"]
     assert loss.item() < 1e-12
-    out = sample(model, diffusion, tuple(truth.shape), Condition(truth, mask),
-                 settings(sampler="ddim", steps=4, guidance=guidance), generator=g)  # fmt: skip
+    out = sample(
+        model,
+        diffusion,
+        tuple(truth.shape),
+        Condition(truth, mask),
+        settings(sampler="ddim", steps=4, guidance=guidance),
+        generator=g,
+    )
     assert torch.allclose(out, truth, atol=1e-5)

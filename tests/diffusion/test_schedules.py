@@ -90,5 +90,6 @@ def test_half_precision_inputs_are_noised_in_fp32_at_small_timesteps():
         d.alpha_bar[t].sqrt().view(-1, 1, 1, 1, 1) * noise.double()
         - (1 - d.alpha_bar[t]).sqrt().view(-1, 1, 1, 1, 1) * x0.double()
     )
-    torch.testing.assert_close(out["per_frame"].double(), v.pow(2).transpose(1, 2).flatten(2).mean(-1), rtol=1e-5,
-                               atol=1e-6)  # fmt: skip
+    torch.testing.assert_close(
+        out["per_frame"].double(), v.pow(2).transpose(1, 2).flatten(2).mean(-1), rtol=1e-5, atol=1e-6
+    )

@@ -19,8 +19,16 @@ OBJECTIVES = [*PLAIN, ("ddpm", "x0", 5), ("flow", "v", 3)]  # the last two with 
 
 def fresh_unet(folder, objective, ptype, kernel=0):
     torch.manual_seed(0)
-    cfg = load_config(None, [*PIXEL, f"diffusion.objective={objective}", f"diffusion.prediction_type={ptype}",
-                             "diffusion.zero_terminal_snr=false", f"diffusion.motion_kernel={kernel}"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            *PIXEL,
+            f"diffusion.objective={objective}",
+            f"diffusion.prediction_type={ptype}",
+            "diffusion.zero_terminal_snr=false",
+            f"diffusion.motion_kernel={kernel}",
+        ],
+    )
     net = build_denoiser(cfg).state_dict()
     return write_export(folder / f"unet-{objective}-{ptype}-{kernel}", cfg, "unet3d", net, {})
 
@@ -39,17 +47,26 @@ def test_a_fresh_unet_predicts_the_last_given_frame(tmp_path, objective, ptype, 
     assert np.array_equal(between[:2], np.stack([first] * 2)) and np.array_equal(between[2:], np.stack([last] * 2))
 
 
-@pytest.mark.parametrize(("objective", "ptype", "kernel", "anchor"),
-                         [("ddpm", "v", 0, "last"), ("flow", "v", 0, "last"), ("ddpm", "x0", 3, "last"),
-                          ("ddpm", "x0", 3, "motion")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("objective", "ptype", "kernel", "anchor"),
+    [("ddpm", "v", 0, "last"), ("flow", "v", 0, "last"), ("ddpm", "x0", 3, "last"), ("ddpm", "x0", 3, "motion")],
+)
 def test_a_fresh_dit_predicts_the_last_given_latent(tmp_path, objective, ptype, kernel, anchor):
     """In a latent space copy-last holds for latents: the future is the decoded clip whose latent frames after the
     context repeat the last given one; with the motion anchor, the decoded latents that the given latents' motion
     estimate builds (the estimate runs in the latent space)."""
     torch.manual_seed(0)
-    cfg = load_config(ROOT / "experiments" / "tiny_dit.yaml", ["vae.scale_factor=0.7", "sampling.steps=3",
-                      f"diffusion.objective={objective}", f"diffusion.prediction_type={ptype}",
-                      f"diffusion.motion_kernel={kernel}", f"diffusion.anchor={anchor}"])  # fmt: skip
+    cfg = load_config(
+        ROOT / "experiments" / "tiny_dit.yaml",
+        [
+            "vae.scale_factor=0.7",
+            "sampling.steps=3",
+            f"diffusion.objective={objective}",
+            f"diffusion.prediction_type={ptype}",
+            f"diffusion.motion_kernel={kernel}",
+            f"diffusion.anchor={anchor}",
+        ],
+    )
     vae = write_export(tmp_path / "vae", cfg, "vae", build_vae(cfg).state_dict(), {})
     dit = write_export(tmp_path / "dit", cfg, "dit", build_denoiser(cfg).state_dict(), {}, vae_export=vae)
     p = Predictor.from_export(dit, device="cpu")
@@ -73,9 +90,17 @@ def test_a_fresh_unet_with_the_motion_anchor_carries_moving_content_on(tmp_path,
     textured square, one pixel down and right per frame, over a roll-out of two windows) and keeps what stands
     still (the flat background, a still clip), for every sampler."""
     torch.manual_seed(0)
-    cfg = load_config(None, [*PIXEL, f"diffusion.objective={objective}", f"diffusion.prediction_type={ptype}",
-                             "diffusion.zero_terminal_snr=false", "diffusion.motion_kernel=3",
-                             "diffusion.anchor=motion"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            *PIXEL,
+            f"diffusion.objective={objective}",
+            f"diffusion.prediction_type={ptype}",
+            "diffusion.zero_terminal_snr=false",
+            "diffusion.motion_kernel=3",
+            "diffusion.anchor=motion",
+        ],
+    )
     p = Predictor.from_export(write_export(tmp_path / "unet", cfg, "unet3d", build_denoiser(cfg).state_dict(), {}))
     texture = np.random.default_rng(0).integers(100, 256, (4, 4, 1), dtype=np.uint8)
     clip = np.full((9, 16, 16, 1), 40, dtype=np.uint8)

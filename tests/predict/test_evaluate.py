@@ -134,8 +134,9 @@ def test_cli_prints_the_table(unet_export, shards, tmp_path, capsys):
 
 def test_asking_for_a_gpu_on_a_cluster_without_one_is_refused_naming_the_option(unet_export, shards):
     with pytest.raises(EvaluationError, match="--device cuda: the Ray cluster has no GPUs"):
-        evaluate(EvalOptions(checkpoint=str(unet_export), shards=str(shards), context=2, future=4, clips=2,
-                             device="cuda"))  # fmt: skip
+        evaluate(
+            EvalOptions(checkpoint=str(unet_export), shards=str(shards), context=2, future=4, clips=2, device="cuda")
+        )
 
 
 def test_digit_identity_is_scored_for_the_model_and_copy_last(shards, tmp_path):
@@ -149,8 +150,19 @@ def test_digit_identity_is_scored_for_the_model_and_copy_last(shards, tmp_path):
 
     cfg = load_config(None, PIXEL)
     fresh = write_export(tmp_path / "fresh", cfg, "unet3d", build_denoiser(cfg).state_dict(), {})
-    m = evaluate(EvalOptions(checkpoint=str(fresh), shards=str(shards), context=2, future=4, clips=10, steps=2,
-                             batch_size=5, cpus_per_worker=1, out=str(tmp_path / "ev")))  # fmt: skip
+    m = evaluate(
+        EvalOptions(
+            checkpoint=str(fresh),
+            shards=str(shards),
+            context=2,
+            future=4,
+            clips=10,
+            steps=2,
+            batch_size=5,
+            cpus_per_worker=1,
+            out=str(tmp_path / "ev"),
+        )
+    )
     copy = m["baseline"]["copy_last"]
     assert m["psnr"] == copy["psnr"] and m["ssim"] == copy["ssim"]
     assert m["identity"] == copy["identity"] and 0 <= m["identity"] <= 1

@@ -38,15 +38,18 @@ def served(ray_local, tmp_path_factory):
     export = unet_export(tmp_path_factory.mktemp("serve"))
     port = free_port()
     os.environ[KEY_ENV] = KEY
-    limits = Limits(max_upload_bytes=1_000_000, max_frames=64, max_pixels=128 * 128, max_steps=50,
-                    max_decoded_bytes=DECODED_BYTES)  # fmt: skip
-    options = ServeOptions(export=str(export), port=port, api_key_env=KEY_ENV, cpus_per_replica=0.5,
-                           limits=limits, batch_wait_s=0.1)  # fmt: skip
+    limits = Limits(
+        max_upload_bytes=1_000_000, max_frames=64, max_pixels=128 * 128, max_steps=50, max_decoded_bytes=DECODED_BYTES
+    )
+    options = ServeOptions(
+        export=str(export), port=port, api_key_env=KEY_ENV, cpus_per_replica=0.5, limits=limits, batch_wait_s=0.1
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(options), name="vdp", route_prefix="/")
     # the 504 path: no work estimate refuses the request first
-    slow = ServeOptions(export=str(export), port=port, cpus_per_replica=0.5, timeout_s=0.001,
-                        limits=replace(limits, max_work_s=3600.0))  # fmt: skip
+    slow = ServeOptions(
+        export=str(export), port=port, cpus_per_replica=0.5, timeout_s=0.001, limits=replace(limits, max_work_s=3600.0)
+    )
     serve.run(build_app(slow), name="slow", route_prefix="/slow")
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)

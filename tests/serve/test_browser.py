@@ -21,8 +21,16 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"),
 ]
 # Flags for a closed network and a root user (see the machine notes): no sandbox, no background traffic.
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +38,20 @@ def live_server(tmp_path_factory):
     export = unet_export(tmp_path_factory.mktemp("browser"))
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": "", "VDP_BROWSER_KEY": "k3y"}
-    command = [sys.executable, "-m", "vdp_ray.cli", "serve", "--checkpoint", str(export), "--port", str(port),
-               "--cpus-per-replica", "0.5", "--api-key-env", "VDP_BROWSER_KEY"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "vdp_ray.cli",
+        "serve",
+        "--checkpoint",
+        str(export),
+        "--port",
+        str(port),
+        "--cpus-per-replica",
+        "0.5",
+        "--api-key-env",
+        "VDP_BROWSER_KEY",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:

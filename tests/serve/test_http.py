@@ -13,8 +13,9 @@ from support.videos import gray_frames, moving_square_frames, npz, png, write_vi
 
 
 def post(client, server, task, files=None, data=None, params=None, headers=None, **kw):
-    return client.post(f"/v1/{task}", files=files, data=data, params=params,
-                       headers={**server.auth(), **(headers or {})}, **kw)  # fmt: skip
+    return client.post(
+        f"/v1/{task}", files=files, data=data, params=params, headers={**server.auth(), **(headers or {})}, **kw
+    )
 
 
 def assert_error(response, status, field, *words):
@@ -49,16 +50,26 @@ def test_health_model_docs_and_page(served):
 def test_predict_from_a_zip_returns_the_context_exactly_and_the_future(served):
     clip = gray_frames(5)
     with served.client() as c:
-        r = post(c, served, "predict", files={"file": ("clip.zip", zip_of(clip), "application/zip")},
-                 data={"context": "3", "future": "4", "steps": "3", "format": "npz", "seed": "1"})  # fmt: skip
+        r = post(
+            c,
+            served,
+            "predict",
+            files={"file": ("clip.zip", zip_of(clip), "application/zip")},
+            data={"context": "3", "future": "4", "steps": "3", "format": "npz", "seed": "1"},
+        )
         assert r.status_code == 200, r.text
         out = npz(r.content)
         assert out["frames"].shape == (4, 16, 16, 1) and out["frames"].dtype == np.uint8
         assert np.array_equal(out["context"], clip[:3])  # the frames it was given, as given
         assert np.array_equal(out["truth"], clip[3:5])  # the rest of the upload: the true future
         assert r.headers["x-model-id"] and json.loads(r.headers["x-timing"])["compute_s"] > 0
-        again = post(c, served, "predict", files={"file": ("clip.zip", zip_of(clip), "application/zip")},
-                     data={"context": "3", "future": "4", "steps": "3", "format": "npz", "seed": "1"})  # fmt: skip
+        again = post(
+            c,
+            served,
+            "predict",
+            files={"file": ("clip.zip", zip_of(clip), "application/zip")},
+            data={"context": "3", "future": "4", "steps": "3", "format": "npz", "seed": "1"},
+        )
         assert np.array_equal(npz(again.content)["frames"], out["frames"])  # a seed reproduces the output
 
 
@@ -66,8 +77,13 @@ def test_predict_from_a_video_with_resize_in_every_output_format(served, tmp_pat
     video = write_video(tmp_path / "clip.mp4", moving_square_frames(8, 24, 32))  # RGB 32x24: resized
     with served.client() as c:
         for fmt, magic in (("gif", b"GIF89a"), ("mp4", b"ftyp"), ("npz", b"PK")):
-            r = post(c, served, "predict", files={"file": ("clip.mp4", video.read_bytes(), "video/mp4")},
-                     data={"context": "2", "future": "3", "steps": "2", "format": fmt, "resize": "true"})  # fmt: skip
+            r = post(
+                c,
+                served,
+                "predict",
+                files={"file": ("clip.mp4", video.read_bytes(), "video/mp4")},
+                data={"context": "2", "future": "3", "steps": "2", "format": fmt, "resize": "true"},
+            )
             assert r.status_code == 200, r.text
             assert magic in r.content[:12], fmt
         webm = write_video(tmp_path / "clip.webm", moving_square_frames(6, 24, 32))
@@ -77,12 +93,22 @@ def test_predict_from_a_video_with_resize_in_every_output_format(served, tmp_pat
         images = [Image.fromarray(f) for f in moving_square_frames(5, 16, 16)]
         images[0].save(gif, save_all=True, append_images=images[1:], duration=100, loop=0)
         for upload, kind in ((webm, "video/webm"), (gif, "image/gif")):
-            r = post(c, served, "predict", files={"file": (upload.name, upload.read_bytes(), kind)},
-                     data={"context": "2", "future": "2", "steps": "2", "format": "npz", "resize": "true"})  # fmt: skip
+            r = post(
+                c,
+                served,
+                "predict",
+                files={"file": (upload.name, upload.read_bytes(), kind)},
+                data={"context": "2", "future": "2", "steps": "2", "format": "npz", "resize": "true"},
+            )
             assert r.status_code == 200, (upload.name, r.text)
             assert npz(r.content)["frames"].shape == (2, 16, 16, 1)
-        r = post(c, served, "predict", files={"file": ("clip.mp4", video.read_bytes(), "video/mp4")},
-                 data={"future": "7", "steps": "2", "format": "json", "resize": "true"})  # fmt: skip
+        r = post(
+            c,
+            served,
+            "predict",
+            files={"file": ("clip.mp4", video.read_bytes(), "video/mp4")},
+            data={"future": "7", "steps": "2", "format": "json", "resize": "true"},
+        )
         body = r.json()
         # default context: as many frames as the model takes (3); 7 future frames roll out past the window
         assert len(body["context"]) == 3 and len(body["frames"][0]) == 7 and len(body["truth"]) == 5
@@ -103,8 +129,13 @@ def test_json_frames_generate_interpolate_refine(served):
         assert npz(r.content)["frames"].shape == (2, 6, 16, 16, 1)
         r = post(c, served, "generate", json={"steps": 2, "format": "gif"})
         assert r.status_code == 200 and r.content[:6] == b"GIF89a"
-        r = post(c, served, "interpolate", files={"file": ("ends.zip", zip_of(clip[[0, 5]]), "application/zip")},
-                 data={"between": "4", "steps": "2", "format": "npz"})  # fmt: skip
+        r = post(
+            c,
+            served,
+            "interpolate",
+            files={"file": ("ends.zip", zip_of(clip[[0, 5]]), "application/zip")},
+            data={"between": "4", "steps": "2", "format": "npz"},
+        )
         assert r.status_code == 200, r.text
         assert npz(r.content)["frames"].shape == (4, 16, 16, 1)
         r = post(c, served, "refine", json={"frames": b64, "strength": 0.3, "steps": 4, "format": "npz"})
@@ -120,18 +151,33 @@ def test_every_bad_input_gets_its_4xx_naming_the_field(served, tmp_path):
     with served.client() as c:
         assert_error(c.post("/v1/predict", files=good), 401, "api_key", "missing")
         assert_error(post(c, served, "predict", files=good, headers={"Authorization": "Bearer x"}), 401, "api_key")
-        assert_error(post(c, served, "predict", files={"file": ("a.mp4", b"hello, not a video", "video/mp4")}),
-                     415, "file", "not a readable video")  # fmt: skip
+        assert_error(
+            post(c, served, "predict", files={"file": ("a.mp4", b"hello, not a video", "video/mp4")}),
+            415,
+            "file",
+            "not a readable video",
+        )
         assert_error(post(c, served, "predict", files={"file": ("a.mp4", video[:300], "video/mp4")}), 415, "file")
-        assert_error(post(c, served, "predict", files={"file": ("a.gif", b"GIF89a" + b"\0" * 50, "image/gif")}),
-                     415, "file")  # fmt: skip
-        assert_error(post(c, served, "predict", files={"file": ("a.zip", b"PK\x03\x04broken", "application/zip")}),
-                     415, "file", "corrupt zip")  # fmt: skip
+        assert_error(
+            post(c, served, "predict", files={"file": ("a.gif", b"GIF89a" + b"\0" * 50, "image/gif")}), 415, "file"
+        )
+        assert_error(
+            post(c, served, "predict", files={"file": ("a.zip", b"PK\x03\x04broken", "application/zip")}),
+            415,
+            "file",
+            "corrupt zip",
+        )
         two = {"file": ("two.zip", zip_of(gray_frames(2)), "application/zip")}
         assert_error(post(c, served, "predict", files=two, data={"context": "3"}), 422, "context", "clip has 2")
         assert_error(post(c, served, "predict", files=good, data={"context": "4"}), 422, "context", "[1, 3]")
-        assert_error(post(c, served, "predict", files={"file": ("a.mp4", video, "video/mp4")}), 422, "file",
-                     "32x24", "16x16", "resize=true")  # fmt: skip
+        assert_error(
+            post(c, served, "predict", files={"file": ("a.mp4", video, "video/mp4")}),
+            422,
+            "file",
+            "32x24",
+            "16x16",
+            "resize=true",
+        )
         assert_error(post(c, served, "predict", files=good, data={"steps": "0"}), 422, "steps")
         assert_error(post(c, served, "predict", files=good, data={"steps": "100000"}), 422, "steps", "50")
         assert_error(post(c, served, "predict", files=good, data={"steps": "two"}), 422, "steps", "number")
@@ -142,23 +188,31 @@ def test_every_bad_input_gets_its_4xx_naming_the_field(served, tmp_path):
         assert_error(post(c, served, "predict", files=good, data={"strength": "0.5"}), 422, "strength", "unknown")
         many = {"file": ("a.zip", big, "application/zip")}
         assert_error(post(c, served, "predict", files=many), 413, "file", "65 frames")
-        assert_error(post(c, served, "predict", content=b"x" * 1_100_000, headers={"Content-Type": "video/mp4"}),
-                     413, "body")  # fmt: skip
+        assert_error(
+            post(c, served, "predict", content=b"x" * 1_100_000, headers={"Content-Type": "video/mp4"}), 413, "body"
+        )
 
         def chunks():  # no Content-Length: the limit is enforced while the body streams in
             for _ in range(40):
                 yield b"\0" * 50_000
 
-        assert_error(post(c, served, "predict", content=chunks(), headers={"Content-Type": "multipart/form-data"}),
-                     413, "body")  # fmt: skip
-        assert_error(post(c, served, "predict", content=b"frames", headers={"Content-Type": "text/plain"}),
-                     415, "content-type")  # fmt: skip
-        assert_error(post(c, served, "predict", content=b"{nope", headers={"Content-Type": "application/json"}),
-                     400, "body", "JSON")  # fmt: skip
+        assert_error(
+            post(c, served, "predict", content=chunks(), headers={"Content-Type": "multipart/form-data"}), 413, "body"
+        )
+        assert_error(
+            post(c, served, "predict", content=b"frames", headers={"Content-Type": "text/plain"}), 415, "content-type"
+        )
+        assert_error(
+            post(c, served, "predict", content=b"{nope", headers={"Content-Type": "application/json"}),
+            400,
+            "body",
+            "JSON",
+        )
         assert_error(post(c, served, "predict", json=[1, 2]), 422, "body")
         assert_error(post(c, served, "predict", json={"frames": ["%%%"]}), 422, "frames[0]", "base64")
-        assert_error(post(c, served, "predict", json={"frames": [base64.b64encode(b"GIF89a").decode()]}), 415,
-                     "frames[0]")  # fmt: skip
+        assert_error(
+            post(c, served, "predict", json={"frames": [base64.b64encode(b"GIF89a").decode()]}), 415, "frames[0]"
+        )
         assert_error(post(c, served, "predict"), 400, "file", "no clip")
         assert_error(post(c, served, "interpolate", files=good), 422, "between", "missing")
         assert_error(post(c, served, "interpolate", files=good, data={"between": "5"}), 422, "between", "4")
@@ -188,8 +242,13 @@ def test_hostile_uploads_are_refused_fast_and_leave_the_server_healthy(served):
     gets its 4xx naming the field; the replica's memory stays bounded and a valid request is answered after."""
     cases = corpus(DECODED_BYTES)
     with served.client(timeout=30) as c:  # a case that hangs (an RTP session waiting for packets) fails here
-        warm = post(c, served, "predict", files={"file": ("c.zip", zip_of(gray_frames(3, size=32)), "application/zip")},
-                    data={"future": "1", "steps": "1", "resize": "true", "format": "npz"})  # fmt: skip
+        warm = post(
+            c,
+            served,
+            "predict",
+            files={"file": ("c.zip", zip_of(gray_frames(3, size=32)), "application/zip")},
+            data={"future": "1", "steps": "1", "resize": "true", "format": "npz"},
+        )
         assert warm.status_code == 200, warm.text  # (resizing imports torch into the ingress: not the cases' cost)
         before = api_replica_rss()
         for case in cases:
@@ -198,8 +257,13 @@ def test_hostile_uploads_are_refused_fast_and_leave_the_server_healthy(served):
             error = r.json()["error"]
             assert error["field"] == case.field and case.word in error["message"], (case.name, error)
         assert c.get("/healthz").status_code == 200
-        good = post(c, served, "predict", files={"file": ("c.zip", zip_of(gray_frames(3)), "application/zip")},
-                    data={"future": "2", "steps": "2", "format": "npz"})  # fmt: skip
+        good = post(
+            c,
+            served,
+            "predict",
+            files={"file": ("c.zip", zip_of(gray_frames(3)), "application/zip")},
+            data={"future": "2", "steps": "2", "format": "npz"},
+        )
         assert good.status_code == 200 and npz(good.content)["frames"].shape == (2, 16, 16, 1)
     grown = api_replica_rss() - before
     print(f"ingress RSS grew {grown / 2**20:.1f} MB over {len(cases)} hostile uploads")  # (RESULTS.md, issue 18)
@@ -214,8 +278,12 @@ def test_who_may_call_the_key_stays_out_of_serve_and_pages_of_other_sites_are_re
     from ray.serve.context import _get_global_client
 
     with served.client() as c:  # /slow is keyless
-        assert_error(c.post("/slow/v1/generate", params={"steps": 1}, headers={"Host": "attacker.example:80"}), 403,
-                     "host", "attacker.example")  # fmt: skip
+        assert_error(
+            c.post("/slow/v1/generate", params={"steps": 1}, headers={"Host": "attacker.example:80"}),
+            403,
+            "host",
+            "attacker.example",
+        )
         assert c.get("/slow/healthz").status_code == 200
         clip = {"file": ("c.zip", zip_of(gray_frames(3)), "application/zip")}
         for origin in ("http://attacker.example", f"{served.url.replace('127.0.0.1', 'localhost')}", "null"):
@@ -238,8 +306,13 @@ def test_concurrent_requests_are_batched(served):
 
     def one(_):
         with served.client() as c:
-            r = post(c, served, "predict", files={"file": ("c.zip", clip, "application/zip")},
-                     data={"future": "3", "steps": "8", "format": "npz"})  # fmt: skip
+            r = post(
+                c,
+                served,
+                "predict",
+                files={"file": ("c.zip", clip, "application/zip")},
+                data={"future": "3", "steps": "8", "format": "npz"},
+            )
             return r.status_code, json.loads(r.headers.get("x-timing", "{}")).get("batch", 0)
 
     with cf.ThreadPoolExecutor(8) as pool:
@@ -251,13 +324,51 @@ def test_concurrent_requests_are_batched(served):
 def fuzz_requests(rng: random.Random, n: int):
     """Malformed requests: random bytes as uploads and bodies, broken multipart, random JSON, random
     parameter names and values, odd content types."""
-    junk = [b"", b"\0" * 10, b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(200)), b"GIF89a\x01\x00",
-            b"\x89PNG\r\n\x1a\n" + b"\0" * 40, b"\xff\xd8\xff" + b"\0" * 40, b"\x1aE\xdf\xa3" + b"\0" * 100,
-            b"\x00\x00\x00\x18ftypmp42" + bytes(rng.randrange(256) for _ in range(300))]  # fmt: skip
-    values = ["", "-1", "0", "1e309", "nan", "inf", "3.5", "9" * 40, "true", "null", "[]", "{}", "\u2603", "dpm++",
-              "x" * 2000]  # fmt: skip
-    names = ["context", "future", "steps", "sampler", "seed", "format", "guidance", "resize", "fps", "between",
-             "strength", "frames", "batch", "", "__proto__", "file"]  # fmt: skip
+    junk = [
+        b"",
+        b"\0" * 10,
+        b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(200)),
+        b"GIF89a\x01\x00",
+        b"\x89PNG\r\n\x1a\n" + b"\0" * 40,
+        b"\xff\xd8\xff" + b"\0" * 40,
+        b"\x1aE\xdf\xa3" + b"\0" * 100,
+        b"\x00\x00\x00\x18ftypmp42" + bytes(rng.randrange(256) for _ in range(300)),
+    ]
+    values = [
+        "",
+        "-1",
+        "0",
+        "1e309",
+        "nan",
+        "inf",
+        "3.5",
+        "9" * 40,
+        "true",
+        "null",
+        "[]",
+        "{}",
+        "\u2603",
+        "dpm++",
+        "x" * 2000,
+    ]
+    names = [
+        "context",
+        "future",
+        "steps",
+        "sampler",
+        "seed",
+        "format",
+        "guidance",
+        "resize",
+        "fps",
+        "between",
+        "strength",
+        "frames",
+        "batch",
+        "",
+        "__proto__",
+        "file",
+    ]
     tasks = ["predict", "generate", "interpolate", "refine"]
     for _ in range(n):
         task = rng.choice(tasks)
@@ -270,12 +381,22 @@ def fuzz_requests(rng: random.Random, n: int):
             yield task, {"files": {"file": ("x.bin", blob, "application/octet-stream")}, "data": data}
         elif kind == 1:
             body = bytes(rng.randrange(256) for _ in range(rng.randrange(400)))
-            ctype = rng.choice(["multipart/form-data; boundary=zz", "multipart/form-data", "application/json",
-                                "video/mp4", "text/plain", ""])  # fmt: skip
+            ctype = rng.choice(
+                [
+                    "multipart/form-data; boundary=zz",
+                    "multipart/form-data",
+                    "application/json",
+                    "video/mp4",
+                    "text/plain",
+                    "",
+                ]
+            )
             yield task, {"content": body, "headers": {"Content-Type": ctype}}
         elif kind == 2:
-            doc = {rng.choice(names): rng.choice([*values, 1, -5, 1.5, None, [1], {"a": 1}, True])
-                   for _ in range(rng.randrange(5))}  # fmt: skip
+            doc = {
+                rng.choice(names): rng.choice([*values, 1, -5, 1.5, None, [1], {"a": 1}, True])
+                for _ in range(rng.randrange(5))
+            }
             if rng.random() < 0.5:
                 doc["frames"] = rng.choice([[], ["AAAA"], [1, 2], "abc", [base64.b64encode(j).decode() for j in junk]])
             yield task, {"json": doc}

@@ -37,13 +37,21 @@ def test_cluster_serve_config_validates_and_builds(monkeypatch):
 
 def test_parameters_are_typed_and_bounded():
     limits = Limits(max_frames=64, max_steps=50)
-    p = parse_params("predict", {"context": "2", "future": 5, "steps": "10", "seed": "3", "format": "NPZ"}, limits,
-                     MODEL)  # fmt: skip
+    p = parse_params(
+        "predict", {"context": "2", "future": 5, "steps": "10", "seed": "3", "format": "NPZ"}, limits, MODEL
+    )
     assert (p.context, p.future, p.steps, p.seed, p.format) == (2, 5, 10, 3, "npz")
     assert parse_params("generate", {}, limits, MODEL).frames == 6
-    for raw, field in (({"steps": "1.5"}, "steps"), ({"steps": "nan"}, "steps"), ({"future": True}, "future"),
-                       ({"guidance": "-1"}, "guidance"), ({"resize": "maybe"}, "resize"), ({"between": 2}, "between"),
-                       ({"context": 4}, "context"), ({"seed": -1}, "seed")):  # fmt: skip
+    for raw, field in (
+        ({"steps": "1.5"}, "steps"),
+        ({"steps": "nan"}, "steps"),
+        ({"future": True}, "future"),
+        ({"guidance": "-1"}, "guidance"),
+        ({"resize": "maybe"}, "resize"),
+        ({"between": 2}, "between"),
+        ({"context": 4}, "context"),
+        ({"seed": -1}, "seed"),
+    ):
         with pytest.raises(ApiError) as err:
             parse_params("predict", raw, limits, MODEL)
         assert err.value.field == field and 400 <= err.value.status < 500, raw
@@ -81,15 +89,21 @@ def test_one_declaration_makes_the_command_lines_and_the_http_fields():
     from vdp_ray.vocab import SAMPLERS
 
     line = ["--sampler", "heun", "--steps", "3", "--guidance", "2", "--text-guidance", "1.5", "--seed", "7"]
-    for cls, required in ((PredictOptions, ["--checkpoint", "x", "--out", "y.gif"]),
-                          (EvalOptions, ["--checkpoint", "x", "--shards", "z"])):  # fmt: skip
+    for cls, required in (
+        (PredictOptions, ["--checkpoint", "x", "--out", "y.gif"]),
+        (EvalOptions, ["--checkpoint", "x", "--shards", "z"]),
+    ):
         parser = argparse.ArgumentParser()
         add_arguments(parser, cls)
         o = from_args(cls, parser.parse_args(required + line))
         assert o.sampling() == {"sampler": "heun", "steps": 3, "guidance": 2.0, "text_guidance": 1.5} and o.seed == 7
         assert from_args(cls, parser.parse_args(required)).seed == 0  # reproducible by default, unlike HTTP
-    own = {"predict": {"context", "future"}, "generate": {"frames", "batch"}, "interpolate": {"between"},
-           "refine": {"strength"}}  # fmt: skip
+    own = {
+        "predict": {"context", "future"},
+        "generate": {"frames", "batch"},
+        "interpolate": {"between"},
+        "refine": {"strength"},
+    }
     for task, names in own.items():
         props = schema(task)
         assert {f.name for f in fields(Sampling)} <= set(props) and names <= set(props)

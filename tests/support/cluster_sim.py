@@ -54,13 +54,30 @@ def lose_node(mode: str, shards: str, run_dir: str, *overrides: str) -> None:
     events: dict = {}
     try:
         extra = ["train.workers=[1,2]", "train.resize_check_s=1"] if mode == "elastic" else []
-        cfg = load_config(ROOT / "experiments" / "tiny_unet.yaml", [
-            f"data.train={shards}/train", f"data.val={shards}/val", f"run.dir={run_dir}", "run.name=lose",
-            "train.workers=2", "train.cpus_per_worker=2", "train.placement=spread", "train.max_steps=80",
-            "train.batch_size=4", "train.val_every=1000", "train.checkpoint_every=4", "train.log_every=2",
-            "train.preview_every=1000", "train.val_batches=1", "train.warmup_steps=2", "train.max_failures=3",
-            "train.select_by=last", *extra, *overrides,
-        ])  # fmt: skip
+        cfg = load_config(
+            ROOT / "experiments" / "tiny_unet.yaml",
+            [
+                f"data.train={shards}/train",
+                f"data.val={shards}/val",
+                f"run.dir={run_dir}",
+                "run.name=lose",
+                "train.workers=2",
+                "train.cpus_per_worker=2",
+                "train.placement=spread",
+                "train.max_steps=80",
+                "train.batch_size=4",
+                "train.val_every=1000",
+                "train.checkpoint_every=4",
+                "train.log_every=2",
+                "train.preview_every=1000",
+                "train.val_batches=1",
+                "train.warmup_steps=2",
+                "train.max_failures=3",
+                "train.select_by=last",
+                *extra,
+                *overrides,
+            ],
+        )
         result: dict = {}
         thread = threading.Thread(target=lambda: result.update(fit(cfg)), daemon=True)
         thread.start()
@@ -72,8 +89,10 @@ def lose_node(mode: str, shards: str, run_dir: str, *overrides: str) -> None:
         if mode == "elastic":  # training goes on with one worker before the node comes back
 
             def stepped() -> bool:
-                return any(m["time"] > events["removed_at"] and m["step"] > events["removed_at_step"]
-                           for m in _logged_steps(run_dir))  # fmt: skip
+                return any(
+                    m["time"] > events["removed_at"] and m["step"] > events["removed_at_step"]
+                    for m in _logged_steps(run_dir)
+                )
 
             while thread.is_alive() and not stepped():
                 time.sleep(0.2)
@@ -115,16 +134,32 @@ def netns(shards: str, run_dir: str, *overrides: str) -> None:
                 sys.exit(NETNS_SKIP)
             made.append(space)
         steps = [
-            ("ip", "link", "add", links["head"], "netns", spaces["head"], "type", "veth", "peer", "name",
-             links["worker"], "netns", spaces["worker"]),
-        ]  # fmt: skip
+            (
+                "ip",
+                "link",
+                "add",
+                links["head"],
+                "netns",
+                spaces["head"],
+                "type",
+                "veth",
+                "peer",
+                "name",
+                links["worker"],
+                "netns",
+                spaces["worker"],
+            ),
+        ]
         for cmd in steps:
             if (r := _sh(*cmd)).returncode:
                 print(f"could not link the namespaces: {r.stderr.strip()}")
                 sys.exit(NETNS_SKIP)
         for role, space in spaces.items():
-            for cmd in (("ip", "addr", "add", f"{ips[role]}/24", "dev", links[role]),
-                        ("ip", "link", "set", links[role], "up"), ("ip", "link", "set", "lo", "up")):  # fmt: skip
+            for cmd in (
+                ("ip", "addr", "add", f"{ips[role]}/24", "dev", links[role]),
+                ("ip", "link", "set", links[role], "up"),
+                ("ip", "link", "set", "lo", "up"),
+            ):
                 if (r := _sh(*cmd, netns=space)).returncode:
                     sys.exit(f"{' '.join(cmd)} in {space}: {r.stderr.strip()}")
 
@@ -134,17 +169,40 @@ def netns(shards: str, run_dir: str, *overrides: str) -> None:
         env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         common = ["--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}"]
         for role in ("head", "worker"):
-            where = (["--head", f"--port={port}", "--include-dashboard=false"] if role == "head"
-                     else [f"--address={ips['head']}:{port}"])  # fmt: skip
+            where = (
+                ["--head", f"--port={port}", "--include-dashboard=false"]
+                if role == "head"
+                else [f"--address={ips['head']}:{port}"]
+            )
             # Gloo binds to the namespace's own link (its host name would resolve to the root namespace's address)
             node_env = {**env, "GLOO_SOCKET_IFNAME": links[role]}
-            cmd = ["ip", "netns", "exec", spaces[role], ray_bin, "start", *where, f"--node-ip-address={ips[role]}",
-                   *common]  # fmt: skip
+            cmd = [
+                "ip",
+                "netns",
+                "exec",
+                spaces[role],
+                ray_bin,
+                "start",
+                *where,
+                f"--node-ip-address={ips[role]}",
+                *common,
+            ]
             r = subprocess.run(cmd, capture_output=True, text=True, env=node_env, timeout=180)
             if r.returncode:
                 sys.exit(f"ray start ({role}) failed:\n{(r.stdout + r.stderr)[-3000:]}")
-        driver = ["ip", "netns", "exec", spaces["head"], sys.executable, __file__, "--address", f"{ips['head']}:{port}",
-                  shards, run_dir, *overrides]  # fmt: skip
+        driver = [
+            "ip",
+            "netns",
+            "exec",
+            spaces["head"],
+            sys.executable,
+            __file__,
+            "--address",
+            f"{ips['head']}:{port}",
+            shards,
+            run_dir,
+            *overrides,
+        ]
         r = subprocess.run(driver, env={**env, "GLOO_SOCKET_IFNAME": links["head"]}, timeout=900)
         if r.returncode:
             sys.exit(r.returncode)
@@ -177,13 +235,28 @@ def main(shards: str, run_dir: str, *overrides: str, address: str | None = None)
     ray.init(address=address or cluster.address, logging_level="ERROR")
     try:
         nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-        cfg = load_config(ROOT / "experiments" / "tiny_unet.yaml", [
-            f"data.train={shards}/train", f"data.val={shards}/val", f"run.dir={run_dir}", "run.name=multinode",
-            "train.workers=2", "train.cpus_per_worker=1", "train.placement=strict_spread", "train.max_steps=10",
-            "train.batch_size=4", "train.val_every=5", "train.checkpoint_every=5", "train.log_every=5",
-            "train.preview_every=1000", "train.val_batches=1", "train.warmup_steps=2", "train.select_by=last",
-            *overrides,
-        ])  # fmt: skip
+        cfg = load_config(
+            ROOT / "experiments" / "tiny_unet.yaml",
+            [
+                f"data.train={shards}/train",
+                f"data.val={shards}/val",
+                f"run.dir={run_dir}",
+                "run.name=multinode",
+                "train.workers=2",
+                "train.cpus_per_worker=1",
+                "train.placement=strict_spread",
+                "train.max_steps=10",
+                "train.batch_size=4",
+                "train.val_every=5",
+                "train.checkpoint_every=5",
+                "train.log_every=5",
+                "train.preview_every=1000",
+                "train.val_batches=1",
+                "train.warmup_steps=2",
+                "train.select_by=last",
+                *overrides,
+            ],
+        )
         exports = fit(cfg)
         ips = sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"])
         print(json.dumps({"export": str(exports[cfg.train.stages[-1]]), "nodes": nodes, "ips": ips}), flush=True)

@@ -50,10 +50,16 @@ def dit_export(folder: Path) -> Path:
 def text_dit_export(folder: Path, encoder: Path, dim: int = 64) -> Path:
     """A text-conditioned latent DiT export (tiny_text_dit.yaml) with its VAE and a copy of ``encoder``."""
     torch.manual_seed(0)
-    cfg = load_config(ROOT / "experiments" / "tiny_text_dit.yaml", [
-        "vae.scale_factor=0.7", "sampling.steps=3", f"text.encoder={encoder}", f"model.dit.text_dim={dim}",
-        "sampling.text_guidance=1.0",
-    ])  # fmt: skip
+    cfg = load_config(
+        ROOT / "experiments" / "tiny_text_dit.yaml",
+        [
+            "vae.scale_factor=0.7",
+            "sampling.steps=3",
+            f"text.encoder={encoder}",
+            f"model.dit.text_dim={dim}",
+            "sampling.text_guidance=1.0",
+        ],
+    )
     vae = write_export(folder / "vae", cfg, "vae", randomise(build_vae(cfg), 0.02).state_dict(), {"steps": 1})
     return write_export(
         folder / "textdit", cfg, "dit", randomise(build_denoiser(cfg), 0.02).state_dict(), {"steps": 1}, vae_export=vae

@@ -8,17 +8,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # Short, frequent everything: a 2-worker run of a few dozen steps logs, validates and checkpoints often.
-QUICK = ("train.workers=2", "train.cpus_per_worker=0.5", "train.batch_size=4", "train.log_every=5",
-         "train.val_every=10", "train.checkpoint_every=10", "train.preview_every=1000", "train.warmup_steps=5",
-         "train.val_batches=1", "sampling.steps=5")  # fmt: skip
+QUICK = (
+    "train.workers=2",
+    "train.cpus_per_worker=0.5",
+    "train.batch_size=4",
+    "train.log_every=5",
+    "train.val_every=10",
+    "train.checkpoint_every=10",
+    "train.preview_every=1000",
+    "train.warmup_steps=5",
+    "train.val_batches=1",
+    "sampling.steps=5",
+)
 
 
 def train_config(experiment: str, digits: Path, run_dir: Path, *overrides: str):
     """experiments/EXPERIMENT.yaml on the digit shards, writing to RUN_DIR (its name is the run's name)."""
     from vdp_ray.config import load_config
 
-    base = [f"data.train={digits / 'train'}", f"data.val={digits / 'val'}", f"run.dir={run_dir}",
-            f"run.name={run_dir.name}", *QUICK]  # fmt: skip
+    base = [
+        f"data.train={digits / 'train'}",
+        f"data.val={digits / 'val'}",
+        f"run.dir={run_dir}",
+        f"run.name={run_dir.name}",
+        *QUICK,
+    ]
     return load_config(ROOT / "experiments" / f"{experiment}.yaml", [*base, *overrides])
 
 

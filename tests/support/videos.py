@@ -23,8 +23,13 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
     """By extension: .avi holds lossless PNG frames, .mkv lossless FFV1, .mp4/.mov/.webm lossy codecs."""
     import av
 
-    codec, pix = {".avi": ("png", "rgb24"), ".mkv": ("ffv1", "bgr0"), ".mp4": ("libx264", "yuv420p"),
-                  ".mov": ("libx264", "yuv420p"), ".webm": ("libvpx", "yuv420p")}[path.suffix]  # fmt: skip
+    codec, pix = {
+        ".avi": ("png", "rgb24"),
+        ".mkv": ("ffv1", "bgr0"),
+        ".mp4": ("libx264", "yuv420p"),
+        ".mov": ("libx264", "yuv420p"),
+        ".webm": ("libvpx", "yuv420p"),
+    }[path.suffix]
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
@@ -105,8 +110,18 @@ def digit_shards(out: Path, num_clips: int = 48) -> Path:
     """Moving-digits shards (8 frames of 32x32, one digit) split 3:1 into OUT/train and OUT/val."""
     from vdp_ray.data.shards import ShardOptions, shard
 
-    shard(ShardOptions(out=str(out), synthetic="moving-digits", num_clips=num_clips, frames=8, size=(32, 32),
-                       split={"train": 0.75, "val": 0.25}, digits=(1, 1)), log=lambda *_: None)  # fmt: skip
+    shard(
+        ShardOptions(
+            out=str(out),
+            synthetic="moving-digits",
+            num_clips=num_clips,
+            frames=8,
+            size=(32, 32),
+            split={"train": 0.75, "val": 0.25},
+            digits=(1, 1),
+        ),
+        log=lambda *_: None,
+    )
     return out
 
 

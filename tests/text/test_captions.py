@@ -14,8 +14,9 @@ from vdp_ray.data.moving_digits import moving_digits_clip
 def test_csv_json_list_and_msrvtt_caption_files_give_the_same_table(tmp_path):
     (tmp_path / "c.csv").write_text("Video,Caption\nvideo0.mp4,a dog runs\nvideo0.mp4,  a   dog\tplays \nvideo1,\n")
     (tmp_path / "m.json").write_text(json.dumps({"video0.mp4": ["a dog runs", "a dog plays"]}))
-    (tmp_path / "l.json").write_text(json.dumps([{"video": "video0", "caption": "a dog runs"},
-                                                 {"file": "video0", "text": "a dog plays"}]))  # fmt: skip
+    (tmp_path / "l.json").write_text(
+        json.dumps([{"video": "video0", "caption": "a dog runs"}, {"file": "video0", "text": "a dog plays"}])
+    )
     sentences = [{"video_id": "video0", "caption": c, "sen_id": i} for i, c in enumerate(["a dog runs", "a dog plays"])]
     msrvtt = {"videos": [{"video_id": "video0"}], "sentences": sentences}
     (tmp_path / "msrvtt.json").write_text(json.dumps(msrvtt))
@@ -58,8 +59,10 @@ def test_a_sidecar_wins_over_the_mapping_and_frame_folders_have_two_sidecar_form
 
 def test_moving_digit_captions_name_the_digits_and_their_directions():
     assert direction([0.5, -3.0]) == "left" and direction([3.0, 1.0]) == "down" and direction([-2, 1]) == "up"
-    assert describe_digits([3, 7], [[0.1, -3.0], [2.5, 0.3]]) == ["a 3 moving left and a 7 moving down",
-                                                                 "the digits 3 and 7"]  # fmt: skip
+    assert describe_digits([3, 7], [[0.1, -3.0], [2.5, 0.3]]) == [
+        "a 3 moving left and a 7 moving down",
+        "the digits 3 and 7",
+    ]
     assert (
         describe_digits([1, 2, 5], [[0, 1], [0, 1], [1, 0]])[0]
         == "a 1 moving right, a 2 moving right and a 5 moving down"
@@ -99,8 +102,16 @@ def test_shards_carry_captions_from_sidecars_and_a_mapping_and_digits_are_captio
     (videos / "a.txt").write_text("a sidecar caption\n")
     (tmp_path / "caps.csv").write_text("video,caption\nb.mp4,a mapped caption\nb.mp4,another\n")
     lines = []
-    shard(ShardOptions(out=str(tmp_path / "out"), sources=[str(videos)], frames=8, size=(32, 32),
-                       captions=str(tmp_path / "caps.csv")), log=lines.append)  # fmt: skip
+    shard(
+        ShardOptions(
+            out=str(tmp_path / "out"),
+            sources=[str(videos)],
+            frames=8,
+            size=(32, 32),
+            captions=str(tmp_path / "caps.csv"),
+        ),
+        log=lines.append,
+    )
     assert any("1 of 3 source(s) have no captions" in x for x in lines)
     manifest = read_manifest(tmp_path / "out" / "train")
     assert manifest["captioned"] == 2 and manifest["count"] == 3
@@ -112,8 +123,12 @@ def test_shards_carry_captions_from_sidecars_and_a_mapping_and_digits_are_captio
                 metas[meta["source"].rsplit("/", 1)[-1]] = meta.get("captions")
     assert metas == {"a.mp4": ["a sidecar caption"], "b.mp4": ["a mapped caption", "another"], "c.mp4": None}
 
-    shard(ShardOptions(out=str(tmp_path / "digits"), synthetic="moving-digits", num_clips=4, frames=4,
-                       size=(32, 32), digits=(2, 2)), log=lambda *_: None)  # fmt: skip
+    shard(
+        ShardOptions(
+            out=str(tmp_path / "digits"), synthetic="moving-digits", num_clips=4, frames=4, size=(32, 32), digits=(2, 2)
+        ),
+        log=lambda *_: None,
+    )
     with tarfile.open(tmp_path / "digits" / "train" / "shard-000000.tar") as tar:
         meta = next(json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json"))
     a, b = meta["digits"]

@@ -17,9 +17,17 @@ def tiny_autoencoder(folder: Path, blocks=(8, 16, 16), scaling=0.5) -> Path:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(blocks),
-                  up_block_types=("UpDecoderBlock2D",) * len(blocks), block_out_channels=blocks, layers_per_block=1,
-                  latent_channels=4, norm_num_groups=8, scaling_factor=scaling).save_pretrained(folder)  # fmt: skip
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+        block_out_channels=blocks,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        scaling_factor=scaling,
+    ).save_pretrained(folder)
     return folder
 
 
@@ -75,12 +83,27 @@ def test_a_dit_trains_on_the_pretrained_latent_space_and_its_export_stands_alone
 
     own = shutil.copytree(autoencoder, tmp_path / "sdvae")
     run = tmp_path / "run"
-    cfg = load_config(ROOT / "experiments" / "tiny_dit.yaml", [
-        f"data.train={digits / 'train'}", f"data.val={digits / 'val'}", f"run.dir={run}", "run.name=sdvae",
-        f"vae.diffusers={own}", "train.workers=1", "train.cpus_per_worker=1", "train.batch_size=4",
-        "train.max_steps=6", "train.log_every=3", "train.val_every=6", "train.checkpoint_every=6",
-        "train.preview_every=6", "train.val_batches=1", "train.warmup_steps=1", "sampling.steps=2",
-    ])  # fmt: skip
+    cfg = load_config(
+        ROOT / "experiments" / "tiny_dit.yaml",
+        [
+            f"data.train={digits / 'train'}",
+            f"data.val={digits / 'val'}",
+            f"run.dir={run}",
+            "run.name=sdvae",
+            f"vae.diffusers={own}",
+            "train.workers=1",
+            "train.cpus_per_worker=1",
+            "train.batch_size=4",
+            "train.max_steps=6",
+            "train.log_every=3",
+            "train.val_every=6",
+            "train.checkpoint_every=6",
+            "train.preview_every=6",
+            "train.val_batches=1",
+            "train.warmup_steps=1",
+            "sampling.steps=2",
+        ],
+    )
     exports = fit(cfg)
     assert set(exports) == {"dit"}
     export = Export(exports["dit"])

@@ -82,8 +82,25 @@ def test_the_http_prompt_field_is_checked_against_the_model():
 
 def test_vdp_evaluate_prompts_a_text_model_with_each_clips_caption(text_export, digits, tmp_path):
     out = tmp_path / "eval"
-    code = main(["evaluate", "--checkpoint", str(text_export), "--shards", str(digits / "val"), "--clips", "2",
-                 "--batch-size", "2", "--steps", "2", "--cpus-per-worker", "1", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(text_export),
+            "--shards",
+            str(digits / "val"),
+            "--clips",
+            "2",
+            "--batch-size",
+            "2",
+            "--steps",
+            "2",
+            "--cpus-per-worker",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"]["prompts"].startswith("each clip's first caption") and metrics["model"]["text"]
@@ -96,8 +113,10 @@ def test_a_served_batch_gives_each_request_its_own_prompt(text_export):
 
     replica = Model.func_or_class.__new__(Model.func_or_class)  # the deployment's class, without Serve
     replica.predictor = p = Predictor.from_export(text_export, device="cpu")
-    jobs = [Job(Params(task="generate", frames=8, batch=b, seed=5, steps=2, prompt=prompt), None)
-            for b, prompt in ((1, "a 3 moving left"), (2, "a 7 moving down"))]  # fmt: skip
+    jobs = [
+        Job(Params(task="generate", frames=8, batch=b, seed=5, steps=2, prompt=prompt), None)
+        for b, prompt in ((1, "a 3 moving left"), (2, "a 7 moving down"))
+    ]
     outs = replica._run_group(jobs)
     expected = p.generate(8, batch=3, seed=5, steps=2, prompt=["a 3 moving left"] + ["a 7 moving down"] * 2)
     assert np.array_equal(outs[0], expected[0]) and np.array_equal(outs[1], expected[1:])

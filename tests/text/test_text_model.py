@@ -56,8 +56,11 @@ def _text(n, length=6, dim=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     mask = torch.zeros(n, length, dtype=torch.bool)
     mask[:, :3] = True
-    return {"text_tokens": torch.randn(n, length, dim, generator=g), "text_mask": mask,
-            "text_pooled": torch.randn(n, dim, generator=g)}  # fmt: skip
+    return {
+        "text_tokens": torch.randn(n, length, dim, generator=g),
+        "text_mask": mask,
+        "text_pooled": torch.randn(n, dim, generator=g),
+    }
 
 
 def _randomise(model):
@@ -117,8 +120,11 @@ def test_guidance_on_context_and_text_combines_the_branches_as_documented(g_ctx,
     x = torch.randn(n, 1, frames, 2, 2)
     mask = torch.zeros(n, frames, dtype=torch.bool)
     mask[:, 0] = True
-    text = {"text_tokens": torch.zeros(n, 2, 1), "text_mask": torch.ones(n, 2, dtype=torch.bool),
-            "text_pooled": torch.full((n, 1), 10.0)}  # fmt: skip
+    text = {
+        "text_tokens": torch.zeros(n, 2, 1),
+        "text_mask": torch.ones(n, 2, dtype=torch.bool),
+        "text_pooled": torch.full((n, 1), 10.0),
+    }
     null = {**text, "text_pooled": torch.zeros(n, 1)}
     den = ConditionedDenoiser(_Probe(), diffusion, Condition(x, mask, text, null), guidance=g_ctx, text_guidance=g_txt)
     x0, _ = den(torch.randn_like(x), 50)
@@ -132,7 +138,8 @@ def test_guidance_on_context_and_text_combines_the_branches_as_documented(g_ctx,
     assert torch.allclose(x0[:, :, 1:], torch.full_like(x0[:, :, 1:], expected))
     assert torch.equal(x0[:, :, :1], x[:, :, :1])  # given frames come back as they were
     # without context frames, only text guidance applies: null + g (caption - null)
-    den = ConditionedDenoiser(_Probe(), diffusion, Condition(model_kwargs=text, null_kwargs=null), guidance=g_ctx,
-                              text_guidance=g_txt)  # fmt: skip
+    den = ConditionedDenoiser(
+        _Probe(), diffusion, Condition(model_kwargs=text, null_kwargs=null), guidance=g_ctx, text_guidance=g_txt
+    )
     x0, _ = den(torch.randn_like(x), 50)
     assert torch.allclose(x0, torch.full_like(x0, 0.0 + g_txt * 10.0))

@@ -27,8 +27,19 @@ def encoded(digits, tmp_path_factory):
     root = tmp_path_factory.mktemp("text")
     shards = shutil.copytree(digits, root / "digits")  # encode-text writes into the split folders
     encoder = root / "encoder"
-    code = main(["encode-text", str(shards), "--encoder", str(encoder), "--make-encoder", "--max-tokens", "16",
-                 "--batch-size", "8"])  # fmt: skip
+    code = main(
+        [
+            "encode-text",
+            str(shards),
+            "--encoder",
+            str(encoder),
+            "--make-encoder",
+            "--max-tokens",
+            "16",
+            "--batch-size",
+            "8",
+        ]
+    )
     assert code == 0
     return shards, encoder
 
@@ -62,14 +73,33 @@ def test_encode_text_stores_every_distinct_caption_once_with_the_null_text_first
 
 
 def _cfg(shards, encoder, run, vae, *overrides):
-    return load_config(ROOT / "experiments" / "tiny_text_dit.yaml", [
-        f"data.train={shards / 'train'}", f"data.val={shards / 'val'}", f"run.dir={run}", f"run.name={run.name}",
-        f"text.encoder={encoder}", f"vae.export={vae}", "train.stages=[dit]", "train.workers=2",
-        "train.cpus_per_worker=0.5", "train.batch_size=4", "train.max_steps=12", "train.log_every=2",
-        "train.val_every=6", "train.checkpoint_every=12", "train.preview_every=12", "train.val_batches=1",
-        "train.warmup_steps=2", "train.lr=1e-3", "sampling.steps=3", "sampling.text_guidance=2.0",
-        "sampling.guidance=1.5", *overrides,
-    ])  # fmt: skip
+    return load_config(
+        ROOT / "experiments" / "tiny_text_dit.yaml",
+        [
+            f"data.train={shards / 'train'}",
+            f"data.val={shards / 'val'}",
+            f"run.dir={run}",
+            f"run.name={run.name}",
+            f"text.encoder={encoder}",
+            f"vae.export={vae}",
+            "train.stages=[dit]",
+            "train.workers=2",
+            "train.cpus_per_worker=0.5",
+            "train.batch_size=4",
+            "train.max_steps=12",
+            "train.log_every=2",
+            "train.val_every=6",
+            "train.checkpoint_every=12",
+            "train.preview_every=12",
+            "train.val_batches=1",
+            "train.warmup_steps=2",
+            "train.lr=1e-3",
+            "sampling.steps=3",
+            "sampling.text_guidance=2.0",
+            "sampling.guidance=1.5",
+            *overrides,
+        ],
+    )
 
 
 def test_a_text_dit_trains_on_captions_and_its_export_knows_its_encoder(encoded, tmp_path):
@@ -80,8 +110,9 @@ def test_a_text_dit_trains_on_captions_and_its_export_knows_its_encoder(encoded,
     shards, encoder = encoded
     vae = dit_export(tmp_path / "random") / "vae"
     latents = tmp_path / "latents"
-    encode_latents(EncodeOptions(shards=str(shards / "train"), vae=str(vae), out=str(latents), batch_size=8),
-                   log=lambda *_: None)  # fmt: skip
+    encode_latents(
+        EncodeOptions(shards=str(shards / "train"), vae=str(vae), out=str(latents), batch_size=8), log=lambda *_: None
+    )
     assert (latents / "train" / "text" / "index.json").is_file()
     run = tmp_path / "textrun"
     exports = fit(_cfg(shards, encoder, run, vae, f"data.train={latents / 'train'}"))

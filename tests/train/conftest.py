@@ -25,13 +25,19 @@ def unet_run(ray_local, digits, tmp_path_factory) -> Run:
     checkpoints at 10 and 20, made by `vdp train` as a user runs it (a subprocess, joining the session's Ray so
     it starts no Ray of its own), its terminal kept. Read-only: copy run.dir to train on from it."""
     run = tmp_path_factory.mktemp("runs") / "unet"
-    cfg = train_config("tiny_unet", digits, run, "train.max_steps=20", "train.lr=1e-3", "train.precision=fp16",
-                       "train.zero_stage=1")  # fmt: skip
+    cfg = train_config(
+        "tiny_unet", digits, run, "train.max_steps=20", "train.lr=1e-3", "train.precision=fp16", "train.zero_stage=1"
+    )
     config = run.parent / "unet.yaml"
     cfg.save(config)
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    proc = subprocess.run([sys.executable, "-m", "vdp_ray.cli", "train", str(config)], env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "vdp_ray.cli", "train", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return Run(run, {"unet3d": run / "export"}, proc.stdout, proc.stderr)
 
@@ -46,8 +52,21 @@ def latent_run(digits, tmp_path_factory) -> Run:
     from vdp_ray.train.faults import Drill
 
     run = tmp_path_factory.mktemp("runs") / "latent"
-    cfg = train_config("tiny_dit", digits, run, "train.max_steps=20", "vae.max_steps=12", "train.lr=1e-3",
-                       "vae.lr=2e-3", "train.zero_stage=3", "train.precision=bf16", "train.val_every=10",
-                       "train.preview_every=20", "train.log_every=1", "train.checkpoint_every=7",
-                       "train.max_failures=1", "train.select_by=last")  # fmt: skip
+    cfg = train_config(
+        "tiny_dit",
+        digits,
+        run,
+        "train.max_steps=20",
+        "vae.max_steps=12",
+        "train.lr=1e-3",
+        "vae.lr=2e-3",
+        "train.zero_stage=3",
+        "train.precision=bf16",
+        "train.val_every=10",
+        "train.preview_every=20",
+        "train.log_every=1",
+        "train.checkpoint_every=7",
+        "train.max_failures=1",
+        "train.select_by=last",
+    )
     return Run(run, fit(cfg, drill=Drill("kill", 16)))

@@ -25,8 +25,16 @@ def test_fp16_falls_back_to_fp32_on_every_cpu():
 
 
 def test_deepspeed_config_follows_ours():
-    overrides = ["train.batch_size=3", "train.grad_accum=2", "train.zero_stage=2", "train.lr=3e-4",
-                 "train.max_steps=50", "train.warmup_steps=80", "vae.max_steps=7", "vae.lr=1e-3"]  # fmt: skip
+    overrides = [
+        "train.batch_size=3",
+        "train.grad_accum=2",
+        "train.zero_stage=2",
+        "train.lr=3e-4",
+        "train.max_steps=50",
+        "train.warmup_steps=80",
+        "vae.max_steps=7",
+        "vae.lr=1e-3",
+    ]
     cfg = load_config(None, overrides)
     ds = deepspeed_config(cfg, "unet3d", world_size=4, precision="fp16")
     assert ds["train_batch_size"] == 3 * 2 * 4 and ds["zero_optimization"]["stage"] == 2
@@ -116,8 +124,13 @@ def one_rank():
     import torch.distributed as dist
     from support.serving import free_port
 
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1",
-           "LOCAL_RANK": "0"}  # fmt: skip
+    env = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     dist.init_process_group("gloo", rank=0, world_size=1)
@@ -149,11 +162,22 @@ def test_every_zero_stage_and_precision_trains_saves_and_restores_on_one_rank(on
 
     from vdp_ray.train.stages import DiffusionStage
 
-    cfg = load_config(ROOT / "experiments" / "tiny_unet.yaml", [
-        f"train.zero_stage={zero}", f"train.precision={precision}", "train.batch_size=2", "train.lr=2e-3",
-        "train.warmup_steps=1", "train.max_steps=8", "train.grad_clip=1.0", "diffusion.masks.prediction=1.0",
-        "diffusion.masks.generation=0", "diffusion.masks.interpolation=0", "diffusion.masks.context_drop=0",
-    ])  # fmt: skip
+    cfg = load_config(
+        ROOT / "experiments" / "tiny_unet.yaml",
+        [
+            f"train.zero_stage={zero}",
+            f"train.precision={precision}",
+            "train.batch_size=2",
+            "train.lr=2e-3",
+            "train.warmup_steps=1",
+            "train.max_steps=8",
+            "train.grad_clip=1.0",
+            "diffusion.masks.prediction=1.0",
+            "diffusion.masks.generation=0",
+            "diffusion.masks.interpolation=0",
+            "diffusion.masks.context_drop=0",
+        ],
+    )
     dtype = {"bf16": torch.bfloat16}.get(precision, torch.float32)
 
     def engine_for(seed: int):
@@ -215,10 +239,18 @@ def test_a_checkpoint_of_another_worker_count_resumes_into_the_optimizers_fp32_w
     from vdp_ray.train.checkpoint import DS_TAG, _load_engine
     from vdp_ray.train.stages import DiffusionStage
 
-    cfg = load_config(ROOT / "experiments" / "tiny_unet.yaml", [
-        f"train.zero_stage={zero}", "train.precision=fp32", "train.batch_size=2", "train.lr=1e-3",
-        "train.warmup_steps=1", "train.max_steps=8", "train.weight_decay=0",
-    ])  # fmt: skip
+    cfg = load_config(
+        ROOT / "experiments" / "tiny_unet.yaml",
+        [
+            f"train.zero_stage={zero}",
+            "train.precision=fp32",
+            "train.batch_size=2",
+            "train.lr=1e-3",
+            "train.warmup_steps=1",
+            "train.max_steps=8",
+            "train.weight_decay=0",
+        ],
+    )
     d = cfg.data
     clips = torch.rand(2, d.channels, d.frames, *d.size) * 2 - 1
 
@@ -254,8 +286,12 @@ def test_a_resumed_rank_continues_its_own_streams_and_ranks_draw_apart(tmp_path)
     from vdp_ray.train.randomness import rng_state, seed_rank, set_rng_state
 
     def draws():
-        return [torch.randn(4), torch.randint(0, 1000, (3,)), torch.from_numpy(np.random.rand(2)),
-                torch.tensor(random.random())]  # fmt: skip
+        return [
+            torch.randn(4),
+            torch.randint(0, 1000, (3,)),
+            torch.from_numpy(np.random.rand(2)),
+            torch.tensor(random.random()),
+        ]
 
     uninterrupted = {}
     for rank in (0, 1):
@@ -290,8 +326,23 @@ def test_a_non_finite_loss_stops_fp16_the_same_clean_way(one_rank, tmp_path):
     stage = DiffusionStage(cfg, torch.device("cpu"))
     engine, ema = build_engine(stage, cfg, "unet3d", 1, "fp32", deepspeed.initialize)
     log = RankZeroLog(tmp_path, "unet3d", 0)
-    w = Worker(cfg, "unet3d", tmp_path, 0, 1, torch.device("cpu"), "fp16", torch.float32, log, stage, ema, engine, 2,
-               8, drill=Drill("nan", 1))  # fmt: skip
+    w = Worker(
+        cfg,
+        "unet3d",
+        tmp_path,
+        0,
+        1,
+        torch.device("cpu"),
+        "fp16",
+        torch.float32,
+        log,
+        stage,
+        ema,
+        engine,
+        2,
+        8,
+        drill=Drill("nan", 1),
+    )
     d = cfg.data
     batch = {"clip": torch.rand(2, d.channels, d.frames, *d.size) * 2 - 1, "caption": ["", ""]}
     before = _weights(engine, False)

@@ -6,17 +6,35 @@ import torch
 from vdp_ray.models import VAE3D
 from vdp_ray.train.latent_cache import LatentCache
 
-TINY_DIT = ["model.family=dit", "data.size=[16,16]", "data.frames=4", "data.channels=1", "data.context_frames=2",
-            "vae.base_channels=8", "vae.channel_mults=[1,2,2]", "vae.spatial_compression=4",
-            "vae.temporal_compression=2", "model.dit.hidden=32", "model.dit.depth=1", "model.dit.heads=2",
-            "diffusion.masks.context_min=2", "diffusion.masks.context_max=2"]  # fmt: skip
+TINY_DIT = [
+    "model.family=dit",
+    "data.size=[16,16]",
+    "data.frames=4",
+    "data.channels=1",
+    "data.context_frames=2",
+    "vae.base_channels=8",
+    "vae.channel_mults=[1,2,2]",
+    "vae.spatial_compression=4",
+    "vae.temporal_compression=2",
+    "model.dit.hidden=32",
+    "model.dit.depth=1",
+    "model.dit.heads=2",
+    "diffusion.masks.context_min=2",
+    "diffusion.masks.context_max=2",
+]
 
 
 class CountingVAE:
     def __init__(self):
         torch.manual_seed(0)
-        self.vae = VAE3D(in_channels=1, base_channels=8, channel_mults=(1, 2, 2), spatial_compression=4,
-                         temporal_compression=2, latent_channels=4).eval()  # fmt: skip
+        self.vae = VAE3D(
+            in_channels=1,
+            base_channels=8,
+            channel_mults=(1, 2, 2),
+            spatial_compression=4,
+            temporal_compression=2,
+            latent_channels=4,
+        ).eval()
         self.encoded = 0
 
     def encode(self, x):
@@ -55,8 +73,14 @@ def test_the_latent_space_draws_fresh_latents_from_cached_posteriors():
     from vdp_ray.latent import LatentSpace
 
     cfg = load_config(None, [*TINY_DIT, "vae.scale_factor=0.8"])
-    vae = VAE3D(in_channels=1, base_channels=8, channel_mults=(1, 2, 2), spatial_compression=4, temporal_compression=2,
-                latent_channels=cfg.vae.latent_channels)  # fmt: skip
+    vae = VAE3D(
+        in_channels=1,
+        base_channels=8,
+        channel_mults=(1, 2, 2),
+        spatial_compression=4,
+        temporal_compression=2,
+        latent_channels=cfg.vae.latent_channels,
+    )
     space = LatentSpace.of_config(cfg, vae, LatentCache(16))
     x = clips(2, 3)
     z1, z2 = space.encode(x, sample=True), space.encode(x, sample=True)

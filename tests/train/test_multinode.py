@@ -66,8 +66,13 @@ def test_training_spreads_over_two_nodes_and_merges_their_checkpoint_shards(digi
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     sim = [sys.executable, str(SIM)]
     netns = os.geteuid() == 0 and shutil.which("ip") is not None
-    proc = subprocess.run([*sim, *(["--netns"] if netns else []), str(shards), str(run)], capture_output=True,
-                          text=True, env=env, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [*sim, *(["--netns"] if netns else []), str(shards), str(run)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     if proc.returncode == 77:  # namespaces refused here: the same run on loopback
         netns = False
         proc = subprocess.run([*sim, str(shards), str(run)], capture_output=True, text=True, env=env, timeout=900)

@@ -93,8 +93,15 @@ def test_unreadable_clips_in_training_are_skipped_named_and_past_the_limit_stop_
     spoiled = corrupt_split(digits / "train", data / "train", every=2)
     shutil.copytree(digits / "val", data / "val")
     run = tmp_path / "run"
-    cfg = train_config("tiny_unet", data, run, "train.workers=1", "train.max_steps=40", "train.max_failures=2",
-                       "data.max_bad_fraction=0.1")  # fmt: skip
+    cfg = train_config(
+        "tiny_unet",
+        data,
+        run,
+        "train.workers=1",
+        "train.max_steps=40",
+        "train.max_failures=2",
+        "data.max_bad_fraction=0.1",
+    )
     with pytest.raises(TrainingError, match=r"clips could not be read \(over data.max_bad_fraction 0.1; the last: "):
         fit(cfg)
     text = (run / "logs" / "unet3d.log").read_text()
@@ -126,8 +133,17 @@ def test_a_rerun_resumes_on_other_worker_counts_survives_a_failure_and_the_time_
     # select_by=last: these runs check that the step count and the export carry on (the best-validation export is
     # test_selection.py's and test_unet_trains_exports_and_reloads's)
     common = ("train.lr=1e-3", "train.precision=fp16", "train.zero_stage=1", "train.select_by=last")
-    cfg = train_config("tiny_unet", digits, run, "train.max_steps=30", "train.workers=1", "train.log_every=1",
-                       "train.checkpoint_every=5", "train.max_failures=1", *common)  # fmt: skip
+    cfg = train_config(
+        "tiny_unet",
+        digits,
+        run,
+        "train.max_steps=30",
+        "train.workers=1",
+        "train.log_every=1",
+        "train.checkpoint_every=5",
+        "train.max_failures=1",
+        *common,
+    )
     fit(cfg, drill=Drill("raise", 28))
     rows = logged(run, "unet3d")
     steps = [m["step"] for m in rows]
@@ -142,8 +158,7 @@ def test_a_rerun_resumes_on_other_worker_counts_survives_a_failure_and_the_time_
         sched.step()
     assert next(m for m in rows if m["step"] == 25)["lr"] == pytest.approx(sched.get_lr()[0], rel=1e-6)
 
-    exports = fit(train_config("tiny_unet", digits, run, "train.max_steps=100000", "train.max_minutes=0.1",
-                               *common))  # fmt: skip
+    exports = fit(train_config("tiny_unet", digits, run, "train.max_steps=100000", "train.max_minutes=0.1", *common))
     text = (run / "logs" / "unet3d.log").read_text()
     assert "written by 2 worker(s), resuming on 1" in text and "written by 1 worker(s), resuming on 2" in text
     assert "train.max_minutes=0.1 reached at step" in text

@@ -42,8 +42,10 @@ class Anchor:
         if self.kernel and self.kind == "none":
             raise ValueError("diffusion.motion_kernel needs an anchor to move (diffusion.anchor: last or motion)")
         if self.kind == "motion" and not self.kernel:
-            raise ValueError("diffusion.anchor: motion needs motion kernels to carry its estimate "
-                             "(diffusion.motion_kernel, e.g. 5: K // 2 pixels of motion per frame)")  # fmt: skip
+            raise ValueError(
+                "diffusion.anchor: motion needs motion kernels to carry its estimate "
+                "(diffusion.motion_kernel, e.g. 5: K // 2 pixels of motion per frame)"
+            )
 
     @classmethod
     def of_config(cls, diffusion) -> Anchor:

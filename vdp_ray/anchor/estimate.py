@@ -50,8 +50,9 @@ class MotionEstimate(NamedTuple):
 def offsets(kernel: int, device=None) -> torch.Tensor:
     """(K^2, 2) (dy, dx) of each tap, in ``F.unfold``'s order (rows first)."""
     r = kernel // 2
-    dy, dx = torch.meshgrid(torch.arange(-r, r + 1, device=device), torch.arange(-r, r + 1, device=device),
-                            indexing="ij")  # fmt: skip
+    dy, dx = torch.meshgrid(
+        torch.arange(-r, r + 1, device=device), torch.arange(-r, r + 1, device=device), indexing="ij"
+    )
     return torch.stack([dy.flatten(), dx.flatten()], 1)
 
 
@@ -200,8 +201,9 @@ def _tap_ids(k2: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def estimate_motion(frames: torch.Tensor, mask: torch.Tensor, kernel: int,
-                    sync_free: bool | None = None) -> MotionEstimate:  # fmt: skip
+def estimate_motion(
+    frames: torch.Tensor, mask: torch.Tensor, kernel: int, sync_free: bool | None = None
+) -> MotionEstimate:
     """The given frames' motion carried on, for frames (N, C, T, H, W) under ``mask`` (N, T) bool: identity-relative
     weights, zeros (no motion) for given frames and unmatched steps, and the clip they build (the given frames, and
     every other frame moved on from them; zeros without any given frame).

@@ -19,8 +19,14 @@ import torch.nn.functional as F
 from .chain import Where, pick, walk
 
 
-def moved(frames: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, kernel: int,
-          estimate: torch.Tensor | None = None, sync_free: bool | None = None) -> torch.Tensor:  # fmt: skip
+def moved(
+    frames: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor,
+    kernel: int,
+    estimate: torch.Tensor | None = None,
+    sync_free: bool | None = None,
+) -> torch.Tensor:
     """Every frame built from its neighbour towards the nearest given frame, moved by ``weights`` (N, K^2, T, H, W)
     added to the identity kernel; given frames stay as given, a clip with no given frame is all zeros.
     ``estimate`` (same shape, or None): weights applied before ``weights`` at every step (the motion estimate's),

@@ -49,10 +49,13 @@ def add_encode_text(p) -> None:
     p.add_argument("--max-tokens", type=int, default=77, help="caption tokens kept (default 77, as CLIP)")
     p.add_argument("--batch-size", type=int, default=64, help="captions per encoder call (default 64)")
     p.add_argument("--workers", type=int, default=1, help="encoder actors (default 1; a GPU each if any)")
-    p.add_argument("--make-encoder", action="store_true",
-                   help="first write a small randomly initialised CLIP text model with a word-level tokenizer over the "
-                   "shards' captions to --encoder (for CPU tests and demos; captions are told apart, with no prior "
-                   "meaning)")  # fmt: skip
+    p.add_argument(
+        "--make-encoder",
+        action="store_true",
+        help="first write a small randomly initialised CLIP text model with a word-level tokenizer over the "
+        "shards' captions to --encoder (for CPU tests and demos; captions are told apart, with no prior "
+        "meaning)",
+    )
     p.set_defaults(func=run_encode_text)
 
 
@@ -61,15 +64,23 @@ def run_encode_text(args) -> int:
     from ..text import TextError, encode_text
 
     try:
-        done = encode_text(args.shards, args.encoder, max_tokens=args.max_tokens, batch_size=args.batch_size,
-                           workers=args.workers, make_encoder=args.make_encoder,
-                           log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+        done = encode_text(
+            args.shards,
+            args.encoder,
+            max_tokens=args.max_tokens,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            make_encoder=args.make_encoder,
+            log=lambda line: print(line, file=sys.stderr),
+        )
     except (TextError, ShardError) as exc:
         print(f"vdp encode-text: error: {exc}", file=sys.stderr)
         return 2
     for folder, s in done.items():
-        print(f"{folder}: {s['captions']} caption(s) (with the null text), {s['dim']}-wide tokens, "
-              f"{s['seconds']:.1f}s -> {folder}/text/")  # fmt: skip
+        print(
+            f"{folder}: {s['captions']} caption(s) (with the null text), {s['dim']}-wide tokens, "
+            f"{s['seconds']:.1f}s -> {folder}/text/"
+        )
     return 0
 
 

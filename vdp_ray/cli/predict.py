@@ -26,8 +26,12 @@ class PredictOptions(Request):
     input: str | None = arg(None, "a video file (.mp4 .avi .mov .mkv .webm .gif) or a folder of frames")
     start: int = arg(0, "first input frame to use")
     device: str = arg("auto", "auto (CUDA if present), cpu, cuda, cuda:1 ...", group=SAMPLING)
-    precision: str = arg("auto", "auto (the export's training precision on CUDA, fp32 on CPUs), fp16, bf16, fp32",
-                         choices=INFERENCE_PRECISIONS, group=SAMPLING)  # fmt: skip
+    precision: str = arg(
+        "auto",
+        "auto (the export's training precision on CUDA, fp32 on CPUs), fp16, bf16, fp32",
+        choices=INFERENCE_PRECISIONS,
+        group=SAMPLING,
+    )
 
     def check(self) -> None:
         if Path(self.out).suffix.lower() not in VIDEO_OUTPUTS:
@@ -98,9 +102,18 @@ def predict(o: PredictOptions) -> list[str]:
     made, given, truth, shown, fps, frames = _run_task(o, p, kw, load, progress_for)
     seconds = time.perf_counter() - t0
     _write(o, p, made, given, truth, shown, fps, frames)
-    record = {"task": o.task, "input": o.input, "start": o.start, "made_frames": int(made.shape[-4]),
-              "model": p.model_id, "seconds": round(seconds, 2), "sampler": settings.sampler, "steps": settings.steps,
-              "guidance": settings.guidance, "seed": o.seed}  # fmt: skip
+    record = {
+        "task": o.task,
+        "input": o.input,
+        "start": o.start,
+        "made_frames": int(made.shape[-4]),
+        "model": p.model_id,
+        "seconds": round(seconds, 2),
+        "sampler": settings.sampler,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "seed": o.seed,
+    }
     if p.text is not None:
         record.update(prompt=o.prompt or "", text_guidance=settings.text_guidance)
     out = Path(o.out)
@@ -118,8 +131,9 @@ def _run_task(o: PredictOptions, p, kw: dict, load, progress_for) -> tuple:
         progress_for(p.windows("predict", future=n, context=k))
         frames, fps = load(k + n)
         if len(frames) < k:
-            raise PredictError(f"--input {o.input}: {len(frames)} frame(s) from --start {o.start}; --context {k} "
-                               f"needs {k}")  # fmt: skip
+            raise PredictError(
+                f"--input {o.input}: {len(frames)} frame(s) from --start {o.start}; --context {k} needs {k}"
+            )
         context, truth = frames[:k], (frames[k:] if len(frames) > k else None)
         made = p.predict(context, n, **kw)
         return made, context, truth, np.concatenate([context, made]), fps, frames
@@ -135,8 +149,10 @@ def _run_task(o: PredictOptions, p, kw: dict, load, progress_for) -> tuple:
         span = between + 2 * end
         frames, fps = load(span)
         if len(frames) < span:
-            raise PredictError(f"--input {o.input}: {len(frames)} frame(s) from --start {o.start}; --between "
-                               f"{between} needs {span} (first, {between} between, last)")  # fmt: skip
+            raise PredictError(
+                f"--input {o.input}: {len(frames)} frame(s) from --start {o.start}; --between "
+                f"{between} needs {span} (first, {between} between, last)"
+            )
         progress_for(1)
         first, last = frames[:end], frames[-end:]
         made = p.interpolate(first if end > 1 else first[0], last if end > 1 else last[0], between, **kw)

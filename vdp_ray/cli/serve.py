@@ -24,8 +24,9 @@ def run_serve(args) -> int:
 
     options = from_args(ServeOptions, args)
     try:
-        serve_forever(options, ready=lambda url: print(f"vdp serve: {url} (API docs {url}docs); Ctrl-C stops",
-                                                       flush=True))  # fmt: skip
+        serve_forever(
+            options, ready=lambda url: print(f"vdp serve: {url} (API docs {url}docs); Ctrl-C stops", flush=True)
+        )
     except (ValueError, FileNotFoundError) as exc:
         if hasattr(exc, "field"):  # an OptionError: the command line names the flag
             raise

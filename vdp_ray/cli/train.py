@@ -75,14 +75,19 @@ def run_tune(args) -> int:
         return 0
     result = sweep(spec, folder=args.dir, restart=args.restart, verbose=args.verbose)
     if result.unfinished:
-        print(f"vdp tune: interrupted with {result.unfinished} of {result.total} trial(s) to run; run the same "
-              "command to resume", file=sys.stderr)  # fmt: skip
+        print(
+            f"vdp tune: interrupted with {result.unfinished} of {result.total} trial(s) to run; run the same "
+            "command to resume",
+            file=sys.stderr,
+        )
         return 130
     if result.best is None:
         print(f"vdp tune: no trial reported {result.metric}; see {result.folder / 'results.md'}", file=sys.stderr)
         return 1
-    print(f"best: {result.best.trial} {result.metric} {result.best.value:.4f} -> {result.best_yaml}"
-          + (f", export {result.best_export}" if result.best_export else ""))  # fmt: skip
+    print(
+        f"best: {result.best.trial} {result.metric} {result.best.value:.4f} -> {result.best_yaml}"
+        + (f", export {result.best_export}" if result.best_export else "")
+    )
     return 0
 
 

@@ -4,20 +4,19 @@
     cfg.train.lr                                                          # typed, frozen
     cfg.updated({"vae.export": "runs/vae/export"})                        # a derived config, validated again
 
-``schema`` holds the sections and ``load_config``, ``checks`` the relations between the sections, ``sampling`` the
-sampling section and the check of a request's sampling settings, ``loading`` files and overrides as plain values
-(and the older names of keys), ``fields`` the typed machinery.
+``schema`` holds the sections and ``load_config`` (``diffusion`` the diffusion section), ``checks`` the relations
+between the sections, ``sampling`` the sampling section and the check of a request's sampling settings,
+``loading`` files and overrides as plain values (and the older names of keys), ``fields`` the typed machinery.
 """
 
+from .diffusion import DiffusionConfig, MaskConfig
 from .fields import ConfigError, opt, section
 from .loading import MOVED, RETIRED, apply_override, parse_value, read_yaml_mapping, set_key
 from .sampling import SamplingConfig, SettingError, check_prompts, check_sampling, resolve_sampling
 from .schema import (
     Config,
     DataConfig,
-    DiffusionConfig,
     DiTConfig,
-    MaskConfig,
     ModelConfig,
     RunConfig,
     TextConfig,

@@ -20,9 +20,12 @@ def shared_folder_error(value: str, name: str) -> str | None:
         return None
     scheme = str(value).split("://", 1)[0]
     local = str(value).split("://", 1)[1] if scheme == "file" else None
-    hint = (f"write the path itself ({local})" if local else
-            "give a path on a file system every node mounts (NFS, EFS, Filestore, Lustre, or the bucket through "
-            "a FUSE mount such as mountpoint-s3 or gcsfuse); shards may stay in the bucket (data.train)")  # fmt: skip
+    hint = (
+        f"write the path itself ({local})"
+        if local
+        else "give a path on a file system every node mounts (NFS, EFS, Filestore, Lustre, or the bucket through "
+        "a FUSE mount such as mountpoint-s3 or gcsfuse); shards may stay in the bucket (data.train)"
+    )
     return (
         f"{name}: {value} is a {scheme}:// URI, but checkpoints, logs and exports are written with local file "
         f"APIs on every node: {hint}"
@@ -59,8 +62,9 @@ def _check_training(cfg) -> None:
         if m.family != "dit":
             raise ConfigError("train.stages: the 'dit' stage needs model.family: dit")
         if "vae" not in stages[: stages.index("dit")] and not v.export and not v.diffusers:
-            raise ConfigError("train.stages: the 'dit' stage needs a VAE: put 'vae' before it, or set vae.export "
-                              "or vae.diffusers")  # fmt: skip
+            raise ConfigError(
+                "train.stages: the 'dit' stage needs a VAE: put 'vae' before it, or set vae.export or vae.diffusers"
+            )
 
 
 def _check_diffusion(cfg) -> None:

@@ -56,9 +56,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark,
-                    f"key {key!r} is given twice (first on line {seen[key] + 1})", key_node.start_mark,
-                )  # fmt: skip
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"key {key!r} is given twice (first on line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -129,12 +131,16 @@ def _retired_residual(values: dict) -> dict:
     section = dict(section)
     residual, anchor = section.pop("residual"), section.get("anchor")
     if not isinstance(residual, bool):
-        raise ConfigError(f"diffusion.residual: expected true or false, got {residual!r} (an older key: use "
-                          "diffusion.anchor: none, last or motion)")  # fmt: skip
+        raise ConfigError(
+            f"diffusion.residual: expected true or false, got {residual!r} (an older key: use "
+            "diffusion.anchor: none, last or motion)"
+        )
     if (residual and anchor == "none") or (not residual and (anchor == "motion" or section.get("motion_kernel"))):
-        raise ConfigError(f"diffusion.residual: {str(residual).lower()} contradicts diffusion.anchor / "
-                          "diffusion.motion_kernel: diffusion.residual is the older form of diffusion.anchor "
-                          "(false = none); keep only diffusion.anchor")  # fmt: skip
+        raise ConfigError(
+            f"diffusion.residual: {str(residual).lower()} contradicts diffusion.anchor / "
+            "diffusion.motion_kernel: diffusion.residual is the older form of diffusion.anchor "
+            "(false = none); keep only diffusion.anchor"
+        )
     if not residual:
         section["anchor"] = "none"
     logging.getLogger("vdp_ray.config").warning(

@@ -20,12 +20,15 @@ class SamplingConfig:
     steps: int = opt(50, "Default sampling steps (network calls per window).", ge=1)
     eta: float = opt(0.0, "DDIM eta (0 = deterministic, 1 = DDPM-like).", ge=0.0, le=1.0)
     spacing: str = opt("trailing", "Sampling timestep spacing.", choices=SPACINGS)
-    guidance: float = opt(1.0, "Classifier-free guidance scale on the context frames (1 = off).", ge=0.0,
-                          le=GUIDANCE_MAX)  # fmt: skip
-    text_guidance: float = opt(1.0, "Guidance scale on the text (1 = off); text-conditioned models only.", ge=0.0,
-                               le=GUIDANCE_MAX)  # fmt: skip
-    clip_x0: float | None = opt(1.0, "Clamp predicted x0 to [-v, v] while sampling pixels (latent models never "
-                                "clamp); unset = off.", gt=0.0)  # fmt: skip
+    guidance: float = opt(
+        1.0, "Classifier-free guidance scale on the context frames (1 = off).", ge=0.0, le=GUIDANCE_MAX
+    )
+    text_guidance: float = opt(
+        1.0, "Guidance scale on the text (1 = off); text-conditioned models only.", ge=0.0, le=GUIDANCE_MAX
+    )
+    clip_x0: float | None = opt(
+        1.0, "Clamp predicted x0 to [-v, v] while sampling pixels (latent models never clamp); unset = off.", gt=0.0
+    )
 
 
 # Names a request uses for the settings it may change; the CLI flags and HTTP fields are the same words.
@@ -40,8 +43,7 @@ class SettingError(ValueError):
         self.field, self.message = field, message
 
 
-def check_sampling(max_steps: int, *, sampler=None, steps=None, guidance=None, eta=None,
-                   text_guidance=None) -> None:  # fmt: skip
+def check_sampling(max_steps: int, *, sampler=None, steps=None, guidance=None, eta=None, text_guidance=None) -> None:
     """Refuse a setting out of its range, naming it; None means "the model's default" and is always fine.
     ``max_steps``: the model's training timesteps (or a server's lower limit)."""
     if sampler is not None and sampler not in SAMPLERS:
@@ -61,8 +63,9 @@ def resolve_sampling(defaults: SamplingConfig, num_timesteps: int, **changes) ->
     if unknown:
         raise SettingError(unknown[0], f"not a sampling setting; expected one of {list(REQUEST_KEYS)}")
     check_sampling(num_timesteps, **changes)
-    given = {k: (int(v) if k == "steps" else v if k == "sampler" else float(v)) for k, v in changes.items()
-             if v is not None}  # fmt: skip
+    given = {
+        k: (int(v) if k == "steps" else v if k == "sampler" else float(v)) for k, v in changes.items() if v is not None
+    }
     return replace(defaults, **given)
 
 

@@ -17,18 +17,9 @@ from typing import Any
 
 import yaml
 
-from ..vocab import (
-    ANCHORS,
-    FAMILIES,
-    LOSSES,
-    MASK_TASKS,
-    OBJECTIVES,
-    PRECISIONS,
-    PREDICTION_TYPES,
-    SCHEDULES,
-    TIME_DRAWS,
-)
+from ..vocab import FAMILIES, PRECISIONS
 from .checks import validate
+from .diffusion import DiffusionConfig
 from .fields import ConfigError, build, describe, opt, plain, section
 from .loading import apply_override, normalise, read_yaml_mapping, set_key
 from .sampling import SamplingConfig
@@ -38,8 +29,11 @@ from .sampling import SamplingConfig
 @dataclass(frozen=True)
 class RunConfig:
     name: str = opt("vdp", "Run name, used in logs and as the Ray Train run name.")
-    dir: str = opt("runs/vdp", "Run folder: config, logs, checkpoints, export. On a cluster, a path every node "
-                   "sees (a shared file system); storage URIs are refused.")  # fmt: skip
+    dir: str = opt(
+        "runs/vdp",
+        "Run folder: config, logs, checkpoints, export. On a cluster, a path every node "
+        "sees (a shared file system); storage URIs are refused.",
+    )
     seed: int = opt(0, "Seed for weights, data order, masks and noise.", ge=0)
 
 
@@ -60,22 +54,36 @@ class DataConfig:
         gt=0.0,
         le=1.0,
     )
-    vflip: bool = opt(False, "Random vertical flips (same for every frame): with hflip, 4 orientations of each "
-                      "video, against memorising a few videos.")  # fmt: skip
-    reverse: bool = opt(False, "Random time reversal: half the clips play backwards (a pan the other way; motion "
-                        "stays physical for cameras and most objects).")  # fmt: skip
-    channel_shuffle: bool = opt(False, "Random order of the colour channels per clip (RGB): new colours for the same "
-                                "textures and motion, against memorising a few videos.")  # fmt: skip
+    vflip: bool = opt(
+        False,
+        "Random vertical flips (same for every frame): with hflip, 4 orientations of each "
+        "video, against memorising a few videos.",
+    )
+    reverse: bool = opt(
+        False,
+        "Random time reversal: half the clips play backwards (a pan the other way; motion "
+        "stays physical for cameras and most objects).",
+    )
+    channel_shuffle: bool = opt(
+        False,
+        "Random order of the colour channels per clip (RGB): new colours for the same "
+        "textures and motion, against memorising a few videos.",
+    )
     shuffle_buffer: int = opt(256, "Clips in the local shuffle buffer of each training worker (0 = off).", ge=0)
-    max_bad_fraction: float = opt(0.01, "Clips that cannot be decoded (or are too short) are skipped and named in "
-                                  "the log; past this fraction of the clips seen (and a few clips) the run stops.",
-                                  ge=0.0, le=1.0)  # fmt: skip
+    max_bad_fraction: float = opt(
+        0.01,
+        "Clips that cannot be decoded (or are too short) are skipped and named in "
+        "the log; past this fraction of the clips seen (and a few clips) the run stops.",
+        ge=0.0,
+        le=1.0,
+    )
 
 
 @dataclass(frozen=True)
 class UNetConfig:
-    patch: int | None = opt(None, "Space-to-depth patch: p x p pixels folded into channels before the first level.",
-                            ge=1, le=8)  # fmt: skip
+    patch: int | None = opt(
+        None, "Space-to-depth patch: p x p pixels folded into channels before the first level.", ge=1, le=8
+    )
     base_channels: int | None = opt(None, "Channels at full resolution.", ge=8)
     channel_mults: tuple[int, ...] | None = opt(
         None, "Channel multiplier per level; 2x spatial downsampling between levels.", ge=1
@@ -86,9 +94,12 @@ class UNetConfig:
     )
     head_dim: int | None = opt(None, "Channels per attention head.", ge=8)
     dropout: float = opt(0.0, "Dropout inside residual blocks.", ge=0.0, lt=1.0)
-    fold_frames: bool | None = opt(None, "Fold the data.frames window into channels: a 2D U-Net over a fixed window "
-                                   "(MCVD's design), about T times cheaper per clip; the model then takes exactly "
-                                   "data.frames frames (longer futures roll out).")  # fmt: skip
+    fold_frames: bool | None = opt(
+        None,
+        "Fold the data.frames window into channels: a 2D U-Net over a fixed window "
+        "(MCVD's design), about T times cheaper per clip; the model then takes exactly "
+        "data.frames frames (longer futures roll out).",
+    )
 
 
 @dataclass(frozen=True)
@@ -103,8 +114,11 @@ class DiTConfig:
     max_frames: int = opt(64, "Largest latent frame count the model accepts.", ge=1)
     max_size: tuple[int, int] = opt((128, 128), "Largest latent [height, width] the model accepts.", ge=1)
     text_dim: int | None = opt(
-        None, "Width of the text encoder's token embeddings: cross-attention to the caption in every block. Set "
-        "from the stored embeddings when text.encoder is set.", ge=1)  # fmt: skip
+        None,
+        "Width of the text encoder's token embeddings: cross-attention to the caption in every block. Set "
+        "from the stored embeddings when text.encoder is set.",
+        ge=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -134,101 +148,62 @@ class VAEConfig:
     batch_size: int | None = opt(None, "Clips per worker per step in the VAE stage (unset: train.batch_size).", ge=1)
     export: str | None = opt(None, "A trained VAE export to use as the latent space of the DiT stage.")
     diffusers: str | None = opt(
-        None, "A local diffusers AutoencoderKL folder (e.g. Stable Diffusion's VAE) used frame by frame as the "
+        None,
+        "A local diffusers AutoencoderKL folder (e.g. Stable Diffusion's VAE) used frame by frame as the "
         "latent space, with its scaling_factor, instead of training our 3D VAE (geometry read from its "
-        "config.json; nothing is downloaded). The vae stage is then skipped.")  # fmt: skip
+        "config.json; nothing is downloaded). The vae stage is then skipped.",
+    )
     scale_factor: float | None = opt(
         None, "Latent scale (1/std of latents); measured at the end of VAE training.", gt=0.0
     )
 
 
 @dataclass(frozen=True)
-class MaskConfig:
-    prediction: float = opt(0.7, "Probability of the prediction task (first k frames given).", ge=0.0, le=1.0)
-    generation: float = opt(0.2, "Probability of unconditional generation (no frame given).", ge=0.0, le=1.0)
-    interpolation: float = opt(0.1, "Probability of interpolation (first and last given).", ge=0.0, le=1.0)
-    random: float = opt(0.0, "Probability of a random subset of frames given.", ge=0.0, le=1.0)
-    context_min: int = opt(1, "Fewest given frames for prediction (pixel frames).", ge=1)
-    context_max: int = opt(8, "Most given frames for prediction (pixel frames).", ge=1)
-    context_drop: float = opt(
-        0.1, "Probability of dropping any mask to the null condition (for guidance).", ge=0.0, le=1.0
-    )
-
-    def probs(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in MASK_TASKS}
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    objective: str = opt("ddpm", "ddpm: Gaussian diffusion on a discrete noise schedule; flow: flow matching "
-                         "(rectified flow) on straight paths between the clip and noise, times drawn logit-normal.",
-                         choices=OBJECTIVES)  # fmt: skip
-    schedule: str = opt("cosine", "Noise schedule (ddpm).", choices=SCHEDULES)
-    num_timesteps: int = opt(1000, "Training timesteps (ddpm); the time scale the network sees (both).", ge=10,
-                             le=10000)  # fmt: skip
-    zero_terminal_snr: bool = opt(False, "Rescale the schedule to SNR 0 at the last step (ddpm; needs v or x0).")
-    prediction_type: str = opt("v", "The objective's space: what the loss compares (eps, x0, or v: the VP v, or the "
-                               "velocity under flow). With diffusion.anchor none it is also what the network "
-                               "outputs.", choices=PREDICTION_TYPES)  # fmt: skip
-    min_snr_gamma: float | None = opt(None, "Min-SNR-gamma loss weighting (e.g. 5); off when unset.", gt=0.0)
-    anchor: str = opt("last", "Where the network's clean-clip prediction starts from (vdp_ray.anchor). none: nowhere, "
-                      "the network predicts in diffusion.prediction_type's space (plain DDPM); last: the nearest "
-                      "given frame, the network predicting the change (its output layers start at zero, so an "
-                      "untrained model is copy-last), trained in prediction_type's space; motion: the given frames' "
-                      "own motion carried on (block matching between consecutive frames, a straight line through "
-                      "each pixel's path, whole-pixel steps along it), which the network sees beside its input "
-                      "and corrects: an untrained model already extrapolates moving content and keeps still "
-                      "content. motion needs diffusion.motion_kernel.", choices=ANCHORS)  # fmt: skip
-    motion_kernel: int = opt(0, "With diffusion.anchor last or motion: the network also predicts, per frame and "
-                             "pixel, the weights of a K x K neighbourhood that moves the previous frame (from the "
-                             "nearest given one) before the change is added, so moving content keeps its shape; "
-                             "K // 2 pixels of motion per frame. Odd; 0 = off. The weights start as the identity "
-                             "(or, with anchor motion, as the estimate's move).", ge=0, le=15)  # fmt: skip
-    loss: str = opt("mse", "How each predicted frame's error enters the training loss: mse, or log_mse (the mean of "
-                    "log(error + 1e-4), minus the frame's PSNR up to constants: every clip counts by its relative "
-                    "error, as mean PSNR does, so a few fast, textured clips do not dominate).",
-                    choices=LOSSES)  # fmt: skip
-    context_noise: float = opt(0.0, "Noise augmentation of the given frames in training: each clip's given frames "
-                               "noised to a level drawn in [0, this] of the path (the network sees the level), so "
-                               "roll-outs on its own predictions drift less. 0 = off.", ge=0.0, le=1.0)  # fmt: skip
-    flow_shift: float | None = opt(None, "flow: shift of the times towards noise, t' = s t / (1 + (s - 1) t), in "
-                                   "training and sampling. Unset: sqrt(elements per channel / (8 x 32 x 32)) of the "
-                                   "network's input clip, within [0.5, 8] (SD3's resolution shift).",
-                                   gt=0.0, le=100.0)  # fmt: skip
-    times: str | None = opt(None, "How training draws noise levels: uniform, or logit_normal (time_logit_mean / "
-                            "_std of the path's fraction; a positive mean favours the noisy end, where a predictor "
-                            "learns where things go). Unset: uniform for ddpm, logit_normal for flow.",
-                            choices=TIME_DRAWS)  # fmt: skip
-    time_logit_mean: float = opt(0.0, "Mean of the logit-normal training times (diffusion.times).", ge=-5.0, le=5.0)
-    time_logit_std: float = opt(1.0, "Std of the logit-normal training times (diffusion.times).", gt=0.0, le=5.0)
-    masks: MaskConfig = section(MaskConfig, "Frame-mask task mix for training.")
-
-
-@dataclass(frozen=True)
 class TextConfig:
     encoder: str | None = opt(
-        None, "Text conditioning: a local transformers text model folder (CLIP text model or T5 encoder); "
-        "`vdp encode-text` stores the shards' caption embeddings with it. Unset: no text.")  # fmt: skip
+        None,
+        "Text conditioning: a local transformers text model folder (CLIP text model or T5 encoder); "
+        "`vdp encode-text` stores the shards' caption embeddings with it. Unset: no text.",
+    )
     max_tokens: int = opt(77, "Caption tokens kept (longer captions are cut).", ge=1, le=512)
-    dropout: float = opt(0.1, "Chance that a training clip sees the null text instead of its caption "
-                         "(what classifier-free guidance on text needs).", ge=0.0, le=1.0)  # fmt: skip
+    dropout: float = opt(
+        0.1,
+        "Chance that a training clip sees the null text instead of its caption "
+        "(what classifier-free guidance on text needs).",
+        ge=0.0,
+        le=1.0,
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     stages: tuple[str, ...] | None = opt(None, "What to train, in order: vae, dit, unet3d. Unset: from model.family.")
-    workers: int = opt(1, "Ray Train workers (data-parallel ranks); an elastic range [min, max] sets train.min_workers "
-                       "too.", ge=1, le=4096)  # fmt: skip
+    workers: int = opt(
+        1,
+        "Ray Train workers (data-parallel ranks); an elastic range [min, max] sets train.min_workers too.",
+        ge=1,
+        le=4096,
+    )
     min_workers: int | None = opt(
-        None, "Elastic training: go on with as few as this many workers while nodes are missing, and scale back "
-        "to train.workers when they return. Unset: always train.workers.", ge=1, le=4096)  # fmt: skip
+        None,
+        "Elastic training: go on with as few as this many workers while nodes are missing, and scale back "
+        "to train.workers when they return. Unset: always train.workers.",
+        ge=1,
+        le=4096,
+    )
     resize_check_s: float = opt(60.0, "Elastic training: seconds between checks for more room.", gt=0.0)
     start_timeout_s: float | None = opt(
-        None, "Seconds Ray Train waits for a worker group to start before retrying (an elastic run then tries the "
+        None,
+        "Seconds Ray Train waits for a worker group to start before retrying (an elastic run then tries the "
         "size there is room for). Unset: Ray's 60, or 30 with an elastic range, so a run that lost a node "
-        "stops waiting for it sooner.", gt=0.0)  # fmt: skip
-    placement: str = opt("pack", "Where Ray puts the workers: pack (fill nodes in turn), spread (across nodes), "
-                         "strict_spread (one per node).", choices=("pack", "spread", "strict_spread"))  # fmt: skip
+        "stops waiting for it sooner.",
+        gt=0.0,
+    )
+    placement: str = opt(
+        "pack",
+        "Where Ray puts the workers: pack (fill nodes in turn), spread (across nodes), strict_spread (one per node).",
+        choices=("pack", "spread", "strict_spread"),
+    )
     use_gpu: str = opt(
         "auto", "Train on GPUs: auto (if the cluster has any), true or false.", choices=("auto", "true", "false")
     )
@@ -236,9 +211,13 @@ class TrainConfig:
     gpus_per_worker: float = opt(1.0, "GPUs per worker when training on GPUs.", ge=0.0)
     batch_size: int = opt(8, "Clips per worker per step (micro-batch).", ge=1)
     grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", ge=1)
-    latent_cache_mb: float = opt(1024, "Memory per CPU worker (MiB) for the frozen VAE's posterior of clips seen "
-                                 "(DiT stage: each clip is encoded once); 0: encode every step. GPU workers "
-                                 "encode every step (or train from `vdp encode` latent shards).", ge=0)  # fmt: skip
+    latent_cache_mb: float = opt(
+        1024,
+        "Memory per CPU worker (MiB) for the frozen VAE's posterior of clips seen "
+        "(DiT stage: each clip is encoded once); 0: encode every step. GPU workers "
+        "encode every step (or train from `vdp encode` latent shards).",
+        ge=0,
+    )
     max_steps: int = opt(1000, "Optimizer steps per stage.", ge=1)
     max_minutes: float | None = opt(
         None,
@@ -254,14 +233,19 @@ class TrainConfig:
     precision: str = opt("fp16", "fp16 on GPUs (falls back on CPUs without fp16), bf16 or fp32.", choices=PRECISIONS)
     zero_stage: int = opt(1, "DeepSpeed ZeRO stage.", choices=(0, 1, 2, 3))
     ema_decay: float = opt(0.999, "EMA decay of the exported weights.", ge=0.0, lt=1.0)
-    select_by: str = opt("val/psnr_gain", "Which EMA weights a stage exports: those of the validation that scored "
-                         "best on val/psnr_gain (the preview's gain over the best baseline; scored every "
-                         "train.preview_every steps) or val/loss, or the last. Without data.val: the last.",
-                         choices=("val/psnr_gain", "val/loss", "last"))  # fmt: skip
+    select_by: str = opt(
+        "val/psnr_gain",
+        "Which EMA weights a stage exports: those of the validation that scored "
+        "best on val/psnr_gain (the preview's gain over the best baseline; scored every "
+        "train.preview_every steps) or val/loss, or the last. Without data.val: the last.",
+        choices=("val/psnr_gain", "val/loss", "last"),
+    )
     tf32: bool = opt(True, "CUDA: TF32 for fp32 matmuls and convolutions (Ampere and later; no effect on CPUs).")
     activation_checkpointing: bool = opt(
-        False, "Recompute each transformer / U-Net block's activations in the backward pass instead of keeping "
-        "them: less memory for larger batches or clips, about a third more compute.")  # fmt: skip
+        False,
+        "Recompute each transformer / U-Net block's activations in the backward pass instead of keeping "
+        "them: less memory for larger batches or clips, about a third more compute.",
+    )
     compile: bool = opt(False, "torch.compile the network (first steps slower while it compiles; GPUs gain most).")
     log_every: int = opt(10, "Steps between logged metrics.", ge=1)
     val_every: int = opt(200, "Steps between validations.", ge=1)
@@ -270,10 +254,15 @@ class TrainConfig:
     max_failures: int = opt(1, "Worker-group restarts after a failure (-1 = unlimited).", ge=-1)
     preview_every: int = opt(500, "Steps between preview strips (sampling on validation clips) in TensorBoard.", ge=1)
     val_batches: int = opt(4, "Validation batches per worker at each validation.", ge=1)
-    preview_clips: int = opt(32, "Validation clips rank 0 predicts at each preview, for val/psnr and val/psnr_gain "
-                             "(what train.select_by: val/psnr_gain picks the export by): taken from the first "
-                             "validation's batches (at most val_batches of them). More clips, a steadier choice and a "
-                             "slower preview; a mean over 8 clips can swing by 2 dB.", ge=1, le=4096)  # fmt: skip
+    preview_clips: int = opt(
+        32,
+        "Validation clips rank 0 predicts at each preview, for val/psnr and val/psnr_gain "
+        "(what train.select_by: val/psnr_gain picks the export by): taken from the first "
+        "validation's batches (at most val_batches of them). More clips, a steadier choice and a "
+        "slower preview; a mean over 8 clips can swing by 2 dB.",
+        ge=1,
+        le=4096,
+    )
 
 
 @dataclass(frozen=True)
@@ -366,14 +355,20 @@ def _adopt_diffusers_vae(v: VAEConfig) -> VAEConfig:
     except DiffusersVAEError as exc:
         raise ConfigError(f"vae.diffusers: {exc}") from None
     spatial = geometry["spatial_compression"]
-    return replace(v, latent_channels=geometry["latent_channels"], spatial_compression=spatial, temporal_compression=1,
-                   scale_factor=geometry["scale_factor"],
-                   channel_mults=tuple([1] * (int(math.log2(spatial)) + 1)))  # unused: no 3D VAE is built  # fmt: skip
+    return replace(
+        v,
+        latent_channels=geometry["latent_channels"],
+        spatial_compression=spatial,
+        temporal_compression=1,
+        scale_factor=geometry["scale_factor"],
+        channel_mults=tuple([1] * (int(math.log2(spatial)) + 1)),
+    )  # unused: no 3D VAE is built
 
 
 def _fill_preset(section_cfg, presets: dict, name: str, key: str, family: str):
     if name not in presets:
         raise ConfigError(f"{key}: unknown {family} preset {name!r}; expected one of {list(presets)}")
-    unset = {k: tuple(v) if isinstance(v, list) else v for k, v in presets[name].items()
-             if getattr(section_cfg, k) is None}  # fmt: skip
+    unset = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in presets[name].items() if getattr(section_cfg, k) is None
+    }
     return replace(section_cfg, **unset)

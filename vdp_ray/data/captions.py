@@ -36,8 +36,9 @@ def load_captions(path: str | Path) -> dict[str, list[str]]:
 
     def add(name, caption, where: str) -> None:
         if not isinstance(name, (str, int)) or not isinstance(caption, str):
-            raise CaptionError(f"{path}: {where}: expected a video name and a caption string, got {name!r}, "
-                               f"{caption!r}")  # fmt: skip
+            raise CaptionError(
+                f"{path}: {where}: expected a video name and a caption string, got {name!r}, {caption!r}"
+            )
         if caption.strip():
             table.setdefault(_normal(str(name)), []).append(" ".join(caption.split()))
 
@@ -48,8 +49,10 @@ def load_captions(path: str | Path) -> dict[str, list[str]]:
             name_col = next((c for c in NAME_COLUMNS if c in fields), None)
             text_col = next((c for c in TEXT_COLUMNS if c in fields), None)
             if name_col is None or text_col is None:
-                raise CaptionError(f"{path}: the header needs a video column (one of {list(NAME_COLUMNS)}) and a "
-                                   f"caption column (one of {list(TEXT_COLUMNS)}); got {fields}")  # fmt: skip
+                raise CaptionError(
+                    f"{path}: the header needs a video column (one of {list(NAME_COLUMNS)}) and a "
+                    f"caption column (one of {list(TEXT_COLUMNS)}); got {fields}"
+                )
             original = dict(zip(fields, reader.fieldnames or [], strict=True))
             for n, row in enumerate(reader, start=2):
                 add(row[original[name_col]], row[original[text_col]] or "", f"line {n}")
@@ -86,8 +89,9 @@ def load_captions(path: str | Path) -> dict[str, list[str]]:
 def captions_for(source_path: str, kind: str, table: dict[str, list[str]] | None) -> list[str]:
     """The captions of one source: its sidecar file, else its entry in the mapping, else none."""
     path = Path(source_path)
-    sidecars = [path.with_suffix(".txt")] if kind == "video" else [path.with_name(path.name + ".txt"),
-                                                                   path / "captions.txt"]  # fmt: skip
+    sidecars = (
+        [path.with_suffix(".txt")] if kind == "video" else [path.with_name(path.name + ".txt"), path / "captions.txt"]
+    )
     for sidecar in sidecars:
         if sidecar.is_file():
             lines = [" ".join(x.split()) for x in sidecar.read_text(encoding="utf-8").splitlines()]

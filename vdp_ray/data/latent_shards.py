@@ -97,8 +97,13 @@ def encode_latents(opts: EncodeOptions, log=print) -> dict:
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    summary = {"kind": KIND, "vae_export": str(Path(opts.vae).resolve()), "vae_id": vae_id(opts.vae),
-               "device": device, "splits": {}}  # fmt: skip
+    summary = {
+        "kind": KIND,
+        "vae_export": str(Path(opts.vae).resolve()),
+        "vae_id": vae_id(opts.vae),
+        "device": device,
+        "splits": {},
+    }
     for folder in folders:
         name = folder.name  # train, val: as `vdp shard` names its splits
         started = time.perf_counter()
@@ -131,9 +136,15 @@ def _encode_split(folder: Path, target: Path, vae, opts: EncodeOptions, device: 
 
     data = vae.cfg.data
     ds = clip_dataset(str(folder), data, train=False)
-    ds = ds.map_batches(_Encoder, fn_constructor_kwargs={"vae": str(vae.directory), "device": device},
-                        batch_size=opts.batch_size, batch_format="numpy", concurrency=opts.workers,
-                        num_gpus=gpus, num_cpus=0 if gpus else 1)  # fmt: skip
+    ds = ds.map_batches(
+        _Encoder,
+        fn_constructor_kwargs={"vae": str(vae.directory), "device": device},
+        batch_size=opts.batch_size,
+        batch_format="numpy",
+        concurrency=opts.workers,
+        num_gpus=gpus,
+        num_cpus=0 if gpus else 1,
+    )
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # same input, same shards
     target.mkdir(parents=True)
     names, count, shape, tar = [], 0, None, None
@@ -157,9 +168,19 @@ def _encode_split(folder: Path, target: Path, vae, opts: EncodeOptions, device: 
         raise ShardError(f"{folder}: no clips of {data.frames} frames to encode")
     if (folder / "text").is_dir():  # the caption tables the text-conditioned DiT reads, beside its shards
         shutil.copytree(folder / "text", target / "text")
-    manifest = {"kind": KIND, "vae_export": summary["vae_export"], "vae_id": summary["vae_id"],
-                "scale_factor": vae.cfg.vae.scale_factor, "frames": data.frames, "size": list(data.size),
-                "channels": data.channels, "latent_shape": shape, "dtype": "float16", "count": count,
-                "shards": names, "source": str(folder.resolve())}  # fmt: skip
+    manifest = {
+        "kind": KIND,
+        "vae_export": summary["vae_export"],
+        "vae_id": summary["vae_id"],
+        "scale_factor": vae.cfg.vae.scale_factor,
+        "frames": data.frames,
+        "size": list(data.size),
+        "channels": data.channels,
+        "latent_shape": shape,
+        "dtype": "float16",
+        "count": count,
+        "shards": names,
+        "source": str(folder.resolve()),
+    }
     (target / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -13,11 +13,23 @@ import numpy as np
 
 # (name, package): colour photos first, then grayscale ones (filmed as grey in RGB clips)
 PHOTOS = (
-    ("china", "sklearn"), ("flower", "sklearn"), ("astronaut", "skimage"), ("chelsea", "skimage"),
-    ("coffee", "skimage"), ("rocket", "skimage"), ("hubble_deep_field", "skimage"),
-    ("immunohistochemistry", "skimage"), ("camera", "skimage"), ("coins", "skimage"), ("moon", "skimage"),
-    ("grass", "skimage"), ("gravel", "skimage"), ("brick", "skimage"), ("clock", "skimage"), ("cell", "skimage"),
-)  # fmt: skip
+    ("china", "sklearn"),
+    ("flower", "sklearn"),
+    ("astronaut", "skimage"),
+    ("chelsea", "skimage"),
+    ("coffee", "skimage"),
+    ("rocket", "skimage"),
+    ("hubble_deep_field", "skimage"),
+    ("immunohistochemistry", "skimage"),
+    ("camera", "skimage"),
+    ("coins", "skimage"),
+    ("moon", "skimage"),
+    ("grass", "skimage"),
+    ("gravel", "skimage"),
+    ("brick", "skimage"),
+    ("clock", "skimage"),
+    ("cell", "skimage"),
+)
 STILL_FRACTION = 0.1  # clips of a still camera among the pans (static footage exists)
 ZOOM_FRACTION = 0.3  # clips that zoom while they pan
 SPEED_RANGE = (0.25, 2.5)  # camera speed in output pixels per frame
@@ -51,9 +63,18 @@ def load_photo(name: str) -> np.ndarray:
     return img[..., :3].astype(np.float32) / 255.0
 
 
-def photo_pan_clip(index: int, seed: int, photo: str, frames: int, size: tuple[int, int], *, still: bool = False,
-                   sprites: tuple[int, int] = (0, 0), channels: int = 3,
-                   noise: float = SENSOR_NOISE) -> tuple[np.ndarray, dict]:  # fmt: skip
+def photo_pan_clip(
+    index: int,
+    seed: int,
+    photo: str,
+    frames: int,
+    size: tuple[int, int],
+    *,
+    still: bool = False,
+    sprites: tuple[int, int] = (0, 0),
+    channels: int = 3,
+    noise: float = SENSOR_NOISE,
+) -> tuple[np.ndarray, dict]:
     """One clip (T, H, W, channels) uint8 of ``photo`` and what moves in it (camera velocity in output pixels per
     frame, zoom per frame, sprites). ``still``: the camera stands still (sprites may still move). ``noise``: sensor
     noise, the std in grey levels of independent Gaussian noise per pixel and frame (as any camera has: a still
@@ -101,8 +122,13 @@ def photo_pan_clip(index: int, seed: int, photo: str, frames: int, size: tuple[i
     gy = (centres[:, 0, None] + ys[None] * heights[:, None]) * (sh / ph)  # (T, h) in shrunk px
     gx = (centres[:, 1, None] + xs[None] * heights[:, None] * aspect) * (sw / pw)  # (T, w)
     grid = np.stack(np.broadcast_arrays(gx[:, None, :] / sw * 2 - 1, gy[:, :, None] / sh * 2 - 1), axis=-1)
-    out = F.grid_sample(src.expand(frames, -1, -1, -1), torch.from_numpy(grid).float(), mode="bilinear",
-                        padding_mode="border", align_corners=False)  # fmt: skip
+    out = F.grid_sample(
+        src.expand(frames, -1, -1, -1),
+        torch.from_numpy(grid).float(),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
     video = out.permute(0, 2, 3, 1).numpy()  # (T, h, w, 3)
     sprite_meta = _add_sprites(video, rng, int(rng.integers(sprites[0], sprites[1] + 1)))
     if channels == 1:
@@ -110,8 +136,14 @@ def photo_pan_clip(index: int, seed: int, photo: str, frames: int, size: tuple[i
     if noise > 0:
         video = video + rng.normal(0, noise / 255, video.shape).astype(np.float32)
     clip = (np.clip(video, 0, 1) * 255).round().astype(np.uint8)
-    meta = {"photo": photo, "camera_velocity_yx": np.round(velocity, 3).tolist(), "zoom_per_frame": round(zoom, 4),
-            "still": bool(speed == 0.0 and zoom == 0.0), "sprites": sprite_meta, "noise": noise}  # fmt: skip
+    meta = {
+        "photo": photo,
+        "camera_velocity_yx": np.round(velocity, 3).tolist(),
+        "zoom_per_frame": round(zoom, 4),
+        "still": bool(speed == 0.0 and zoom == 0.0),
+        "sprites": sprite_meta,
+        "noise": noise,
+    }
     return clip, meta
 
 
@@ -126,8 +158,13 @@ def _add_sprites(video: np.ndarray, rng: np.random.Generator, count: int) -> lis
         pos = rng.uniform([radius, radius], [h - radius, w - radius])
         angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 3.0) * min(h, w) / 32
         vel = np.array([np.sin(angle), np.cos(angle)]) * speed
-        meta.append({"radius": round(radius, 2), "start_yx": np.round(pos, 2).tolist(),
-                     "velocity_yx": np.round(vel, 3).tolist()})  # fmt: skip
+        meta.append(
+            {
+                "radius": round(radius, 2),
+                "start_yx": np.round(pos, 2).tolist(),
+                "velocity_yx": np.round(vel, 3).tolist(),
+            }
+        )
         for f in range(frames):
             alpha = np.clip(radius + 0.5 - np.hypot(yy - pos[0], xx - pos[1]), 0, 1)[..., None]
             video[f] = video[f] * (1 - alpha) + colour * alpha

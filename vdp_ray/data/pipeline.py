@@ -133,12 +133,15 @@ def _check_sizes(spec, manifest: dict | None) -> None:
             continue
         actual = Path(path).stat().st_size
         if actual != expected:
-            raise ShardError(f"{path}: {actual} bytes, its manifest says {expected}: truncated or replaced since "
-                             "`vdp shard` wrote it; re-run vdp shard (or restore the file)")  # fmt: skip
+            raise ShardError(
+                f"{path}: {actual} bytes, its manifest says {expected}: truncated or replaced since "
+                "`vdp shard` wrote it; re-run vdp shard (or restore the file)"
+            )
 
 
-def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0, with_meta: bool = False,
-                 keep_bad: bool = False):  # fmt: skip
+def clip_dataset(
+    spec: str | list[str], data_cfg, *, train: bool, seed: int = 0, with_meta: bool = False, keep_bad: bool = False
+):
     """A Ray Dataset of {"clip": uint8 (C, T, H, W), "key": str, "caption": str} rows (and "meta": each clip's JSON
     text, "" when it has none, with ``with_meta``). A clip that cannot be decoded is left out and named on
     stderr, or (``keep_bad``: for training, which counts them against data.max_bad_fraction) kept as a row with
@@ -149,8 +152,9 @@ def clip_dataset(spec: str | list[str], data_cfg, *, train: bool, seed: int = 0,
     paths = list_shards(spec)
     manifest = check_shards(paths, data_cfg)
     if (manifest or {}).get("kind") == LATENTS:  # `vdp encode` output: posteriors, no decoding or augmentation
-        ds = ray.data.read_webdataset(paths, decoder=None, suffixes=["npy", "json"],
-                                      shuffle=FileShuffleConfig(seed=seed) if train else None)  # fmt: skip
+        ds = ray.data.read_webdataset(
+            paths, decoder=None, suffixes=["npy", "json"], shuffle=FileShuffleConfig(seed=seed) if train else None
+        )
         return ds.map_batches(decode_latents, batch_size=DECODE_BATCH, batch_format="numpy")
     augment = (manifest or {}).get("augment") or {}
     hflip = data_cfg.hflip if data_cfg.hflip is not None else bool(augment.get("hflip", augment.get("flip", False)))
@@ -192,8 +196,19 @@ def _augment(x, more: dict, rng):
     return x
 
 
-def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, hflip: bool, crop_scale: float,
-                 more: dict | None = None, with_meta: bool = False, keep_bad: bool = False) -> dict:  # fmt: skip
+def decode_batch(
+    batch: dict,
+    *,
+    frames: int,
+    size,
+    channels: int,
+    train: bool,
+    hflip: bool,
+    crop_scale: float,
+    more: dict | None = None,
+    with_meta: bool = False,
+    keep_bad: bool = False,
+) -> dict:
     """Decode, cut to T frames, match channels and size, augment; (B, C, T, H, W) uint8 (a resize rounds to the
     nearest level, as any stored frame is). ``more``: the other augmentations switched on (vflip, reverse,
     channel_shuffle), each drawn per clip."""
@@ -221,8 +236,12 @@ def decode_batch(batch: dict, *, frames: int, size, channels: int, train: bool, 
         x = _augment(x, more or {}, rng)
         clips.append(x.round().clamp(0, 255).to(torch.uint8))
         captions.append(_pick_caption(batch.get("json"), i, rng))
-    out = {"clip": torch.stack(clips).numpy(), "key": np.asarray(keys), "caption": np.asarray(captions, dtype=object),
-           "bad": np.asarray(bad, dtype=object)}  # fmt: skip
+    out = {
+        "clip": torch.stack(clips).numpy(),
+        "key": np.asarray(keys),
+        "caption": np.asarray(captions, dtype=object),
+        "bad": np.asarray(bad, dtype=object),
+    }
     if with_meta:
         metas = batch.get("json")
         out["meta"] = np.asarray([_text(metas[i]) if metas is not None else "" for i in range(len(keys))], dtype=object)
@@ -277,8 +296,10 @@ class BadClips:
         return self.bad > max(self.FLOOR, self.max_fraction * self.seen)
 
     def message(self) -> str:
-        return (f"{self.bad} of {self.seen} clips could not be read (over data.max_bad_fraction "
-                f"{self.max_fraction:g}; the last: {self.last}): check the shards (re-run vdp shard)")  # fmt: skip
+        return (
+            f"{self.bad} of {self.seen} clips could not be read (over data.max_bad_fraction "
+            f"{self.max_fraction:g}; the last: {self.last}): check the shards (re-run vdp shard)"
+        )
 
 
 def _text(raw) -> str:
@@ -299,9 +320,18 @@ def _pick_caption(metas, i: int, rng) -> str:
     return str(captions[int(rng.integers(len(captions)))] if rng is not None else captions[0])
 
 
-def epochs(iterator, *, batch_size: int, shuffle_buffer: int = 0, drop_last: bool = True,
-           max_epochs: int | None = None, start_epoch: int = 0, pin_memory: bool = False,
-           prefetch: int = PREFETCH, bad: BadClips | None = None) -> Iterator[tuple[int, dict]]:  # fmt: skip
+def epochs(
+    iterator,
+    *,
+    batch_size: int,
+    shuffle_buffer: int = 0,
+    drop_last: bool = True,
+    max_epochs: int | None = None,
+    start_epoch: int = 0,
+    pin_memory: bool = False,
+    prefetch: int = PREFETCH,
+    bad: BadClips | None = None,
+) -> Iterator[tuple[int, dict]]:
     """Endless (epoch, batch) pairs from a Ray DataIterator (or dataset shard), reshuffled each epoch.
 
     A batch is {"clip": torch uint8 (B, C, T, H, W) on the CPU (in pinned memory with ``pin_memory``, for an

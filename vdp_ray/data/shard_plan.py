@@ -42,33 +42,41 @@ def parse_split(text: str) -> dict[str, float]:
 @dataclass
 class ShardOptions:
     out: str = arg(REQUIRED, "output folder: OUT/<split>/shard-*.tar + manifest.json")
-    sources: list[str] = arg([], "video files or folders of them / of frame folders", flag="--source", metavar="PATH",
-                             group=SOURCES)  # fmt: skip
-    dataset: str | None = arg(None, "a YOLO-style dataset.yaml with train/val/test paths", metavar="YAML",
-                              group=SOURCES)  # fmt: skip
+    sources: list[str] = arg(
+        [], "video files or folders of them / of frame folders", flag="--source", metavar="PATH", group=SOURCES
+    )
+    dataset: str | None = arg(
+        None, "a YOLO-style dataset.yaml with train/val/test paths", metavar="YAML", group=SOURCES
+    )
     synthetic: str | None = arg(None, "generate a synthetic data set", choices=SYNTHETIC, group=SOURCES)
     frames: int | None = arg(None, "frames per clip (default 16, or context+future of the dataset.yaml)")
     size: tuple[int, int] | None = arg(None, "frame size (default 64 64)", metavar=("H", "W"))
     stride: int | None = arg(None, "source frames between clip starts (default: one clip, no overlap)")
     interval: int | None = arg(None, "take every I-th source frame (default 1, or the dataset.yaml's frame_interval)")
-    split: dict[str, float] | None = arg(None, "split by source video, e.g. train=0.9,val=0.1 (default: all train)",
-                                         parse=parse_split)  # fmt: skip
+    split: dict[str, float] | None = arg(
+        None, "split by source video, e.g. train=0.9,val=0.1 (default: all train)", parse=parse_split
+    )
     shard_size: int = arg(256, "clips per shard")
     resize: str = arg("crop", "keep aspect by centre crop, pad, or stretch", choices=RESIZE_MODES)
     grayscale: bool = arg(False, "store one channel (moving digits always do)")
     format: str = arg("npy", "clip encoding: npy (lossless) or mp4 (H.264, ~10x smaller)", choices=CLIP_FORMATS)
-    captions: str | None = arg(None, "captions per video: CSV (video,caption), JSON {video: caption(s)} or MSR-VTT "
-                               "annotation JSON; sidecar clip.txt files beside the videos are always read",
-                               metavar="FILE")  # fmt: skip
+    captions: str | None = arg(
+        None,
+        "captions per video: CSV (video,caption), JSON {video: caption(s)} or MSR-VTT "
+        "annotation JSON; sidecar clip.txt files beside the videos are always read",
+        metavar="FILE",
+    )
     seed: int = arg(0, "split assignment, clip order and synthetic content")
     strict: bool = arg(False, "fail (exit 1) on any unreadable, corrupt or too-short source")
     num_clips: int = arg(1000, "clips to generate", group=DIGITS)
     digits: tuple[int, int] = arg((1, 3), "moving digits: digits per clip", metavar=("MIN", "MAX"), group=DIGITS)
     stochastic: bool = arg(False, "moving digits: redraw velocities at random bounces", group=DIGITS)
-    sprites: tuple[int, int] = arg((0, 0), "photo pans: moving sprites (discs) per clip", metavar=("MIN", "MAX"),
-                                   group=DIGITS)  # fmt: skip
-    still: bool = arg(False, "photo pans: a still camera in every clip (static footage; sprites still move)",
-                      group=DIGITS)  # fmt: skip
+    sprites: tuple[int, int] = arg(
+        (0, 0), "photo pans: moving sprites (discs) per clip", metavar=("MIN", "MAX"), group=DIGITS
+    )
+    still: bool = arg(
+        False, "photo pans: a still camera in every clip (static footage; sprites still move)", group=DIGITS
+    )
     noise: float = arg(1.0, "photo pans: sensor noise, std in grey levels per pixel and frame", group=DIGITS)
 
 
@@ -214,8 +222,10 @@ def plan(opts: ShardOptions, log) -> Plan:
     if caption_table is not None:
         missing = [s.path for s, c in zip(sources, captions, strict=True) if not c]
         if missing:
-            log(f"{len(missing)} of {len(sources)} source(s) have no captions (e.g. {missing[0]}): their clips "
-                "train as unconditional (null text)")  # fmt: skip
+            log(
+                f"{len(missing)} of {len(sources)} source(s) have no captions (e.g. {missing[0]}): their clips "
+                "train as unconditional (null text)"
+            )
     return Plan(spec, sources, skipped, captions, settings.get("augment"))
 
 

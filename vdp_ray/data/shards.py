@@ -54,8 +54,15 @@ def _key(index: int, stem: str, start: int) -> str:
 # ------------------------------------------------------------------------------------------ ray tasks
 def _shard_source(index: int, source: Source, spec: ClipSpec, fmt: str, part: str, captions: list[str]) -> dict:
     """Stream every clip of one source into a part tar. Returns a report; failures are reported, not raised."""
-    report = {"index": index, "path": source.path, "part": part, "split": source.split, "keys": [], "fps": None,
-              "frames_read": 0}  # fmt: skip
+    report = {
+        "index": index,
+        "path": source.path,
+        "part": part,
+        "split": source.split,
+        "keys": [],
+        "fps": None,
+        "frames_read": 0,
+    }
     tmp = part + ".tmp"
     try:
         clips, fps, counter = source_clips(source, spec)
@@ -91,8 +98,17 @@ def _synthetic_clip(i: int, opts: ShardOptions) -> tuple[np.ndarray, dict]:
         from .photo_pans import PHOTOS, photo_pan_clip
 
         photo = PHOTOS[i % len(PHOTOS)][0]
-        return photo_pan_clip(i, opts.seed, photo, opts.frames, opts.size, still=opts.still, sprites=opts.sprites,
-                              channels=1 if opts.grayscale else 3, noise=opts.noise)  # fmt: skip
+        return photo_pan_clip(
+            i,
+            opts.seed,
+            photo,
+            opts.frames,
+            opts.size,
+            still=opts.still,
+            sprites=opts.sprites,
+            channels=1 if opts.grayscale else 3,
+            noise=opts.noise,
+        )
     from .captions import describe_digits
     from .moving_digits import moving_digits_clip
 
@@ -108,9 +124,19 @@ def _shard_synthetic(first: int, count: int, split_of: list[str], opts: ShardOpt
         for i in range(first, first + count):
             clip, info = _synthetic_clip(i, opts)
             key = f"{i:08d}_{name}"
-            meta = {"source": name, "index": i, "seed": opts.seed, "fps": 10.0, "start": 0, "interval": 1,
-                    "frames": opts.frames, "size": list(opts.size), "channels": clip.shape[-1], "split": split_of[i],
-                    **info}  # fmt: skip
+            meta = {
+                "source": name,
+                "index": i,
+                "seed": opts.seed,
+                "fps": 10.0,
+                "start": 0,
+                "interval": 1,
+                "frames": opts.frames,
+                "size": list(opts.size),
+                "channels": clip.shape[-1],
+                "split": split_of[i],
+                **info,
+            }
             _write_sample(tar, key, encode_clip(clip, opts.format, 10.0), opts.format, meta)
             report["keys"].append(key)
             report["splits"].append(split_of[i])
@@ -170,14 +196,19 @@ def _run_tasks(opts: ShardOptions, pl: Plan, parts: Path, log) -> list[dict]:
         split_of = synthetic_splits(opts)
         task = ray.remote(num_cpus=1)(_shard_synthetic)
         sized = ShardOptions(**{**asdict(opts), "frames": pl.spec.frames, "size": pl.spec.size})
-        refs = [task.remote(first, min(SYNTHETIC_CHUNK, opts.num_clips - first), split_of, sized,
-                            str(parts / f"{first:08d}.tar"))
-                for first in range(0, opts.num_clips, SYNTHETIC_CHUNK)]  # fmt: skip
+        refs = [
+            task.remote(
+                first, min(SYNTHETIC_CHUNK, opts.num_clips - first), split_of, sized, str(parts / f"{first:08d}.tar")
+            )
+            for first in range(0, opts.num_clips, SYNTHETIC_CHUNK)
+        ]
         what, total = "clips", opts.num_clips
     else:
         task = ray.remote(num_cpus=1)(_shard_source)
-        refs = [task.remote(i, s, pl.spec, opts.format, str(parts / f"{i:06d}.tar"), pl.captions[i])
-                for i, s in enumerate(pl.sources)]  # fmt: skip
+        refs = [
+            task.remote(i, s, pl.spec, opts.format, str(parts / f"{i:06d}.tar"), pl.captions[i])
+            for i, s in enumerate(pl.sources)
+        ]
         what, total = "sources", len(pl.sources)
     progress = Progress(total, f"shard {what}")
     reports, pending, clips = [], list(refs), 0
@@ -233,9 +264,16 @@ def _write_split(directory: Path, members, opts, spec, reports, skipped, augment
         os.replace(staging / (name + ".tmp"), staging / name)
         shards.append({"file": name, "count": count, "bytes": (staging / name).stat().st_size})
     if opts.synthetic:
-        what = ({"digits": list(opts.digits), "stochastic": opts.stochastic} if opts.synthetic == "moving-digits" else
-                {"photos": photos_of(split, opts), "still": opts.still, "sprites": list(opts.sprites),
-                 "noise": opts.noise})  # fmt: skip
+        what = (
+            {"digits": list(opts.digits), "stochastic": opts.stochastic}
+            if opts.synthetic == "moving-digits"
+            else {
+                "photos": photos_of(split, opts),
+                "still": opts.still,
+                "sprites": list(opts.sprites),
+                "noise": opts.noise,
+            }
+        )
         sources = [{"path": opts.synthetic, "clips": len(members), "seed": opts.seed, **what}]
     else:
         sources = [

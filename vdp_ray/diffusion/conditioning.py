@@ -65,8 +65,15 @@ class ConditionedDenoiser:
     network's own prediction space: out = uncond + g (cond - uncond) (Ho & Salimans 2022, eq. 6).
     """
 
-    def __init__(self, model, diffusion: DiffusionProcess, condition: Condition | None = None, guidance: float = 1.0,
-                 text_guidance: float = 1.0, clip_x0: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        diffusion: DiffusionProcess,
+        condition: Condition | None = None,
+        guidance: float = 1.0,
+        text_guidance: float = 1.0,
+        clip_x0: float | None = None,
+    ):
         self.model = model
         self.diffusion = diffusion
         self.cond = condition or Condition()

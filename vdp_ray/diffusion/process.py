@@ -16,8 +16,8 @@ from collections.abc import Callable
 import torch
 
 from ..anchor import Anchor
+from ..config.diffusion import DiffusionConfig
 from ..config.fields import build
-from ..config.schema import DiffusionConfig
 from .objectives import masked_frame_loss, min_snr_weight_as, split_as, target_as, x0_error_factor
 
 Denoiser = Callable[..., torch.Tensor]

@@ -203,8 +203,10 @@ class DiT(nn.Module):
         all three are required (the null text is the empty caption's embedding, never a missing argument)."""
         self.check_input(x)
         if self.text_dim and (text_tokens is None or text_pooled is None):
-            raise ValueError("this DiT is text-conditioned: pass text_tokens, text_mask and text_pooled "
-                             "(the empty caption's embeddings for no text)")  # fmt: skip
+            raise ValueError(
+                "this DiT is text-conditioned: pass text_tokens, text_mask and text_pooled "
+                "(the empty caption's embeddings for no text)"
+            )
         if not self.text_dim and text_tokens is not None:
             raise ValueError("this DiT was trained without text (model.dit.text_dim unset): it takes no text")
         n, _, frames, height, width = x.shape

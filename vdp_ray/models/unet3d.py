@@ -78,8 +78,16 @@ class Level(nn.Module):
     """Residual blocks, each optionally followed by spatial then temporal attention (spatial only when the frames
     are folded into channels: there is one "frame" left)."""
 
-    def __init__(self, channels_in: list[int], cout: int, emb_dim: int, attention: bool, head_dim: int, dropout: float,
-                 temporal: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        channels_in: list[int],
+        cout: int,
+        emb_dim: int,
+        attention: bool,
+        head_dim: int,
+        dropout: float,
+        temporal: bool = True,
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(ResBlock3d(c, cout, emb_dim, dropout) for c in channels_in)
         heads = max(1, cout // head_dim)
@@ -134,8 +142,9 @@ class UNet3D(nn.Module):
         self.fold_embed = nn.Linear(frames * emb_dim, emb_dim) if fold_frames else None
         temporal = not fold_frames
         # + the frame-mask channel(s)
-        self.conv_in = nn.Conv3d(((in_channels + reference_channels) * patch**2 + 1) * frames, base_channels, 3,
-                                 padding=1)  # fmt: skip
+        self.conv_in = nn.Conv3d(
+            ((in_channels + reference_channels) * patch**2 + 1) * frames, base_channels, 3, padding=1
+        )
 
         widths = [base_channels * m for m in channel_mults]
         skips = [base_channels]
@@ -176,11 +185,18 @@ class UNet3D(nn.Module):
         if h % d or w % d:
             raise ValueError(f"UNet3D frame size {h}x{w} must be divisible by its total downsampling {d}")
         if self.fold_frames and x.shape[2] != self.fold_frames:
-            raise ValueError(f"this UNet3D folds a window of exactly {self.fold_frames} frames into channels, got "
-                             f"{x.shape[2]} frames")  # fmt: skip
+            raise ValueError(
+                f"this UNet3D folds a window of exactly {self.fold_frames} frames into channels, got "
+                f"{x.shape[2]} frames"
+            )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, frame_mask: torch.Tensor | None = None,
-                reference: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x (N, C, T, H, W), t (N,) or (N, T), frame_mask (N, T) bool or None, reference (N, reference_channels, T,
         H, W) or None (zeros) -> (N, C_out, T, H, W)."""
         self.check_input(x)

@@ -36,12 +36,22 @@ def _mb(text: str) -> int:
 class Limits:
     """What one request may ask for; the server's options set them."""
 
-    max_upload_bytes: int = arg(32 * 1024 * 1024, "largest request body, in MB", flag="--max-upload-mb", parse=_mb,
-                                show=lambda b: f"{b / 2**20:g} MB")  # fmt: skip
+    max_upload_bytes: int = arg(
+        32 * 1024 * 1024,
+        "largest request body, in MB",
+        flag="--max-upload-mb",
+        parse=_mb,
+        show=lambda b: f"{b / 2**20:g} MB",
+    )
     max_frames: int = arg(256, "most frames in an upload, and frames asked for")
     max_pixels: int = 1024 * 1024  # per frame of an upload (decoded), before any resize
-    max_decoded_bytes: int = arg(256 * 1024 * 1024, "most bytes one upload's frames may decode to (RGB), in MB",
-                                 flag="--max-decoded-mb", parse=_mb, show=lambda b: f"{b / 2**20:g} MB")  # fmt: skip
+    max_decoded_bytes: int = arg(
+        256 * 1024 * 1024,
+        "most bytes one upload's frames may decode to (RGB), in MB",
+        flag="--max-decoded-mb",
+        parse=_mb,
+        show=lambda b: f"{b / 2**20:g} MB",
+    )
     decode_timeout_s: float = 30.0  # wall clock for decoding one upload
     max_work_s: float | None = None  # estimated sampling seconds a request may ask for; None: the request timeout
     max_steps: int = 1000
@@ -133,9 +143,13 @@ def check_work(p: Params, evaluations: int, eval_s: float, budget_s: float) -> N
     seconds = evaluations * eval_s
     if seconds > budget_s:
         fields = ["steps", *COSTLY[p.task]]
-        raise ApiError(422, ",".join(fields), f"about {evaluations} network evaluations (~{seconds:.0f} s here), "
-                       f"past the server's {budget_s:g} s of work per request: ask for fewer "
-                       f"{', '.join(fields)}")  # fmt: skip
+        raise ApiError(
+            422,
+            ",".join(fields),
+            f"about {evaluations} network evaluations (~{seconds:.0f} s here), "
+            f"past the server's {budget_s:g} s of work per request: ask for fewer "
+            f"{', '.join(fields)}",
+        )
 
 
 def _coerce(f: Field, value):

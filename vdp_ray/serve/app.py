@@ -29,8 +29,9 @@ def build_app(options: ServeOptions):
         model_opts["autoscaling_config"] = {"min_replicas": lo, "max_replicas": hi, "target_ongoing_requests": 4}
     else:
         model_opts["num_replicas"] = options.replicas
-    model = Model.options(**model_opts).bind(options.export, device, options.max_batch_size, options.batch_wait_s,
-                                             options.precision)  # fmt: skip
+    model = Model.options(**model_opts).bind(
+        options.export, device, options.max_batch_size, options.batch_wait_s, options.precision
+    )
     plain = asdict(options)
     key = options.api_key()
     guard = None
@@ -68,8 +69,9 @@ def serve_forever(options: ServeOptions, ready=None) -> None:
 
     init_ray(num_cpus=max(os.cpu_count() or 1, math.ceil(replicas * options.cpus_per_replica) + 1))
     try:
-        serve.start(http_options={"host": options.host, "port": options.port,
-                                  "request_timeout_s": options.timeout_s + 30})  # fmt: skip
+        serve.start(
+            http_options={"host": options.host, "port": options.port, "request_timeout_s": options.timeout_s + 30}
+        )
         serve.run(build_app(options), name="vdp", route_prefix="/")
         url = f"http://{options.host}:{options.port}/"
         if ready:

@@ -161,8 +161,11 @@ class Api:
     async def generate(self, request: Request):
         return await self._handle("generate", request)
 
-    @fastapi_app.post("/v1/interpolate", summary="Frames between the first and the last of a clip",
-                      openapi_extra=_request_body_doc("interpolate"))  # fmt: skip
+    @fastapi_app.post(
+        "/v1/interpolate",
+        summary="Frames between the first and the last of a clip",
+        openapi_extra=_request_body_doc("interpolate"),
+    )
     async def interpolate(self, request: Request):
         return await self._handle("interpolate", request)
 
@@ -190,8 +193,11 @@ class Api:
         from a page of another origin (a cross-site form post or fetch) is served."""
         host = _hostname(request.headers.get("host") or "")
         if self.hosts is not None and host not in self.hosts:
-            raise ApiError(403, "host", f"{host[:100] or 'no Host header'!r} is not a name this server answers "
-                           "(see vdp serve --allowed-hosts)")  # fmt: skip
+            raise ApiError(
+                403,
+                "host",
+                f"{host[:100] or 'no Host header'!r} is not a name this server answers (see vdp serve --allowed-hosts)",
+            )
         origin = request.headers.get("origin")
         if origin is not None and origin != "null":
             from urllib.parse import urlsplit
@@ -218,14 +224,26 @@ class Api:
                 job = Job(params, frames, timeout_s=self.options.timeout_s, work_s=budget)
                 out = await asyncio.wait_for(self.model.remote(job), timeout=self.options.timeout_s)
             except asyncio.TimeoutError:
-                raise ApiError(504, "timeout", f"the model did not answer within {self.options.timeout_s:g} s; "
-                               "ask for fewer steps or frames, or retry") from None  # fmt: skip
+                raise ApiError(
+                    504,
+                    "timeout",
+                    f"the model did not answer within {self.options.timeout_s:g} s; "
+                    "ask for fewer steps or frames, or retry",
+                ) from None
             if isinstance(out, Exception):
                 raise out
-            timing = {"total_s": round(time.perf_counter() - start, 4), "compute_s": round(out["compute_s"], 4),
-                      "queue_s": round(out["queue_s"], 4), "batch": out["batch"]}  # fmt: skip
-            meta = {"model_id": info["model_id"], "task": task, "timing": timing,
-                    "params": {k: v for k, v in asdict(params).items() if v is not None}}  # fmt: skip
+            timing = {
+                "total_s": round(time.perf_counter() - start, 4),
+                "compute_s": round(out["compute_s"], 4),
+                "queue_s": round(out["queue_s"], 4),
+                "batch": out["batch"],
+            }
+            meta = {
+                "model_id": info["model_id"],
+                "task": task,
+                "timing": timing,
+                "params": {k: v for k, v in asdict(params).items() if v is not None},
+            }
             fps = params.fps or 4.0
             body = await asyncio.to_thread(encode, out["frames"], given, truth, params.format, fps, meta)
             headers = {"X-Model-Id": info["model_id"], "X-Timing": json.dumps(timing)}
@@ -294,8 +312,11 @@ class Api:
             return params, ("file", upload)
         if kind in ("", "application/x-www-form-urlencoded") and task == "generate":
             return params, None
-        raise ApiError(415, "content-type", f"{kind or 'none'}: send multipart/form-data (field 'file') or "
-                       "application/json (field 'frames')")  # fmt: skip
+        raise ApiError(
+            415,
+            "content-type",
+            f"{kind or 'none'}: send multipart/form-data (field 'file') or application/json (field 'frames')",
+        )
 
     def _frames_for(self, task: str, params: Params, clip, info: dict):
         """The frames the model works on, the given frames shown beside the result, and the true future
@@ -315,8 +336,12 @@ class Api:
             return given, given, truth
         if task == "interpolate":
             if len(clip) < 2 * frames_per_latent:
-                raise ApiError(422, "file", f"{len(clip)} frame(s); interpolation needs the first and the last "
-                               f"({2 * frames_per_latent} frames for this model)")  # fmt: skip
+                raise ApiError(
+                    422,
+                    "file",
+                    f"{len(clip)} frame(s); interpolation needs the first and the last "
+                    f"({2 * frames_per_latent} frames for this model)",
+                )
             ends = np.concatenate([clip[:frames_per_latent], clip[-frames_per_latent:]])  # a copy
             return ends, None, None
         if len(clip) > info["frames"]:

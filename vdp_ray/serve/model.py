@@ -42,8 +42,14 @@ def _stop_after(deadline: float):
 class Model:
     """One Predictor per replica (a GPU each when asked); compatible requests share a batched call."""
 
-    def __init__(self, export: str, device: str = "cpu", max_batch_size: int = 8, batch_wait_s: float = 0.05,
-                 precision: str = "auto"):  # fmt: skip
+    def __init__(
+        self,
+        export: str,
+        device: str = "cpu",
+        max_batch_size: int = 8,
+        batch_wait_s: float = 0.05,
+        precision: str = "auto",
+    ):
         from ..predict import Predictor
 
         self.predictor = Predictor.from_export(export, device=device, precision=precision)
@@ -63,8 +69,11 @@ class Model:
         return time.perf_counter() - start
 
     def info(self) -> dict:
-        return {**self.predictor.info(), "export": {k: v for k, v in self.meta.items() if k != "vae_export"},
-                "eval_s": self.eval_s}  # fmt: skip
+        return {
+            **self.predictor.info(),
+            "export": {k: v for k, v in self.meta.items() if k != "vae_export"},
+            "eval_s": self.eval_s,
+        }
 
     def check_health(self) -> None:
         """Serve calls this every health_check_period_s: a one-step sample must still run. While a batch runs
@@ -128,13 +137,18 @@ class Model:
                     outputs = [oom] * len(group)
                 else:
                     logging.getLogger("ray.serve").exception("sampling failed for %d request(s)", len(group))
-                    outputs = [ApiError(500, "server", f"sampling failed ({type(exc).__name__}); see the server's "
-                                        "log")] * len(group)  # fmt: skip
+                    outputs = [
+                        ApiError(500, "server", f"sampling failed ({type(exc).__name__}); see the server's log")
+                    ] * len(group)
             seconds = time.perf_counter() - start
             for i, out in zip(indices, outputs, strict=True):
                 if not isinstance(out, Exception):
-                    out = {"frames": out, "compute_s": seconds, "queue_s": start - jobs[i].enqueued,
-                           "batch": len(group)}  # fmt: skip
+                    out = {
+                        "frames": out,
+                        "compute_s": seconds,
+                        "queue_s": start - jobs[i].enqueued,
+                        "batch": len(group),
+                    }
                 results[i] = out
         return results
 

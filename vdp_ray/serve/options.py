@@ -48,22 +48,35 @@ class ServeOptions:
     host: str = arg("127.0.0.1", "address to bind (0.0.0.0 = all)")
     port: int = arg(8000, "port")
     replicas: int = arg(1, "model replicas", exclusive="scale")
-    autoscale: tuple[int, int] | None = arg(None, "autoscale model replicas between MIN and MAX", metavar="MIN:MAX",
-                                            parse=parse_autoscale, exclusive="scale")  # fmt: skip
+    autoscale: tuple[int, int] | None = arg(
+        None,
+        "autoscale model replicas between MIN and MAX",
+        metavar="MIN:MAX",
+        parse=parse_autoscale,
+        exclusive="scale",
+    )
     api_key_env: str | None = arg(None, "require the key held in this environment variable", metavar="NAME")
     insecure: bool = arg(False, "allow binding an address other than loopback without an API key")
-    allowed_hosts: str | None = arg(None, "comma-separated names a keyless server answers besides loopback and "
-                                    "--host, and page origins it accepts (a proxy's public name)",
-                                    metavar="NAMES")  # fmt: skip
+    allowed_hosts: str | None = arg(
+        None,
+        "comma-separated names a keyless server answers besides loopback and "
+        "--host, and page origins it accepts (a proxy's public name)",
+        metavar="NAMES",
+    )
     device: str = arg("auto", "auto (a GPU per replica when the Ray cluster has GPUs), cpu, cuda")
-    precision: str = arg("auto", "auto (the export's training precision on GPUs, fp32 on CPUs), fp16, bf16, fp32",
-                         choices=INFERENCE_PRECISIONS)  # fmt: skip
+    precision: str = arg(
+        "auto",
+        "auto (the export's training precision on GPUs, fp32 on CPUs), fp16, bf16, fp32",
+        choices=INFERENCE_PRECISIONS,
+    )
     cpus_per_replica: float = arg(1.0, "CPUs per model replica")
-    gpus_per_replica: float | None = arg(None, "GPUs per model replica (default: 1 when it runs on CUDA; 0.5 lets "
-                                         "two replicas share one)")  # fmt: skip
+    gpus_per_replica: float | None = arg(
+        None, "GPUs per model replica (default: 1 when it runs on CUDA; 0.5 lets two replicas share one)"
+    )
     max_batch_size: int = arg(8, "requests per batched call (1 = no batching)")
-    batch_wait_s: float = arg(0.1, "wait to fill a batch, in ms", flag="--batch-wait-ms", parse=_ms,
-                              show=lambda s: f"{s * 1000:g} ms")  # fmt: skip
+    batch_wait_s: float = arg(
+        0.1, "wait to fill a batch, in ms", flag="--batch-wait-ms", parse=_ms, show=lambda s: f"{s * 1000:g} ms"
+    )
     timeout_s: float = arg(120.0, "per-request time limit, in s", flag="--timeout")
     limits: Limits = field(default_factory=Limits)
 
@@ -73,9 +86,12 @@ class ServeOptions:
             if getattr(self, name) < 1:
                 raise OptionError(name, "must be at least 1")
         if not self.api_key_env and not self.insecure and not is_loopback(self.host):
-            raise OptionError("host", f"{self.host} is reachable from other machines and no --api-key-env is "
-                              "set: anyone there could use this server; set --api-key-env NAME, or pass "
-                              "--insecure")  # fmt: skip
+            raise OptionError(
+                "host",
+                f"{self.host} is reachable from other machines and no --api-key-env is "
+                "set: anyone there could use this server; set --api-key-env NAME, or pass "
+                "--insecure",
+            )
         if self.limits.max_frames < 1:
             raise OptionError("max_frames", "must be at least 1")
         if self.autoscale is not None:

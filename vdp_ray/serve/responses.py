@@ -10,8 +10,9 @@ import json
 import numpy as np
 
 
-def encode(frames: np.ndarray, given: np.ndarray | None, truth: np.ndarray | None, fmt: str, fps: float,
-           meta: dict) -> bytes:  # fmt: skip
+def encode(
+    frames: np.ndarray, given: np.ndarray | None, truth: np.ndarray | None, fmt: str, fps: float, meta: dict
+) -> bytes:
     """The response body. gif / mp4: the given frames then the made ones (a red border marks those), beside
     the true future when the upload had one, clips side by side; npz: arrays ``frames`` (made), ``context``
     (given), ``truth``; json: the same as base64 PNGs, with ``meta`` (model id, timing, parameters)."""

@@ -41,8 +41,11 @@ class Frames:
 
     def check_pixels(self, width: int, height: int, where: str) -> None:
         if width * height > self.limits.max_pixels:
-            raise ApiError(413, where, f"a {width}x{height} frame exceeds the server's limit of "
-                           f"{self.limits.max_pixels} pixels per frame")  # fmt: skip
+            raise ApiError(
+                413,
+                where,
+                f"a {width}x{height} frame exceeds the server's limit of {self.limits.max_pixels} pixels per frame",
+            )
 
     def admit(self, width: int, height: int, name: str | None = None) -> None:
         """Before a frame's pixels are decoded: refuse it (413) if it passes any limit."""
@@ -52,16 +55,28 @@ class Frames:
             raise ApiError(413, self.field, f"more than {lim.max_frames} frames (the server's limit)")
         self.decoded += width * height * 3
         if self.decoded > lim.max_decoded_bytes:
-            raise ApiError(413, self.field, f"the frames decode to more than {lim.max_decoded_bytes / 2**20:g} MB "
-                           "(the server's limit): send fewer or smaller frames")  # fmt: skip
+            raise ApiError(
+                413,
+                self.field,
+                f"the frames decode to more than {lim.max_decoded_bytes / 2**20:g} MB "
+                "(the server's limit): send fewer or smaller frames",
+            )
         if time.monotonic() > self.end:
-            raise ApiError(413, self.field, f"decoding took longer than {lim.decode_timeout_s:g} s (the server's "
-                           "limit): send fewer or smaller frames")  # fmt: skip
+            raise ApiError(
+                413,
+                self.field,
+                f"decoding took longer than {lim.decode_timeout_s:g} s (the server's "
+                "limit): send fewer or smaller frames",
+            )
         if self.size is None:
             self.size = (width, height, where)
         elif self.size[:2] != (width, height):
-            raise ApiError(422, self.field, f"frames of different sizes ({self.size[2]} is {self.size[0]}x"
-                           f"{self.size[1]}, {where} is {width}x{height}); all must match")  # fmt: skip
+            raise ApiError(
+                422,
+                self.field,
+                f"frames of different sizes ({self.size[2]} is {self.size[0]}x"
+                f"{self.size[1]}, {where} is {width}x{height}); all must match",
+            )
 
     def add(self, frame: np.ndarray) -> None:
         frame = frame[..., None] if frame.ndim == 2 else frame
@@ -72,8 +87,11 @@ class Frames:
             raise ApiError(415, self.field, "the upload holds no frames")
         channels = {f.shape[-1] for f in self.frames}
         if len(channels) > 1:
-            raise ApiError(422, self.field, "frames with different channel counts (grayscale and colour); all must "
-                           "match, or send resize=true")  # fmt: skip
+            raise ApiError(
+                422,
+                self.field,
+                "frames with different channel counts (grayscale and colour); all must match, or send resize=true",
+            )
         return np.stack(self.frames).astype(np.uint8, copy=False)
 
 
@@ -122,8 +140,9 @@ def _zip_frames(data: bytes, frames: Frames) -> None:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
         if len(infos) > 2 * limits.max_frames + 16:
-            raise ApiError(413, field, f"a zip of {len(infos)} members; the server reads at most "
-                           f"{2 * limits.max_frames + 16}")  # fmt: skip
+            raise ApiError(
+                413, field, f"a zip of {len(infos)} members; the server reads at most {2 * limits.max_frames + 16}"
+            )
         frames_in = (i for i in infos if i.filename.lower().endswith((".png", ".jpg", ".jpeg")) and not i.is_dir())
         members = sorted(frames_in, key=lambda i: _natural(i.filename))
         if not members:
@@ -133,8 +152,9 @@ def _zip_frames(data: bytes, frames: Frames) -> None:
         for info in members:
             name = f"{field}:{info.filename[:100]}"
             if info.compress_type not in ZIP_METHODS:
-                raise ApiError(415, name, f"compressed with zip method {info.compress_type}; frames must be stored "
-                               "or deflated")  # fmt: skip
+                raise ApiError(
+                    415, name, f"compressed with zip method {info.compress_type}; frames must be stored or deflated"
+                )
             if info.flag_bits & 0x1:
                 raise ApiError(415, name, "an encrypted zip member")
             raw = _inflate(archive, info, budget, name)
@@ -142,15 +162,27 @@ def _zip_frames(data: bytes, frames: Frames) -> None:
             _image(raw, frames, name)
     except ApiError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
-            NotImplementedError, OverflowError):  # fmt: skip
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        RuntimeError,
+        NotImplementedError,
+        OverflowError,
+    ):
         raise ApiError(415, field, "a corrupt zip: send a zip of PNG/JPEG frames") from None
 
 
 def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, name: str) -> bytes:
     """A member's bytes, read a chunk at a time and cut off past ``budget`` (whatever its header declares)."""
-    too_big = ApiError(413, name, f"inflates past {budget} bytes, what is left of the server's limit on the bytes "
-                       "it reads from one upload")  # fmt: skip
+    too_big = ApiError(
+        413,
+        name,
+        f"inflates past {budget} bytes, what is left of the server's limit on the bytes it reads from one upload",
+    )
     if info.file_size > budget:  # the declared size, refused at once when honest...
         raise too_big
     parts, size = [], 0
@@ -179,8 +211,15 @@ def _image(data: bytes, frames: Frames, field: str) -> None:
         frames.add(np.asarray(image))
     except ApiError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, zlib.error,
-            Image.DecompressionBombError):  # fmt: skip
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        zlib.error,
+        Image.DecompressionBombError,
+    ):
         raise ApiError(415, field, "not a readable PNG/JPEG image") from None
 
 
@@ -214,9 +253,13 @@ def model_fit(model: dict, resize: bool) -> Fit:
         if frame.shape[:2] == size and frame.shape[2] == channels:
             return frame
         if not resize:
-            raise ApiError(422, field, f"frames are {frame.shape[1]}x{frame.shape[0]} with {frame.shape[2]} "
-                           f"channel(s); the model takes {size[1]}x{size[0]} with {channels}: send resize=true to "
-                           "centre-crop and resize them")  # fmt: skip
+            raise ApiError(
+                422,
+                field,
+                f"frames are {frame.shape[1]}x{frame.shape[0]} with {frame.shape[2]} "
+                f"channel(s); the model takes {size[1]}x{size[0]} with {channels}: send resize=true to "
+                "centre-crop and resize them",
+            )
         return fit_frames(frame[None], size, channels)[0]
 
     return fit

@@ -37,15 +37,18 @@ def encoder_kind(path: str | Path) -> str:
     path = Path(path)
     config = path / "config.json"
     if not config.is_file():
-        raise TextError(f"text encoder {path}: no config.json (expected a local transformers model folder; "
-                        "nothing is downloaded)")  # fmt: skip
+        raise TextError(
+            f"text encoder {path}: no config.json (expected a local transformers model folder; nothing is downloaded)"
+        )
     model_type = json.loads(config.read_text()).get("model_type")
     if model_type in CLIP_TYPES:
         return "clip"
     if model_type in T5_TYPES:
         return "t5"
-    raise TextError(f"text encoder {path}: model_type {model_type!r} is not supported; expected a CLIP text model "
-                    f"{CLIP_TYPES} or a T5 encoder {T5_TYPES}")  # fmt: skip
+    raise TextError(
+        f"text encoder {path}: model_type {model_type!r} is not supported; expected a CLIP text model "
+        f"{CLIP_TYPES} or a T5 encoder {T5_TYPES}"
+    )
 
 
 class TextEncoder:
@@ -69,8 +72,9 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(list(captions), padding="max_length", truncation=True, max_length=self.max_tokens,
-                               return_tensors="pt")  # fmt: skip
+        batch = self.tokenizer(
+            list(captions), padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         out = self.model(input_ids=ids, attention_mask=mask)
         tokens = out.last_hidden_state.float()
@@ -98,8 +102,10 @@ class TextTable:
 
         folder = Path(split_dir) / TEXT_DIR
         if not (folder / INDEX).is_file() or not (folder / EMBEDDINGS).is_file():
-            raise TextError(f"{split_dir}: no caption embeddings ({TEXT_DIR}/{EMBEDDINGS}); run "
-                            f"`vdp encode-text {split_dir} --encoder PATH` first")  # fmt: skip
+            raise TextError(
+                f"{split_dir}: no caption embeddings ({TEXT_DIR}/{EMBEDDINGS}); run "
+                f"`vdp encode-text {split_dir} --encoder PATH` first"
+            )
         meta = json.loads((folder / INDEX).read_text())
         tensors = load_file(str(folder / EMBEDDINGS))
         rows = {c: i for i, c in enumerate(meta["captions"])}
@@ -109,16 +115,20 @@ class TextTable:
         """Embeddings of a batch of captions ("" = null text); a caption not in the table is an error."""
         missing = [c for c in captions if c not in self.rows]
         if missing:
-            raise TextError(f"caption {missing[0]!r} has no stored embedding (shards changed after "
-                            "`vdp encode-text`? run it again)")  # fmt: skip
+            raise TextError(
+                f"caption {missing[0]!r} has no stored embedding (shards changed after `vdp encode-text`? run it again)"
+            )
         idx = torch.tensor([self.rows[c] for c in captions])
         return model_kwargs(self.tokens[idx], self.mask[idx], self.pooled[idx], device, dtype)
 
 
 def model_kwargs(tokens, mask, pooled, device=None, dtype=torch.float32) -> dict[str, torch.Tensor]:
     """A caption's embeddings as the DiT's keyword inputs: the one place their names are written."""
-    return {"text_tokens": tokens.to(device, dtype), "text_mask": mask.to(device),
-            "text_pooled": pooled.to(device, dtype)}  # fmt: skip
+    return {
+        "text_tokens": tokens.to(device, dtype),
+        "text_mask": mask.to(device),
+        "text_pooled": pooled.to(device, dtype),
+    }
 
 
 def null_like(text: dict[str, torch.Tensor], null: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -39,8 +39,16 @@ def _captions_of(row: dict) -> list[dict]:
     return [{"caption": str(c)} for c in (meta.get("captions") or [])]
 
 
-def encode_text(paths: list[str], encoder: str, *, max_tokens: int = 77, batch_size: int = 64, workers: int = 1,
-                make_encoder: bool = False, log=print) -> dict[str, dict]:  # fmt: skip
+def encode_text(
+    paths: list[str],
+    encoder: str,
+    *,
+    max_tokens: int = 77,
+    batch_size: int = 64,
+    workers: int = 1,
+    make_encoder: bool = False,
+    log=print,
+) -> dict[str, dict]:
     """Embed every distinct caption of each split once (a Ray Data job: read shards -> captions -> encoder
     actors) and store them in ``<split>/text/``. Returns {split folder: summary}. ``make_encoder``: first
     write ``make_word_encoder`` over all the splits' captions to ``encoder`` (a new folder)."""
@@ -69,8 +77,10 @@ def encode_text(paths: list[str], encoder: str, *, max_tokens: int = 77, batch_s
     for folder in folders:
         started = time.monotonic()
         ds = ray.data.read_webdataset(list_shards(str(folder)), decoder=None, suffixes=["json"])
-        per_split[folder] = (sorted({r["caption"] for r in ds.flat_map(_captions_of).take_all()} - {NULL_TEXT}),
-                             time.monotonic() - started)  # fmt: skip
+        per_split[folder] = (
+            sorted({r["caption"] for r in ds.flat_map(_captions_of).take_all()} - {NULL_TEXT}),
+            time.monotonic() - started,
+        )
     if make_encoder:
         vocabulary = sorted({c for captions, _ in per_split.values() for c in captions})
         if not vocabulary:
@@ -84,23 +94,38 @@ def encode_text(paths: list[str], encoder: str, *, max_tokens: int = 77, batch_s
         ordered = [NULL_TEXT, *captions]
         log(f"{folder}: {len(captions)} distinct caption(s); encoding with {encoder} ({kind})")
         table = ray.data.from_items([{"caption": c} for c in ordered]).map_batches(
-            _EncodeBatch, batch_size=batch_size, batch_format="numpy", concurrency=workers, num_gpus=gpus,
+            _EncodeBatch,
+            batch_size=batch_size,
+            batch_format="numpy",
+            concurrency=workers,
+            num_gpus=gpus,
             fn_constructor_kwargs={"path": str(Path(encoder).resolve()), "max_tokens": max_tokens, "device": device},
-        )  # fmt: skip
+        )
         rows = {r["caption"]: r for r in table.take_all()}
         stack = {k: torch.from_numpy(np.stack([np.asarray(rows[c][k]) for c in ordered])) for k in ("tokens", "pooled")}
         mask = torch.from_numpy(np.stack([np.asarray(rows[c]["mask"]) for c in ordered]).astype(np.uint8))
         out = folder / TEXT_DIR
         out.mkdir(exist_ok=True)
         tmp = out / (EMBEDDINGS + ".tmp")
-        save_file({"tokens": stack["tokens"].contiguous(), "mask": mask.contiguous(),
-                   "pooled": stack["pooled"].contiguous()}, str(tmp))  # fmt: skip
+        save_file(
+            {"tokens": stack["tokens"].contiguous(), "mask": mask.contiguous(), "pooled": stack["pooled"].contiguous()},
+            str(tmp),
+        )
         tmp.replace(out / EMBEDDINGS)
-        meta = {"encoder": str(Path(encoder).resolve()), "kind": kind, "dim": int(stack["tokens"].shape[-1]),
-                "max_tokens": max_tokens, "count": len(ordered), "captions": ordered}  # fmt: skip
+        meta = {
+            "encoder": str(Path(encoder).resolve()),
+            "kind": kind,
+            "dim": int(stack["tokens"].shape[-1]),
+            "max_tokens": max_tokens,
+            "count": len(ordered),
+            "captions": ordered,
+        }
         atomic_write(out / INDEX, json.dumps(meta, indent=1))
-        summaries[str(folder)] = {"captions": len(ordered), "dim": meta["dim"],
-                                  "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
+        summaries[str(folder)] = {
+            "captions": len(ordered),
+            "dim": meta["dim"],
+            "seconds": round(time.monotonic() - started, 2),
+        }
     return summaries
 
 
@@ -122,14 +147,29 @@ def make_word_encoder(path: str | Path, captions: list[str], dim: int = 64, laye
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 3)]
     )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
-                                   eos_token="<eos>", model_max_length=77)  # fmt: skip
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        model_max_length=77,
+    )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(path)
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=layers,
-                            num_attention_heads=max(1, dim // 32), max_position_embeddings=77, pad_token_id=0,
-                            bos_token_id=2, eos_token_id=3, projection_dim=dim)  # fmt: skip
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=dim,
+        intermediate_size=2 * dim,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, dim // 32),
+        max_position_embeddings=77,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        projection_dim=dim,
+    )
     torch.manual_seed(seed)
     CLIPTextModel(config).save_pretrained(path)
     return path

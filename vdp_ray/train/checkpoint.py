@@ -67,8 +67,15 @@ def save(engine, ema, cfg: Config, stage: str, progress: Progress, metrics: dict
         digests = _all_digests(tmp)
         if rank == 0:
             world = dist.get_world_size() if dist.is_initialized() else 1
-            state = {"stage": stage, "step": progress.step, "epoch": progress.epoch, "ema_updates": ema.updates,
-                     "extra": progress.extra, "world_size": world, "digests": digests}  # fmt: skip
+            state = {
+                "stage": stage,
+                "step": progress.step,
+                "epoch": progress.epoch,
+                "ema_updates": ema.updates,
+                "extra": progress.extra,
+                "world_size": world,
+                "digests": digests,
+            }
             (tmp / STATE).write_text(json.dumps(state))
         ray.train.report({"step": progress.step, **metrics}, checkpoint=Checkpoint.from_directory(str(tmp)))
     finally:
@@ -128,8 +135,10 @@ def verify(directory: Path, state: dict, only: tuple[str, ...] | None = None) ->
         if not path.is_file():
             raise CheckpointError(f"{directory}: {name} is missing (the checkpoint is incomplete)")
         if _digest(path) != digest:
-            raise CheckpointError(f"{directory}: {name} does not match its digest in {STATE} (damaged or replaced "
-                                  "since training wrote it): not loading it")  # fmt: skip
+            raise CheckpointError(
+                f"{directory}: {name} does not match its digest in {STATE} (damaged or replaced "
+                "since training wrote it): not loading it"
+            )
 
 
 def _load_engine(engine, directory: Path, state: dict, cfg: Config, world: int, step: int, log) -> None:
@@ -158,14 +167,24 @@ def _load_engine(engine, directory: Path, state: dict, cfg: Config, world: int, 
         # next step writes back into the module) must follow, or the first step reverts to the initial weights
         engine.optimizer.refresh_fp32_params()
     else:
-        engine.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True, load_module_only=True,
-                               load_optimizer_states=False, load_lr_scheduler_states=False)  # fmt: skip
+        engine.load_checkpoint(
+            str(directory),
+            tag=DS_TAG,
+            load_module_strict=True,
+            load_module_only=True,
+            load_optimizer_states=False,
+            load_lr_scheduler_states=False,
+        )
         if hasattr(engine.optimizer, "refresh_fp32_params"):  # the optimizer's fp32 copy of the loaded weights
             engine.optimizer.refresh_fp32_params()
 
 
-def export_checkpoint(checkpoint_dir: str | Path, export_dir: str | Path, cfg: Config | None = None,
-                      selected: tuple[dict, dict] | None = None) -> Path:  # fmt: skip
+def export_checkpoint(
+    checkpoint_dir: str | Path,
+    export_dir: str | Path,
+    cfg: Config | None = None,
+    selected: tuple[dict, dict] | None = None,
+) -> Path:
     """An export from a checkpoint folder of ours (any ZeRO stage): its EMA weights (or ``selected``: the weights
     train.select_by kept and their score), no DeepSpeed needed. The stage decides what the export's config records
     (the VAE its measured scale factor)."""

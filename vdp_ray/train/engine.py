@@ -91,8 +91,9 @@ def build_engine(stage, cfg, name: str, world: int, precision: str, initialize):
     return engine, EMA.of_engine(engine, cfg.train.ema_decay, zero3=cfg.train.zero_stage == 3)
 
 
-def deepspeed_config(cfg, stage: str, world_size: int, precision: str, num_params: int | None = None,
-                     overlap: bool | None = None) -> dict:  # fmt: skip
+def deepspeed_config(
+    cfg, stage: str, world_size: int, precision: str, num_params: int | None = None, overlap: bool | None = None
+) -> dict:
     """``num_params``: the trained parameters, which size the communication buckets (default: the largest);
     ``overlap``: communication on its own stream during the backward pass (default: with fp16, i.e. a GPU)."""
     t = cfg.train
@@ -121,8 +122,14 @@ def deepspeed_config(cfg, stage: str, world_size: int, precision: str, num_param
         },
     }
     if precision == "fp16":
-        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
-                      "hysteresis": 2, "min_loss_scale": 1}  # fmt: skip
+        ds["fp16"] = {
+            "enabled": True,
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        }
     elif precision == "bf16":
         ds["bf16"] = {"enabled": True}
     return ds
@@ -171,9 +178,14 @@ def _zero(stage: int, overlap: bool, bucket: int = MAX_BUCKET) -> dict:
     pays on GPUs (NCCL on its own stream)."""
     zero: dict = {"stage": stage}
     if stage in (1, 2):
-        zero.update(reduce_bucket_size=bucket, allgather_bucket_size=bucket, contiguous_gradients=True,
-                    overlap_comm=overlap)  # fmt: skip
+        zero.update(
+            reduce_bucket_size=bucket, allgather_bucket_size=bucket, contiguous_gradients=True, overlap_comm=overlap
+        )
     elif stage == 3:
-        zero.update(reduce_bucket_size=bucket, stage3_prefetch_bucket_size=bucket, contiguous_gradients=True,
-                    overlap_comm=overlap)  # fmt: skip
+        zero.update(
+            reduce_bucket_size=bucket,
+            stage3_prefetch_bucket_size=bucket,
+            contiguous_gradients=True,
+            overlap_comm=overlap,
+        )
     return zero

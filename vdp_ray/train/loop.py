@@ -81,8 +81,23 @@ def start(config: dict) -> Worker:
     own = stage_settings(cfg, name)
     engine, ema = build_engine(stage, cfg, name, world, precision, deepspeed.initialize)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    return Worker(cfg, name, run_dir, rank, world, device, precision, dtype, log, stage, ema, engine, own.batch_size,
-                  own.max_steps, drill=faults.Drill.from_dict(config.get("drill")))  # fmt: skip
+    return Worker(
+        cfg,
+        name,
+        run_dir,
+        rank,
+        world,
+        device,
+        precision,
+        dtype,
+        log,
+        stage,
+        ema,
+        engine,
+        own.batch_size,
+        own.max_steps,
+        drill=faults.Drill.from_dict(config.get("drill")),
+    )
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -103,14 +118,20 @@ def train_loop_per_worker(config: dict) -> None:
 
     # unreadable clips are counted per rank and named where they were met; too many stop every rank together
     w.bad = BadClips(cfg.data.max_bad_fraction, log.line if w.rank == 0 else _rank_line(w))
-    train_iter = epochs(ray.train.get_dataset_shard("train"), batch_size=w.batch_size,
-                        shuffle_buffer=cfg.data.shuffle_buffer, start_epoch=epoch,
-                        pin_memory=device.type == "cuda", bad=w.bad)  # fmt: skip
+    train_iter = epochs(
+        ray.train.get_dataset_shard("train"),
+        batch_size=w.batch_size,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        start_epoch=epoch,
+        pin_memory=device.type == "cuda",
+        bad=w.bad,
+    )
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
     # without validation clips there is nothing to choose by: the export is the last EMA weights
     preview = Preview(w.stage, w.ema, device, cfg.train.preview_clips)
-    selection = Selection(cfg.train.select_by if cfg.data.val else "last", w.run_dir, w.name, w.rank,
-                          resumed is not None)  # fmt: skip
+    selection = Selection(
+        cfg.train.select_by if cfg.data.val else "last", w.run_dir, w.name, w.rank, resumed is not None
+    )
     if resumed is None and selection.metric == "val/psnr_gain" and w.stage.untrained_is_candidate:
         # the untrained model is a candidate too (an anchored model starts as its anchor), so a run whose training
         # never beats it on the validation clips exports it rather than something worse
@@ -161,8 +182,9 @@ def train_loop_per_worker(config: dict) -> None:
                 log.line(note)
         # ray.train.report is a barrier: every rank calls it the same number of times, in the same order
         if step % cfg.train.checkpoint_every == 0 or step == total:
-            checkpoint.save(engine, w.ema, cfg, w.name, checkpoint.Progress(step, epoch, extra), {**metrics, **val},
-                            w.rank)  # fmt: skip
+            checkpoint.save(
+                engine, w.ema, cfg, w.name, checkpoint.Progress(step, epoch, extra), {**metrics, **val}, w.rank
+            )
         elif val:  # Tune's schedulers see every validation, not only the checkpointed ones
             ray.train.report({"step": step, **metrics, **val})
     log.close()
@@ -191,8 +213,12 @@ def _optimizer_step(w: Worker, train_iter, tally: LogTally, preview: Preview, st
             mine = w.bad is not None and w.bad.too_many()
             finite, too_many_bad = step_flags(losses, mine)
             if too_many_bad:  # every rank stops at this step; the rank that met them named each bad clip
-                faults.stop_run(w.log, w.name, step, w.bad.message() if mine else
-                                "too many unreadable clips on another rank (each is named in the log)")  # fmt: skip
+                faults.stop_run(
+                    w.log,
+                    w.name,
+                    step,
+                    w.bad.message() if mine else "too many unreadable clips on another rank (each is named in the log)",
+                )
                 return None
             if not finite:
                 faults.stop_non_finite(w.log, w.name, step)
@@ -264,9 +290,15 @@ class LogTally:
     def metrics(self, step: int, epoch: int, engine, world: int, device, precision: str) -> dict:
         elapsed = time.perf_counter() - self.start
         loss = torch.stack(self.losses).mean().item()
-        m = {"step": step, "epoch": epoch, "loss": mean_across(loss, device),
-             "lr": engine.get_lr()[0], "clips_per_s": self.clips * world / elapsed, "workers": world,
-             "data_wait": self.wait / elapsed}  # fmt: skip
+        m = {
+            "step": step,
+            "epoch": epoch,
+            "loss": mean_across(loss, device),
+            "lr": engine.get_lr()[0],
+            "clips_per_s": self.clips * world / elapsed,
+            "workers": world,
+            "data_wait": self.wait / elapsed,
+        }
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             m["grad_norm"] = float(grad_norm)

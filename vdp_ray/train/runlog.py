@@ -44,8 +44,13 @@ class RankZeroLog:
     def metrics(self, m: dict, total: int, eta: float | None) -> None:
         if not self.enabled:
             return
-        parts = [f"step {m['step']}/{total}", f"loss {m['loss']:.4f}", f"lr {m['lr']:.2e}",
-                 f"{m['clips_per_s']:.1f} clips/s", f"data-wait {100 * m['data_wait']:.0f}%"]  # fmt: skip
+        parts = [
+            f"step {m['step']}/{total}",
+            f"loss {m['loss']:.4f}",
+            f"lr {m['lr']:.2e}",
+            f"{m['clips_per_s']:.1f} clips/s",
+            f"data-wait {100 * m['data_wait']:.0f}%",
+        ]
         if "latent_cache_hits" in m:
             parts.append(f"latent cache {100 * m['latent_cache_hits']:.0f}%")
         if "loss_scale" in m:
@@ -88,12 +93,20 @@ def record_placement(run_dir: Path, stage: str, rank: int, world: int, device, l
     """Which node and device every rank runs on: one log line and logs/<stage>-workers.json (rank 0)."""
     import ray
 
-    me = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-          "ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": str(device)}  # fmt: skip
+    me = {
+        "rank": rank,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "host": socket.gethostname(),
+        "ip": ray.util.get_node_ip_address(),
+        "pid": os.getpid(),
+        "device": str(device),
+    }
     everyone = gather_objects(me, world)
     if rank == 0:
         nodes = sorted({w["node_id"] for w in everyone})
-        log.line(f"{world} worker(s) on {len(nodes)} node(s): " + ", ".join(
-            f"rank {w['rank']} -> node {nodes.index(w['node_id'])} ({w['device']})" for w in everyone))  # fmt: skip
+        log.line(
+            f"{world} worker(s) on {len(nodes)} node(s): "
+            + ", ".join(f"rank {w['rank']} -> node {nodes.index(w['node_id'])} ({w['device']})" for w in everyone)
+        )
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (run_dir / "logs" / f"{stage}-workers.json").write_text(json.dumps(everyone, indent=1))

@@ -65,8 +65,13 @@ class Stage(Protocol):
     def step_metrics(self) -> dict[str, float]:
         """This rank's extra numbers since the last call (averaged over ranks by the loop)."""
 
-    def finish(self, ema_model: Callable[[], nn.Module], batches: Iterator[torch.Tensor], world: int,
-               mean: Callable[[float], float]) -> tuple[dict, str | None]:  # fmt: skip
+    def finish(
+        self,
+        ema_model: Callable[[], nn.Module],
+        batches: Iterator[torch.Tensor],
+        world: int,
+        mean: Callable[[float], float],
+    ) -> tuple[dict, str | None]:
         """After the last step: results the checkpoint keeps and a line saying them. ``ema_model()`` gives the
         network with its EMA weights, ``batches`` more training clips, ``mean`` the average over ranks."""
 
@@ -216,8 +221,15 @@ class DiffusionStage:
         cond = Condition.first_frames(x0[:, :, :k], x0.shape[2], model_kwargs=text, null_kwargs=null)
         s = self.cfg.sampling
         settings = self.latent.sampling(replace(s, steps=min(s.steps, PREVIEW_STEPS)))
-        out = sample(model, self.diffusion, tuple(x0.shape), cond, settings, generator=torch.Generator().manual_seed(0),
-                     device=x0.device)  # fmt: skip
+        out = sample(
+            model,
+            self.diffusion,
+            tuple(x0.shape),
+            cond,
+            settings,
+            generator=torch.Generator().manual_seed(0),
+            device=x0.device,
+        )
         pred = self.latent.decode(out).clamp(-1, 1)
         kp = k * self.latent.temporal_compression
         future, truth = pred[:, :, kp:], clips[:, :, kp:]

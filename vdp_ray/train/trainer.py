@@ -88,16 +88,21 @@ def text_dim(cfg: Config) -> int:
     for folder in run_split_folders(cfg.data):
         index = Path(folder) / TEXT_DIR / INDEX
         if not index.is_file():
-            raise ConfigError(f"text.encoder: {folder} has no caption embeddings; run "
-                              f"`vdp encode-text {folder} --encoder {cfg.text.encoder}` first")  # fmt: skip
+            raise ConfigError(
+                f"text.encoder: {folder} has no caption embeddings; run "
+                f"`vdp encode-text {folder} --encoder {cfg.text.encoder}` first"
+            )
         meta = json.loads(index.read_text())
         if meta["encoder"] != wanted or meta["max_tokens"] != cfg.text.max_tokens:
-            raise ConfigError(f"text.encoder: {folder}'s caption embeddings were made with {meta['encoder']} "
-                              f"(max_tokens {meta['max_tokens']}), the config asks for {wanted} (text.max_tokens "
-                              f"{cfg.text.max_tokens}); run `vdp encode-text` again")  # fmt: skip
+            raise ConfigError(
+                f"text.encoder: {folder}'s caption embeddings were made with {meta['encoder']} "
+                f"(max_tokens {meta['max_tokens']}), the config asks for {wanted} (text.max_tokens "
+                f"{cfg.text.max_tokens}); run `vdp encode-text` again"
+            )
         if cfg.model.dit.text_dim not in (None, meta["dim"]):
-            raise ConfigError(f"model.dit.text_dim is {cfg.model.dit.text_dim} but the embeddings in {folder} are "
-                              f"{meta['dim']} wide")  # fmt: skip
+            raise ConfigError(
+                f"model.dit.text_dim is {cfg.model.dit.text_dim} but the embeddings in {folder} are {meta['dim']} wide"
+            )
         dims.add(meta["dim"])
     if len(dims) > 1:
         raise ConfigError(f"text.encoder: the splits' caption embeddings differ in width ({sorted(dims)})")

@@ -41,8 +41,12 @@ def progress_callback(sweep: Sweep, total: int, planned_steps: int, enabled: boo
             finished = [t for t in trials if (how if t is ended else t.status) == "TERMINATED"]
             stopped = sum(1 for t in finished if (t.last_result or {}).get("step", 0) < planned_steps)
             scored = [t for t in trials if sweep.metric in (t.last_result or {})]
-            parts = [f"{by.get('RUNNING', 0)} running", f"{len(finished)} done ({stopped} stopped early)",
-                     f"{by.get('ERROR', 0)} failed", f"of {total}"]  # fmt: skip
+            parts = [
+                f"{by.get('RUNNING', 0)} running",
+                f"{len(finished)} done ({stopped} stopped early)",
+                f"{by.get('ERROR', 0)} failed",
+                f"of {total}",
+            ]
             if scored:
                 best = max(scored, key=lambda t: sign * t.last_result[sweep.metric])
                 params = brief(trial_params(best.config))

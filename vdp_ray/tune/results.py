@@ -75,11 +75,20 @@ def trial_rows(grid, sweep: Sweep, out: Path, planned_steps: int) -> list[TrialR
         values = list(history.values())
         best = (max if sweep.mode == "max" else min)(values) if values else None
         value = metrics.get(sweep.metric)
-        rows.append(TrialRow(
-            trial=trial_id, params=trial_params(result.config or {}), status=status, steps=steps,
-            value=None if value is None else float(value), best=best, wall_s=float(metrics.get("time_total_s", 0)),
-            run_dir=str(out / "trials" / trial_id), error=_first_line(result.error), history=sorted(history.items()),
-        ))  # fmt: skip
+        rows.append(
+            TrialRow(
+                trial=trial_id,
+                params=trial_params(result.config or {}),
+                status=status,
+                steps=steps,
+                value=None if value is None else float(value),
+                best=best,
+                wall_s=float(metrics.get("time_total_s", 0)),
+                run_dir=str(out / "trials" / trial_id),
+                error=_first_line(result.error),
+                history=sorted(history.items()),
+            )
+        )
     rows.sort(key=lambda r: r.trial)
     return rows
 
@@ -108,8 +117,15 @@ def results_table(rows: list[TrialRow], metric: str, best: TrialRow | None) -> s
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         mark = " **best**" if best is not None and r.trial == best.trial else ""
-        cells = [r.trial + mark, *(short(r.params.get(k, "")) for k in keys), _num(r.value), _num(r.best),
-                 str(r.steps), r.status + (f": {r.error}" if r.error else ""), format_duration(r.wall_s)]  # fmt: skip
+        cells = [
+            r.trial + mark,
+            *(short(r.params.get(k, "")) for k in keys),
+            _num(r.value),
+            _num(r.best),
+            str(r.steps),
+            r.status + (f": {r.error}" if r.error else ""),
+            format_duration(r.wall_s),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -132,15 +148,28 @@ def write_results(sweep: Sweep, out: Path, rows: list[TrialRow], wall_s: float) 
     keys = sorted({k for r in rows for k in r.params})
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial", *keys, sweep.metric, f"best_{sweep.metric}", "steps", "status", "wall_s",
-                         "run_dir", "error"])  # fmt: skip
+        writer.writerow(
+            ["trial", *keys, sweep.metric, f"best_{sweep.metric}", "steps", "status", "wall_s", "run_dir", "error"]
+        )
         for r in rows:
-            writer.writerow([r.trial, *(r.params.get(k, "") for k in keys), "" if r.value is None else r.value,
-                             "" if r.best is None else r.best, r.steps, r.status, round(r.wall_s, 1), r.run_dir,
-                             r.error])  # fmt: skip
+            writer.writerow(
+                [
+                    r.trial,
+                    *(r.params.get(k, "") for k in keys),
+                    "" if r.value is None else r.value,
+                    "" if r.best is None else r.best,
+                    r.steps,
+                    r.status,
+                    round(r.wall_s, 1),
+                    r.run_dir,
+                    r.error,
+                ]
+            )
     table = results_table(rows, sweep.metric, best)
-    summary = (f"# Sweep {sweep.name}: {sweep.metric} ({sweep.mode}), {len(rows)} trials, "
-               f"{format_duration(wall_s)}\n\n{table}\n")  # fmt: skip
+    summary = (
+        f"# Sweep {sweep.name}: {sweep.metric} ({sweep.mode}), {len(rows)} trials, "
+        f"{format_duration(wall_s)}\n\n{table}\n"
+    )
     if best is not None:
         summary += f"\nBest: {best.trial} ({describe(best.params)}): {sweep.metric} {best.value:.4f}\n"
     (out / "results.md").write_text(summary)
@@ -155,9 +184,11 @@ def write_results(sweep: Sweep, out: Path, rows: list[TrialRow], wall_s: float) 
         base["run"]["name"] = f"{sweep.name}-best"
         base["run"]["dir"] = f"runs/{sweep.name}-best"
         Config.from_dict(base)  # it validates
-        header = (f"# The winner of sweep {sweep.name} ({sweep.path}): {describe(best.params)}, {sweep.metric} "
-                  f"{best.value:.4f} after {best.steps} steps\n# = {sweep.base} with those values. "
-                  f"Train it: vdp train {out / 'best.yaml'}\n")  # fmt: skip
+        header = (
+            f"# The winner of sweep {sweep.name} ({sweep.path}): {describe(best.params)}, {sweep.metric} "
+            f"{best.value:.4f} after {best.steps} steps\n# = {sweep.base} with those values. "
+            f"Train it: vdp train {out / 'best.yaml'}\n"
+        )
         best_yaml = out / "best.yaml"
         best_yaml.write_text(header + yaml.safe_dump(base, sort_keys=False))
         source = Path(best.run_dir) / "export"
@@ -167,12 +198,24 @@ def write_results(sweep: Sweep, out: Path, rows: list[TrialRow], wall_s: float) 
             shutil.copytree(source, tmp)
             swap_in(tmp, out / "best_export", "meta.json")
             best_export = out / "best_export"
-    curves = {f"{r.trial} ({brief(r.params)})": ([s for s, _ in r.history], [v for _, v in r.history])
-              for r in rows if r.history}  # fmt: skip
+    curves = {
+        f"{r.trial} ({brief(r.params)})": ([s for s, _ in r.history], [v for _, v in r.history])
+        for r in rows
+        if r.history
+    }
     if curves:
         plot_curves(out / "metric.png", curves, "training step", sweep.metric, f"sweep {sweep.name}")
-    return SweepResult(folder=out, metric=sweep.metric, mode=sweep.mode, rows=rows, best=best, best_yaml=best_yaml,
-                       best_export=best_export, wall_s=wall_s, total=grid_size(sweep))  # fmt: skip
+    return SweepResult(
+        folder=out,
+        metric=sweep.metric,
+        mode=sweep.mode,
+        rows=rows,
+        best=best,
+        best_yaml=best_yaml,
+        best_export=best_export,
+        wall_s=wall_s,
+        total=grid_size(sweep),
+    )
 
 
 def describe_trials(sweep: Sweep, folder: str | Path | None = None) -> str:
@@ -189,8 +232,10 @@ def describe_trials(sweep: Sweep, folder: str | Path | None = None) -> str:
     )
     lines = [head, f"  base: {sweep.base}", f"  folder: {Path(folder or sweep.folder)}", each]
     if shares_vae(sweep, cfg):
-        lines.append(f"  shared: the VAE stage ({cfg.vae.max_steps or cfg.train.max_steps} steps) is trained once, "
-                     "before the trials, and every trial trains its DiT on it")  # fmt: skip
+        lines.append(
+            f"  shared: the VAE stage ({cfg.vae.max_steps or cfg.train.max_steps} steps) is trained once, "
+            "before the trials, and every trial trains its DiT on it"
+        )
     lines += [f"  fixed: {k} = {v}" for k, v in sweep.overrides.items()]
     lines += [f"  space: {k}: {spec}" for k, spec in sweep.space.items()]
     return "\n".join(lines)

@@ -16,8 +16,15 @@ from .results import STATE_FILE, SweepResult, trial_rows, write_results
 from .sweep_file import Sweep, SweepError, grid_size, load_sweep, param_space, set_value, shares_vae, trial_steps
 
 
-def sweep(sweep: Sweep | str | Path, overrides: list[str] | tuple[str, ...] = (), *, folder: str | Path | None = None,
-          restart: bool = False, progress: bool = True, verbose: bool = False) -> SweepResult:  # fmt: skip
+def sweep(
+    sweep: Sweep | str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    folder: str | Path | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    verbose: bool = False,
+) -> SweepResult:
     """Run (or resume) a sweep; returns every trial's row and the winner. ``folder`` replaces the sweep's dir.
     The folder must be new, empty or this sweep's (its record), and one sweep at a time holds it. Where this
     starts Ray, Ray's own output goes to the folder's logs/ray.log (``verbose``: to the terminal)."""
@@ -143,8 +150,14 @@ def _metric_reporter(metric: str):
 
 
 def _identity(sweep: Sweep) -> dict:
-    return {"base": sweep.base_values(), "space": sweep.space, "metric": sweep.metric, "mode": sweep.mode,
-            "num_samples": sweep.num_samples, "scheduler": sweep.scheduler}  # fmt: skip
+    return {
+        "base": sweep.base_values(),
+        "space": sweep.space,
+        "metric": sweep.metric,
+        "mode": sweep.mode,
+        "num_samples": sweep.num_samples,
+        "scheduler": sweep.scheduler,
+    }
 
 
 def _claim(out: Path, identity: dict) -> None:
@@ -153,10 +166,15 @@ def _claim(out: Path, identity: dict) -> None:
     if state.is_file():
         previous = json.loads(state.read_text())
         if previous != json.loads(json.dumps(identity)):
-            changed = sorted(k for k in identity if json.dumps(previous.get(k), sort_keys=True)
-                             != json.dumps(identity[k], sort_keys=True))  # fmt: skip
-            raise SweepError(f"{out} holds a different sweep (changed: {', '.join(changed)}): give another "
-                             "folder (dir= in the sweep file or --dir), or --restart to discard it")  # fmt: skip
+            changed = sorted(
+                k
+                for k in identity
+                if json.dumps(previous.get(k), sort_keys=True) != json.dumps(identity[k], sort_keys=True)
+            )
+            raise SweepError(
+                f"{out} holds a different sweep (changed: {', '.join(changed)}): give another "
+                "folder (dir= in the sweep file or --dir), or --restart to discard it"
+            )
     out.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps(identity, indent=1, sort_keys=True))
 

@@ -28,8 +28,18 @@ from ..config.checks import shared_folder_error
 # psnr metrics come from the preview on validation clips, so they need data.val.
 METRICS = {"val/loss": "min", "val/psnr": "max", "val/psnr_gain": "max", "loss": "min"}
 SPACE_KINDS = ("choice", "uniform", "loguniform", "randint")
-TOP_KEYS = ("base", "metric", "mode", "space", "overrides", "num_samples", "scheduler", "max_concurrent_trials",
-            "name", "dir")  # fmt: skip
+TOP_KEYS = (
+    "base",
+    "metric",
+    "mode",
+    "space",
+    "overrides",
+    "num_samples",
+    "scheduler",
+    "max_concurrent_trials",
+    "name",
+    "dir",
+)
 SCHEDULERS = ("asha", "fifo")
 ASHA_KEYS = ("grace_period", "reduction_factor", "brackets")
 
@@ -112,10 +122,19 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise SweepError(f"{path}: {name}: expected a positive integer, got {value!r}")
 
-    sweep = Sweep(path=path, base=base, metric=metric, mode=mode, space=space, overrides=fixed,
-                  num_samples=raw.get("num_samples", 1), scheduler=scheduler,
-                  max_concurrent_trials=raw.get("max_concurrent_trials", 1), name=str(raw.get("name", path.stem)),
-                  dir=raw.get("dir"))  # fmt: skip
+    sweep = Sweep(
+        path=path,
+        base=base,
+        metric=metric,
+        mode=mode,
+        space=space,
+        overrides=fixed,
+        num_samples=raw.get("num_samples", 1),
+        scheduler=scheduler,
+        max_concurrent_trials=raw.get("max_concurrent_trials", 1),
+        name=str(raw.get("name", path.stem)),
+        dir=raw.get("dir"),
+    )
     _check(sweep)
     return sweep
 
@@ -158,8 +177,9 @@ def _check(sweep: Sweep) -> None:
         steps = trial_steps(base_cfg)
         grace = args.get("grace_period", 1)
         if not isinstance(grace, int) or not 1 <= grace <= steps:
-            raise SweepError(f"{where}: scheduler.asha.grace_period: expected 1..{steps} (the trial's steps), "
-                             f"got {grace!r}")  # fmt: skip
+            raise SweepError(
+                f"{where}: scheduler.asha.grace_period: expected 1..{steps} (the trial's steps), got {grace!r}"
+            )
         rf = args.get("reduction_factor", 4)
         if not isinstance(rf, (int, float)) or rf <= 1:
             raise SweepError(f"{where}: scheduler.asha.reduction_factor: expected a number > 1, got {rf!r}")
