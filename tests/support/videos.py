@@ -125,9 +125,10 @@ def digit_shards(out: Path, num_clips: int = 48) -> Path:
     return out
 
 
-def corrupt_split(src: Path, dst: Path, every: int = 3) -> list[str]:
+def corrupt_split(src: Path, dst: Path, every: int = 3, files: set[str] | None = None) -> list[str]:
     """A copy of shard split SRC in DST where every EVERY-th clip's .npy member is garbage (the tar and its
-    manifest stay consistent, so only decoding finds it); returns the keys spoiled."""
+    manifest stay consistent, so only decoding finds it), in the shards named in FILES (default: all); returns
+    the keys spoiled."""
     import io
     import json
     import tarfile
@@ -138,7 +139,7 @@ def corrupt_split(src: Path, dst: Path, every: int = 3) -> list[str]:
     for entry in manifest["shards"]:
         with tarfile.open(src / entry["file"]) as tar_in, tarfile.open(dst / entry["file"], "w") as tar_out:
             keys = sorted({m.name.split(".", 1)[0] for m in tar_in.getmembers()})
-            bad = set(keys[::every])
+            bad = set(keys[::every]) if files is None or entry["file"] in files else set()
             for m in tar_in.getmembers():
                 data = tar_in.extractfile(m).read()
                 key = m.name.split(".", 1)[0]

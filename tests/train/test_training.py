@@ -110,6 +110,61 @@ def test_unreadable_clips_in_training_are_skipped_named_and_past_the_limit_stop_
     assert "resumed" not in text, "stopped, not restarted"
 
 
+def test_shards_of_only_unreadable_clips_on_one_rank_neither_hang_nor_stop_a_two_worker_run(ray_local, tmp_path):
+    """Half the training shards hold nothing readable: a rank meeting a batch of them takes its step anyway
+    (weighted zero) instead of dropping it. Before, that rank ended its epoch a step early and waited in Ray
+    Data's split coordinator while the other waited in the step's collective, forever."""
+    import signal
+
+    from vdp_ray.data.shards import ShardOptions, shard
+
+    clean = tmp_path / "clean"
+    shard(
+        ShardOptions(
+            out=str(clean),
+            synthetic="moving-digits",
+            num_clips=48,
+            frames=8,
+            size=(32, 32),
+            split={"train": 0.75, "val": 0.25},
+            digits=(1, 1),
+            shard_size=4,
+        ),
+        log=lambda *_: None,
+    )
+    data = tmp_path / "data"
+    files = {e["file"] for e in json.loads((clean / "train" / "manifest.json").read_text())["shards"][1::2]}
+    spoiled = corrupt_split(clean / "train", data / "train", every=1, files=files)
+    shutil.copytree(clean / "val", data / "val")
+    run = tmp_path / "run"
+    cfg = train_config(
+        "tiny_unet",
+        data,
+        run,
+        "train.max_steps=24",
+        "data.shuffle_buffer=0",
+        "data.max_bad_fraction=0.9",
+        "train.val_every=1000",
+        "train.checkpoint_every=1000",
+    )
+
+    def hung(*_):
+        raise TimeoutError("the two-worker run hung on a rank's unreadable batches")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(600)  # a hang fails this test instead of the whole CI run
+    try:
+        exports = fit(cfg)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (exports["unet3d"] / "model.safetensors").is_file()
+    rows = logged(run, "unet3d")
+    assert rows[-1]["step"] == 24 and rows[-1]["skipped_clips"] >= 8, rows[-1]
+    text = (run / "logs" / "unet3d.log").read_text()
+    assert any(f"skipped clip {k} in shard-" in text for k in spoiled), "each unreadable clip is named"
+
+
 def test_a_run_folder_has_one_writer(digits, tmp_path):
     """A second `vdp train` on a run folder in use is refused before any Ray work, naming the holder."""
     run = tmp_path / "run"

@@ -302,6 +302,14 @@ class BadClips:
         )
 
 
+def _with_good_rows(ok: np.ndarray) -> np.ndarray:
+    """Row indices of a batch whose bad rows (``ok`` False) are replaced by its good ones in turn: same size."""
+    good = np.flatnonzero(ok)
+    rows = np.arange(len(ok))
+    rows[~ok] = good[np.arange((~ok).sum()) % len(good)]
+    return rows
+
+
 def _text(raw) -> str:
     if raw is None:
         return ""
@@ -335,10 +343,15 @@ def epochs(
     """Endless (epoch, batch) pairs from a Ray DataIterator (or dataset shard), reshuffled each epoch.
 
     A batch is {"clip": torch uint8 (B, C, T, H, W) on the CPU (in pinned memory with ``pin_memory``, for an
-    asynchronous copy to a GPU), "key": list of str, "caption": list of str ("" where a clip has none)}; the
-    caller moves the clips to its device and makes them floats there. ``prefetch`` batches are prepared ahead.
-    Clips that could not be decoded are left out of their batch and noted in ``bad`` (a batch of them only is
-    skipped).
+    asynchronous copy to a GPU), "key": list of str, "caption": list of str ("" where a clip has none), "weight":
+    1.0, or 0.0 for a batch that holds no readable clip}; the caller moves the clips to its device and makes them
+    floats there. ``prefetch`` batches are prepared ahead.
+
+    Clips that could not be decoded are noted (named and counted) in ``bad`` and never remove a batch: every rank
+    must take one batch per step whatever its data, or a rank that ends its epoch early waits forever for the
+    others (in Ray Data's split coordinator) while they wait for it (in the step's collectives). A bad clip is
+    replaced by a readable one of its batch; a batch with none is yielded as it is (zeros) with weight 0, which
+    the loop multiplies its loss by.
     """
     import torch
 
@@ -354,18 +367,19 @@ def epochs(
             prefetch_batches=prefetch,
         ):
             name = "latent" if "latent" in batch else "clip"  # latent shards: fp16 posteriors (B, 2, C, t, h, w)
+            weight = 1.0
             if "bad" in batch:
-                ok = skips.note(batch["bad"])
-                if not ok.all():
-                    batch = {k: v[ok] for k, v in batch.items()}
-                    if not ok.any():
-                        continue
+                ok = skips.note(batch.pop("bad"))
+                if ok.any() and not ok.all():
+                    batch = {k: v[_with_good_rows(ok)] for k, v in batch.items()}
+                weight = float(ok.any())
             seen += 1
             clips = torch.from_numpy(np.require(batch[name], requirements="W"))  # Ray hands out read-only arrays
             if pin_memory:
                 clips = clips.pin_memory()
             captions = [str(c) for c in batch["caption"]] if "caption" in batch else [""] * len(clips)
-            yield epoch, {name: clips, "key": [str(k) for k in batch["key"]], "caption": captions}
+            keys = [str(k) for k in batch["key"]]
+            yield epoch, {name: clips, "key": keys, "caption": captions, "weight": weight}
         if seen == 0:
             raise ShardError(f"the dataset gave no batch of {batch_size} clips in a whole epoch: too few clips")
         epoch += 1

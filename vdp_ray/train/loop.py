@@ -205,8 +205,11 @@ def _optimizer_step(w: Worker, train_iter, tally: LogTally, preview: Preview, st
         epoch, batch = next(train_iter)
         clips = on_device(batch, device)
         tally.wait += time.perf_counter() - t0
-        preview.offer_training_clips(clips, batch["caption"])
+        if batch["weight"]:
+            preview.offer_training_clips(clips, batch["caption"])
         loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), w.drill, step)
+        # a batch with no readable clip still takes its step (every rank must), but teaches nothing
+        loss = loss * batch["weight"]
         losses = losses + loss.detach().float()
         if micro == cfg.train.grad_accum - 1:
             # one collective answers both questions for every rank, so all of them stop at the same step
@@ -235,7 +238,8 @@ def _optimizer_step(w: Worker, train_iter, tally: LogTally, preview: Preview, st
             # the same on every rank (the norm is global); stopped before anything is checkpointed
             faults.stop_non_finite(w.log, w.name, step, reason="non-finite gradients (of a finite loss)")
             return None
-        tally.add(loss, clips.shape[0])
+        if batch["weight"]:
+            tally.add(loss, clips.shape[0])
     return epoch
 
 
@@ -265,9 +269,10 @@ def _validate_and_preview(w: Worker, step: int, total: int, val_shard, preview: 
         return {}
     # every rank validates (under ZeRO-3 each forward is a collective); only rank 0 samples the preview
     report = _validate(w.stage, w.engine, val_shard, cfg, w.batch_size, w.dtype, w.device, preview)
-    if (step % cfg.train.preview_every == 0 or step == total) and preview.clips is not None:
-        model = preview.ema_model(everywhere=False)  # every rank: under ZeRO-3 rank 0 gathers the partitions
-        if w.rank == 0:
+    if step % cfg.train.preview_every == 0 or step == total:
+        # every rank, whatever its own clips: under ZeRO-3 rank 0 gathers the partitions, a collective
+        model = preview.ema_model(everywhere=False)
+        if w.rank == 0 and preview.clips is not None:
             image, scores = preview.run(model)
             w.log.image("preview", image, step)
             report.update(scores)
@@ -289,7 +294,7 @@ class LogTally:
 
     def metrics(self, step: int, epoch: int, engine, world: int, device, precision: str) -> dict:
         elapsed = time.perf_counter() - self.start
-        loss = torch.stack(self.losses).mean().item()
+        loss = torch.stack(self.losses).mean().item() if self.losses else float("nan")  # nan: no readable clip
         m = {
             "step": step,
             "epoch": epoch,
@@ -373,8 +378,10 @@ def _validate(stage, engine, val_shard, cfg: Config, batch_size: int, dtype, dev
         if i >= cfg.train.val_batches:
             break
         clips = on_device(batch, device)
-        preview.offer_validation_clips(clips, batch["caption"])
-        losses.append(stage.val_loss(engine, clips, batch["caption"], dtype))
+        loss = stage.val_loss(engine, clips, batch["caption"], dtype)  # every batch: a collective under ZeRO-3
+        if batch["weight"]:  # a batch with no readable clip counts for nothing
+            preview.offer_validation_clips(clips, batch["caption"])
+            losses.append(loss)
     preview.validation_done()
     engine.train()
     return {"loss": mean_across(np.mean(losses) if losses else float("nan"), device)}
