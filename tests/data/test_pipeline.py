@@ -100,9 +100,10 @@ def test_shard_lookup_and_early_checks(video_shards, tmp_path):
 
 
 def test_bad_clips_are_skipped_named_and_counted_and_a_truncated_shard_is_refused(video_shards, tmp_path):
-    """A clip that cannot be decoded is left out of its batch (not a failed Ray Data task, which would restart
-    the training group on the same file for ever), named with its shard, and counted against
-    data.max_bad_fraction; a shard whose size differs from its manifest is refused before anything starts."""
+    """A clip that cannot be decoded is replaced in its batch by a readable one (not a failed Ray Data task, which
+    would restart the training group on the same file for ever; not a dropped batch, which would leave the ranks
+    out of step), named with its shard, and counted against data.max_bad_fraction; a shard whose size differs
+    from its manifest is refused before anything starts."""
     import shutil
 
     bad = tmp_path / "bad"
@@ -111,9 +112,10 @@ def test_bad_clips_are_skipped_named_and_counted_and_a_truncated_shard_is_refuse
     skips = BadClips(0.5, noted.append)
     ds = clip_dataset(str(bad), data_cfg(), train=True, keep_bad=True)
     batches = [b for _, b in epochs(ds.iterator(), batch_size=3, max_epochs=1, drop_last=False, bad=skips)]
-    keys = [k for b in batches for k in b["key"]]
-    assert len(spoiled) == 5 and sorted(keys) == sorted(set(keys)) and len(keys) == 4 and not set(keys) & set(spoiled)
-    assert all(b["clip"].shape[0] == len(b["key"]) == len(b["caption"]) for b in batches)
+    keys = [k for b in batches if b["weight"] for k in b["key"]]
+    assert len(spoiled) == 5 and len(set(keys)) == 4 and not set(keys) & set(spoiled)
+    assert len(batches) == 3 and all(b["clip"].shape[0] == len(b["key"]) == len(b["caption"]) == 3 for b in batches)
+    assert sum(b["weight"] == 0 for b in batches) <= 1  # only a batch of nothing but spoiled clips weighs nothing
     assert (skips.seen, skips.bad) == (9, 5) and skips.too_many()  # 5 > max(4, 0.5 x 9)
     assert all(any(key in line and ".tar" in line for line in noted) for key in spoiled), noted
     strict = BadClips(0.0, None)
@@ -121,7 +123,7 @@ def test_bad_clips_are_skipped_named_and_counted_and_a_truncated_shard_is_refuse
     assert strict.too_many() and "5 of 9 clips could not be read" in strict.message()
     # without keep_bad (evaluation, vdp encode): left out (and named on the task's stderr)
     rows = clip_dataset(str(bad), data_cfg(), train=False).take_all()
-    assert sorted(r["key"] for r in rows) == sorted(keys) and "bad" not in rows[0]
+    assert sorted(r["key"] for r in rows) == sorted(set(keys)) and "bad" not in rows[0]
 
     cut = tmp_path / "cut"
     shutil.copytree(video_shards, cut)

@@ -205,11 +205,12 @@ def _optimizer_step(w: Worker, train_iter, tally: LogTally, preview: Preview, st
         epoch, batch = next(train_iter)
         clips = on_device(batch, device)
         tally.wait += time.perf_counter() - t0
-        if batch["weight"]:
+        weight = batch.get("weight", 1.0)  # 0.0: a batch with no readable clip (pipeline.epochs)
+        if weight:
             preview.offer_training_clips(clips, batch["caption"])
         loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), w.drill, step)
         # a batch with no readable clip still takes its step (every rank must), but teaches nothing
-        loss = loss * batch["weight"]
+        loss = loss * weight
         losses = losses + loss.detach().float()
         if micro == cfg.train.grad_accum - 1:
             # one collective answers both questions for every rank, so all of them stop at the same step
@@ -238,7 +239,7 @@ def _optimizer_step(w: Worker, train_iter, tally: LogTally, preview: Preview, st
             # the same on every rank (the norm is global); stopped before anything is checkpointed
             faults.stop_non_finite(w.log, w.name, step, reason="non-finite gradients (of a finite loss)")
             return None
-        if batch["weight"]:
+        if weight:
             tally.add(loss, clips.shape[0])
     return epoch
 
@@ -379,7 +380,7 @@ def _validate(stage, engine, val_shard, cfg: Config, batch_size: int, dtype, dev
             break
         clips = on_device(batch, device)
         loss = stage.val_loss(engine, clips, batch["caption"], dtype)  # every batch: a collective under ZeRO-3
-        if batch["weight"]:  # a batch with no readable clip counts for nothing
+        if batch.get("weight", 1.0):  # a batch with no readable clip counts for nothing
             preview.offer_validation_clips(clips, batch["caption"])
             losses.append(loss)
     preview.validation_done()
