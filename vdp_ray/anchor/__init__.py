@@ -90,18 +90,16 @@ class AnchorState:
     frames: torch.Tensor | None = None  # (N, C, T, H, W); only the given positions are read
     mask: torch.Tensor | None = None  # (N, T) bool, True = given
     estimate: MotionEstimate | None = None
-    null: bool = False  # the null condition (guidance): nothing given, the reference clip all zeros
 
     def inputs(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The network's extra inputs: the reference clip (zeros for the null condition), or nothing."""
-        if self.estimate is None:
-            return {}
-        clip = self.estimate.clip.to(dtype)
-        return {"reference": torch.zeros_like(clip) if self.null else clip}
+        return {} if self.estimate is None else {"reference": self.estimate.clip.to(dtype)}
 
     def without_frames(self) -> AnchorState:
-        """The null condition of the same batch: no given frames, a reference clip of zeros (if it takes one)."""
-        return AnchorState(self.anchor, estimate=self.estimate, null=True)
+        """The null condition of the same batch (guidance): no given frames, and a reference clip of zeros (made
+        once here, not at every sampling step) where the network takes one."""
+        null = None if self.estimate is None else self.estimate._replace(clip=torch.zeros_like(self.estimate.clip))
+        return AnchorState(self.anchor, estimate=null)
 
     def apply(self, out: torch.Tensor) -> torch.Tensor:
         """A raw network output (N, C [+ K^2], T, H, W) as its prediction: unchanged without an anchor (the

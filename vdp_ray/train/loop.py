@@ -209,8 +209,8 @@ def _optimizer_step(w: Worker, train_iter, tally: LogTally, preview: Preview, st
         if weight:
             preview.offer_training_clips(clips, batch["caption"])
         loss = faults.poisoned(w.stage.loss(engine, clips, batch["caption"], w.dtype), w.drill, step)
-        # a batch with no readable clip still takes its step (every rank must), but teaches nothing
-        loss = loss * weight
+        if weight != 1.0:  # a batch with no readable clip still takes its step (every rank must), teaching nothing
+            loss = loss * weight
         losses = losses + loss.detach().float()
         if micro == cfg.train.grad_accum - 1:
             # one collective answers both questions for every rank, so all of them stop at the same step
